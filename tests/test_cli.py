@@ -1,0 +1,63 @@
+"""The command line as a user types it, in a subprocess."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, run_cli
+
+
+def test_run_writes_record_curves_and_figure(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "ttbench.run", *TINY, "seed=3", f"hydra.run.dir={out}", cwd=tmp_path, cache=cache_dir
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["task"]["N"] == 30 and result["task"]["C"] == 5
+    assert result["config"]["seed"] == 3 and "seed=3" in result["overrides"]
+    assert set(result["stages"]) >= {"data", "model", "finetune"}
+    assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in result["stages"].values())
+    assert set(result["real"]["t_eps"]["loss"]) == {"0.01", "0.02", "0.05", "0.1", "0.2", "0.4"}
+    curves = pd.read_parquet(out / "curves.parquet")
+    assert len(curves[curves.curve == "real"]) == 5
+    assert (out / "curves.png").stat().st_size > 0
+    assert "T_eps in steps" in proc.stdout and "eps=0.01" in proc.stdout
+    assert "pretraining" in proc.stdout + proc.stderr  # first use says so
+
+
+def test_pretrain_entry_point_fills_the_cache(tmp_path, cache_dir):
+    proc = run_cli(
+        "ttbench.pretrain", *TINY, f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path, cache=cache_dir
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(cache_dir.glob("small_resnet_w4_digits_*.pt"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["lr=-0.1"], "lr=-0.1 is invalid: must be > 0"),
+        (["momentum=1"], "momentum=1 is invalid: must be in [0, 1)"),
+        (["steps=0"], "steps=0 is invalid"),
+        (["eps=[0.5,2]"], "eps=[0.5, 2] is invalid: every value must be in (0, 1)"),
+        (["task.k=12"], "task.k=12 is invalid: must be <= 10"),
+        (["task.n=0"], "task.n=0 is invalid"),
+        (["dataset=imagenet"], "dataset='imagenet' is invalid: must be one of digits"),
+        (["model=vgg"], "model='vgg' is invalid: must be one of"),
+        (["predictor=oracle"], "predictor='oracle' is invalid: must be one of"),
+        (
+            ["out_root=/etc/hostname/sub"],
+            "out_root='/etc/hostname/sub' is invalid: must be a writable",
+        ),
+    ],
+)
+def test_bad_input_fails_with_one_line(tmp_path, cache_dir, args, expected):
+    proc = run_cli("ttbench.run", *TINY, *args, cwd=tmp_path, cache=cache_dir)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not list(cache_dir.iterdir())  # nothing was computed

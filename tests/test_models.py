@@ -1,0 +1,82 @@
+import logging
+
+import pytest
+import torch
+
+from ttbench.models.classifier import finetune_model
+from ttbench.models.pretrain import (
+    CheckpointError,
+    PretrainSpec,
+    load_checkpoint,
+    load_or_pretrain,
+    save_checkpoint,
+)
+from ttbench.models.small_resnet import small_resnet
+
+SPEC = PretrainSpec("digits", 1, 4, 10, 1, 1e-3, 64, 0)
+
+
+def _source():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(40, 1, 8, 8, generator=g), torch.arange(40) % 10
+
+
+def test_default_width_has_about_690k_weights():
+    assert sum(p.numel() for p in small_resnet(1, 48, 10).parameters()) == 690_970
+
+
+def test_pretraining_is_seeded_and_cached(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    a = load_or_pretrain(SPEC, tmp_path, _source)
+    assert "pretraining" in caplog.text
+    caplog.clear()
+    b = load_or_pretrain(SPEC, tmp_path, _source)
+    assert "pretraining" not in caplog.text
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+    c = load_or_pretrain(SPEC, tmp_path / "other", _source)
+    assert all(
+        torch.equal(v, w)
+        for v, w in zip(a.state_dict().values(), c.state_dict().values(), strict=True)
+    )
+
+
+def test_corrupt_checkpoint_is_rebuilt(tmp_path, caplog):
+    path = tmp_path / SPEC.filename()
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(path, SPEC)
+    load_or_pretrain(SPEC, tmp_path, _source)
+    assert "cannot be read" in caplog.text and "pretraining it again" in caplog.text
+    load_checkpoint(path, SPEC)  # now valid
+
+
+def test_stale_or_mismatching_checkpoint_is_refused(tmp_path):
+    path = tmp_path / SPEC.filename()
+    model = SPEC.build()
+    save_checkpoint(path, SPEC, model)
+    other = PretrainSpec("digits", 1, 4, 10, 2, 1e-3, 64, 0)
+    with pytest.raises(CheckpointError, match="built for"):
+        load_checkpoint(path, other)
+    blob = torch.load(path, weights_only=True)
+    blob["format_version"] = 0
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match="format version"):
+        load_checkpoint(path, SPEC)
+    blob["format_version"] = 1
+    blob["state_dict"]["head.weight"] = torch.zeros(3, 3)
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(path, SPEC)
+
+
+def test_finetune_model_fresh_head_and_untouched_body():
+    pre = SPEC.build().eval()
+    m = finetune_model(pre, 3, 0.01, seed=5)
+    assert m.head.out_features == 3 and not m.training
+    assert torch.all(m.head.bias == 0)
+    assert abs(float(m.head.weight.detach().std()) - 0.01) < 0.005
+    assert torch.equal(finetune_model(pre, 3, 0.01, seed=5).head.weight, m.head.weight)
+    with torch.no_grad():
+        next(m.body.parameters()).add_(1)
+    assert not torch.equal(next(m.body.parameters()), next(pre.body.parameters()))

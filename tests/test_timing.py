@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from ttbench.core.timing import Curves, relative_error, t_eps, t_eps_grid
+
+
+def test_exponential_decay_matches_closed_form():
+    t = np.arange(151)
+    curve = np.exp(-t / 20.0)
+    # range R = 1 - e^{-7.5}; inside the band when e^{-t/20} - e^{-7.5} < eps * R
+    for eps in (0.01, 0.1, 0.4):
+        r = 1 - np.exp(-7.5)
+        expected = int(np.ceil(-20 * np.log(eps * r + np.exp(-7.5))))
+        assert t_eps(curve, eps) == expected
+
+
+def test_hand_made_curve():
+    curve = [10.0, 6.0, 3.0, 2.0, 1.5, 1.0]  # R = 9; final 1
+    assert t_eps(curve, 0.4) == 2  # |3-1| = 2 < 3.6, |6-1| = 5 >= 3.6
+    assert t_eps(curve, 0.1) == 4  # |1.5-1| = 0.5 < 0.9, |2-1| = 1 >= 0.9
+    assert t_eps(curve, 0.05) == 5  # only the last point is within 0.45
+    assert t_eps_grid(curve, [0.4, 0.1]) == {0.4: 2, 0.1: 4}
+
+
+def test_flat_curve_has_converged_at_start():
+    assert t_eps([0.7] * 10, 0.01) == 0
+
+
+def test_never_inside_before_the_end():
+    # a curve that jumps only at the last step is inside its band only at t = T
+    assert t_eps([5.0, 5.0, 5.0, 0.0], 0.2) == 3
+
+
+def test_noisy_curve_must_stay_in_band():
+    # dips into the band at t=1, leaves it at t=2, stays from t=4 on
+    curve = [10.0, 0.5, 5.0, 3.0, 0.8, 0.2, 0.6, 0.0]
+    assert t_eps(curve, 0.1) == 4
+    # a decreasing curve gives the same answer as "first time inside"
+    mono = np.linspace(1, 0, 11) ** 2
+    first_inside = int(np.argmax(np.abs(mono - mono[-1]) < 0.3))
+    assert t_eps(mono, 0.3) == first_inside
+
+
+def test_increasing_curve_uses_range():
+    assert t_eps([0.0, 1.0, 2.0, 3.0, 4.0], 0.3) == 3
+
+
+def test_non_finite_curve_has_no_time():
+    assert t_eps([1.0, np.nan, 0.5], 0.1) is None
+    assert t_eps([1.0, np.inf], 0.1) is None
+
+
+@pytest.mark.parametrize("eps", [0, 1, -0.1, 1.5])
+def test_eps_outside_unit_interval_rejected(eps):
+    with pytest.raises(ValueError, match="eps"):
+        t_eps([1.0, 0.0], eps)
+
+
+def test_relative_error():
+    assert relative_error(11, 10) == pytest.approx(0.1)
+    assert relative_error(5, 0) is None
+    assert relative_error(None, 3) is None
+
+
+def test_curves_shape_checked():
+    with pytest.raises(ValueError):
+        Curves(np.zeros(3), np.zeros(4))
+    assert Curves(np.zeros(4), np.zeros(4)).steps == 3

@@ -1,0 +1,45 @@
+"""From a validated config to the objects of a run: device, dataset, pretrained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from ttbench.data.registry import get_dataset
+from ttbench.models.classifier import Classifier
+from ttbench.models.pretrain import PretrainSpec, load_or_pretrain
+
+
+def device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def dataset(cfg: DictConfig):
+    options = {k: v for k, v in cfg.dataset.items() if k != "name"}
+    return get_dataset(cfg.dataset.name, **options)
+
+
+def pretrain_spec(cfg: DictConfig) -> PretrainSpec:
+    p = cfg.model.pretrain
+    source = get_dataset(p.dataset)
+    return PretrainSpec(
+        dataset=p.dataset,
+        in_channels=source.in_channels,
+        width=cfg.model.width,
+        num_classes=source.num_classes,
+        epochs=p.epochs,
+        lr=p.lr,
+        batch_size=p.batch_size,
+        seed=p.seed,
+    )
+
+
+def pretrained_model(cfg: DictConfig) -> Classifier:
+    spec = pretrain_spec(cfg)
+    return load_or_pretrain(
+        spec, Path(cfg.cache_dir).expanduser(), get_dataset(spec.dataset).source
+    )

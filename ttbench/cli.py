@@ -1,0 +1,28 @@
+"""What the Hydra entry points share: where the configs live, and one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ttbench.validate import ConfigError, check_cli
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def fail(error: ConfigError) -> None:
+    print(f"ttbench: error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def guarded(app: Callable[[], None]) -> None:
+    """Check the command line, then run the Hydra app (which validates its config itself)."""
+    try:
+        default_out = OmegaConf.load(CONF_DIR / "config.yaml").out_root
+        check_cli(sys.argv[1:], CONF_DIR, default_out)
+    except ConfigError as e:
+        fail(e)
+    app()

@@ -1,0 +1,41 @@
+"""Losses in function space, shared by real fine-tuning and every predictor.
+
+One normalisation everywhere: the mean over the N samples of a per-sample loss,
+    ce:  l_i = -log softmax(f_i)[y_i]
+    mse: l_i = 1/2 ||f_i - onehot(y_i)||^2
+so the gradient with respect to the outputs is (softmax(f_i) - onehot(y_i)) / N for ce
+and (f_i - onehot(y_i)) / N for mse. Outputs f have shape (..., N, C), labels y shape (N,).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+LOSSES = ("ce", "mse")
+
+
+def _check(kind: str) -> None:
+    if kind not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+
+def per_sample_loss(f: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-sample loss l_i, shape (..., N)."""
+    _check(kind)
+    if kind == "ce":
+        return -torch.gather(
+            F.log_softmax(f, dim=-1), -1, y.expand(f.shape[:-1]).unsqueeze(-1)
+        ).squeeze(-1)
+    onehot = F.one_hot(y, f.shape[-1]).to(f.dtype)
+    return 0.5 * ((f - onehot) ** 2).sum(-1)
+
+
+def loss(f: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Training loss L(f): the mean of the per-sample losses, shape (...)."""
+    return per_sample_loss(f, y, kind).mean(-1)
+
+
+def error(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Training error: the fraction of samples whose arg-max output is not the label."""
+    return (f.argmax(-1) != y).to(f.dtype).mean(-1)

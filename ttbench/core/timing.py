@@ -1,0 +1,66 @@
+"""Training curves and the epsilon-training-time T_eps (Appendix A, Section 5).
+
+T_eps is the first step after which the curve stays within eps * R of its final value L_T:
+    T_eps = min{t : |L_s - L_T| < eps * R for every s >= t},  R = max_t L_t - min_t L_t.
+Normalising eps by the range R reached within the budget T is the paper's 'normalised
+threshold' (Section 5); for a decreasing curve R = L_0 - L_T. Requiring the curve to *stay* in
+the band ("the first time after which the loss is within an eps threshold", Appendix C) equals
+Algorithm 1's "first time inside" on monotone curves and is robust to noisy ones. A flat curve
+(R = 0) has T_eps = 0; a curve with a non-finite value (a diverged run) has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Training loss and error at steps t = 0..T (before the update of step t)."""
+
+    loss: np.ndarray
+    error: np.ndarray
+    diverged: bool = False
+
+    def __post_init__(self) -> None:
+        if np.shape(self.loss) != np.shape(self.error) or np.ndim(self.loss) != 1:
+            raise ValueError("loss and error must be 1-d arrays of the same length")
+
+    @property
+    def steps(self) -> int:
+        return len(self.loss) - 1
+
+
+def t_eps(curve: Sequence[float] | np.ndarray, eps: float) -> int | None:
+    """First step after which `curve` stays within eps * range of its last value."""
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), got {eps}")
+    c = np.asarray(curve, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError("curve must be a non-empty 1-d array")
+    if not np.all(np.isfinite(c)):
+        return None
+    spread = c.max() - c.min()
+    if spread == 0:
+        return 0
+    outside = np.flatnonzero(np.abs(c - c[-1]) >= eps * spread)
+    return 0 if outside.size == 0 else int(outside[-1]) + 1
+
+
+def t_eps_grid(
+    curve: Sequence[float] | np.ndarray, eps: Iterable[float]
+) -> dict[float, int | None]:
+    """T_eps for each eps of a grid."""
+    return {float(e): t_eps(curve, e) for e in eps}
+
+
+def relative_error(t_pred: int | None, t_real: int | None) -> float | None:
+    """|t_pred - t_real| / t_real; None when undefined (a missing time or t_real = 0)."""
+    if t_pred is None or t_real is None or t_real == 0:
+        return None
+    return abs(t_pred - t_real) / t_real

@@ -1,0 +1,59 @@
+"""Wall-clock and peak memory of each stage of a run.
+
+Peak memory on the host is the process's peak resident set size during the stage (Linux: the
+VmHWM counter is reset at the start of each stage through /proc/self/clear_refs; elsewhere the
+process peak so far). On CUDA the peak allocated device memory is recorded too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _reset_peak_rss() -> None:
+    # Not Linux, or not permitted: the peak then covers the process so far.
+    with contextlib.suppress(OSError):
+        _CLEAR_REFS.write_text("5")
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Stages:
+    """Collects {stage: {"wall_s", "peak_rss_mb"[, "peak_cuda_mb"]}} in run order."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stats: dict[str, dict[str, float]] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        cuda = self.device.type == "cuda"
+        _reset_peak_rss()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        yield
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        stat = {"wall_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+        if cuda:
+            stat["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.stats[name] = stat

@@ -1,0 +1,137 @@
+"""Pretraining of the default network on a dataset's source part, and its validated cache.
+
+A checkpoint holds a format version, the architecture and pretraining settings it was built
+with, and the state dict. Loading checks all of them against what is asked for; a corrupt,
+stale or mismatching file is rebuilt (and says why), never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ttbench.models.classifier import Classifier
+from ttbench.models.small_resnet import small_resnet
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Everything that determines a pretrained checkpoint."""
+
+    dataset: str
+    in_channels: int
+    width: int
+    num_classes: int
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+
+    def build(self) -> Classifier:
+        return small_resnet(self.in_channels, self.width, self.num_classes)
+
+    def filename(self) -> str:
+        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return f"small_resnet_w{self.width}_{self.dataset}_{digest}.pt"
+
+
+def pretrain(
+    spec: PretrainSpec, x: torch.Tensor, y: torch.Tensor, progress: bool = False
+) -> Classifier:
+    """Train from scratch on (x, y) with Adam, seeded, BatchNorm in train mode."""
+    gen = torch.Generator().manual_seed(spec.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)  # weight init draws from the global generator
+        model = spec.build()
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    model.train()
+    for epoch in range(spec.epochs):
+        order = torch.randperm(len(y), generator=gen)
+        total = 0.0
+        for start in range(0, len(y), spec.batch_size):
+            idx = order[start : start + spec.batch_size]
+            opt.zero_grad()
+            batch_loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            batch_loss.backward()
+            opt.step()
+            total += batch_loss.item() * len(idx)
+        if progress:
+            log.info("pretrain epoch %d/%d: loss %.4f", epoch + 1, spec.epochs, total / len(y))
+    return model.eval()
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def load_checkpoint(path: Path, spec: PretrainSpec) -> Classifier:
+    """Load and validate a cached checkpoint; CheckpointError says what is wrong."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file is corrupt, whatever torch raises
+        raise CheckpointError(f"cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(blob, dict) or blob.get("format_version") != FORMAT_VERSION:
+        found = blob.get("format_version") if isinstance(blob, dict) else type(blob).__name__
+        raise CheckpointError(f"format version {found!r}, expected {FORMAT_VERSION}")
+    if blob.get("spec") != asdict(spec):
+        raise CheckpointError(f"built for {blob.get('spec')}, expected {asdict(spec)}")
+    model = spec.build()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = blob.get("state_dict", {})
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        missing = sorted(set(expected) ^ set(found)) or [
+            k for k in expected if expected[k] != found[k]
+        ]
+        raise CheckpointError(f"state dict does not match the architecture (first: {missing[0]})")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def save_checkpoint(path: Path, spec: PretrainSpec, model: Classifier) -> None:
+    """Write atomically: a killed job never leaves a half-written checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "format_version": FORMAT_VERSION,
+        "spec": asdict(spec),
+        "state_dict": model.state_dict(),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_or_pretrain(spec: PretrainSpec, cache_dir: Path, source) -> Classifier:
+    """The pretrained model from the cache, pretraining it first when missing or invalid.
+    `source` is a callable returning the source images and labels."""
+    path = Path(cache_dir) / spec.filename()
+    if path.exists():
+        try:
+            return load_checkpoint(path, spec)
+        except CheckpointError as e:
+            log.warning("cached checkpoint %s %s; pretraining it again", path, e)
+    else:
+        log.info(
+            "no pretrained checkpoint at %s: pretraining on %s (runs once)", path, spec.dataset
+        )
+    x, y = source()
+    model = pretrain(spec, x, y, progress=True)
+    save_checkpoint(path, spec, model)
+    log.info("saved pretrained checkpoint %s", path)
+    return model

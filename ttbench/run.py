@@ -1,0 +1,140 @@
+"""`python -m ttbench.run`: task -> pretrained model at w0 -> fine-tune -> predict -> record.
+
+Writes result.json, curves.parquet and curves.png into the Hydra run directory and prints a
+summary of real against predicted T_eps.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from ttbench import build, record
+from ttbench.cli import CONF_DIR, fail, guarded
+from ttbench.core.timing import Curves
+from ttbench.data.task import sample_task
+from ttbench.measure import Stages
+from ttbench.models.classifier import finetune_model
+from ttbench.plots import plot_curves
+from ttbench.train import finetune
+from ttbench.validate import ConfigError, validate
+
+log = logging.getLogger("ttbench.run")
+
+
+def _finetune(cfg: DictConfig, model, x, y) -> Curves:
+    every = max(1, cfg.steps // 10)
+    with tqdm(total=cfg.steps + 1, desc="fine-tune", disable=not sys.stderr.isatty()) as bar:
+
+        def on_step(t: int, value: float) -> None:
+            bar.update()
+            if t % every == 0 or t == cfg.steps:
+                log.info("fine-tune step %d/%d: loss %.5g", t, cfg.steps, value)
+
+        return finetune(
+            model,
+            x,
+            y,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            steps=cfg.steps,
+            loss=cfg.loss,
+            weight_decay=cfg.weight_decay,
+            on_step=on_step,
+        )
+
+
+def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Compose and execute one run, write its record into out_dir, and return the record."""
+    device = build.device(cfg.device)
+    stages = Stages(device)
+    with stages("data"):
+        task = sample_task(build.dataset(cfg), cfg.task.k, cfg.task.n, cfg.seed)
+        x, y = task.x.to(device), task.y.to(device)
+    log.info("task: %s classes %s, N=%d", cfg.dataset.name, task.classes, task.n_samples)
+    with stages("model"):
+        model = finetune_model(
+            build.pretrained_model(cfg), task.n_classes, cfg.model.head_init_std, cfg.seed
+        ).to(device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # Predictors run here, on the model at w0, before fine-tuning moves it.
+    predictions: dict[str, Curves] = {}
+    with stages("finetune"):
+        real = _finetune(cfg, model, x, y)
+    if real.diverged:
+        log.warning("fine-tuning diverged: the loss became non-finite")
+
+    curves = {"real": real, **predictions}
+    record.write_curves(out_dir / record.CURVES, curves)
+    plot_curves(curves, out_dir / "curves.png", title=f"{cfg.dataset.name} {task.classes}")
+    real_t = record.t_eps_entry(real, cfg.eps)
+    result = {
+        "format_version": record.FORMAT_VERSION,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "overrides": list(overrides or []),
+        "seed": cfg.seed,
+        "versions": record.versions(),
+        "device": str(device),
+        "task": {
+            "dataset": cfg.dataset.name,
+            "classes": list(task.classes),
+            "N": task.n_samples,
+            "C": task.n_classes,
+            "D": n_params,
+        },
+        "stages": stages.stats,
+        "eps": list(cfg.eps),
+        "curves_file": record.CURVES,
+        "real": {"diverged": real.diverged, "t_eps": real_t},
+        "predictors": {},
+    }
+    record.write_json(out_dir / record.RESULT, result)
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    """A table of real and predicted T_eps per eps, for loss and error curves."""
+    t = result["task"]
+    cfg = result["config"]
+    head = (
+        f"{t['dataset']} classes {t['classes']}: N={t['N']} C={t['C']} D={t['D']:,}; "
+        f"lr={cfg['lr']} momentum={cfg['momentum']} T={cfg['steps']} loss={cfg['loss']}"
+    )
+    timing = ", ".join(f"{k} {v['wall_s']:.1f}s" for k, v in result["stages"].items())
+    columns: dict[str, list] = {}
+    for kind in ("loss", "error"):
+        columns[f"{kind}:real"] = list(result["real"]["t_eps"][kind].values())
+        for name, pred in result["predictors"].items():
+            columns[f"{kind}:{name}"] = list(pred["t_eps"][kind].values())
+            columns[f"{kind}:{name} err"] = [
+                "-" if v["rel"] is None else f"{v['rel']:.0%}"
+                for v in pred["errors"][kind].values()
+            ]
+    table = pd.DataFrame(columns, index=[f"eps={e}" for e in result["eps"]]).fillna("-")
+    diverged = "  (real run DIVERGED)" if result["real"]["diverged"] else ""
+    return f"{head}{diverged}\nstages: {timing}\nT_eps in steps:\n{table.to_string()}"
+
+
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+def app(cfg: DictConfig) -> None:
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        fail(e)
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    result = run(cfg, out_dir, list(hc.overrides.task))
+    print(summary(result))
+    print(f"record: {out_dir / record.RESULT}")
+
+
+if __name__ == "__main__":
+    guarded(app)

@@ -1,0 +1,107 @@
+"""Every config value checked once, at the edge, before any computation.
+
+A bad value raises ConfigError, whose message is one line naming the key, the value given and
+what is allowed; the entry points print it and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ttbench.core.losses import LOSSES
+from ttbench.data.registry import DATASETS
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        super().__init__(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _number(cfg: DictConfig, key: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, value, "must be a number")
+    return value
+
+
+def _integer(cfg: DictConfig, key: str, low: int) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(key, value, f"must be an integer >= {low}")
+    return value
+
+
+def _choice(key: str, value: object, allowed: Iterable[str]) -> None:
+    allowed = sorted(allowed)
+    if value not in allowed:
+        raise ConfigError(key, value, f"must be one of {', '.join(allowed)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check a composed run config; raises ConfigError on the first bad value."""
+    if _number(cfg, "lr") <= 0:
+        raise ConfigError("lr", cfg.lr, "must be > 0")
+    if not 0 <= _number(cfg, "momentum") < 1:
+        raise ConfigError("momentum", cfg.momentum, "must be in [0, 1)")
+    if _number(cfg, "weight_decay") < 0:
+        raise ConfigError("weight_decay", cfg.weight_decay, "must be >= 0")
+    _integer(cfg, "steps", 1)
+    _integer(cfg, "seed", 0)
+    eps = cfg.eps
+    if not OmegaConf.is_list(eps) or len(eps) == 0:
+        raise ConfigError("eps", eps, "must be a non-empty list of numbers in (0, 1)")
+    for e in eps:
+        if isinstance(e, bool) or not isinstance(e, int | float) or not 0 < e < 1:
+            raise ConfigError("eps", list(eps), "every value must be in (0, 1)")
+    _choice("loss", cfg.loss, LOSSES)
+    _choice("device", cfg.device, ("auto", "cpu", "cuda"))
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda", "no CUDA device is available; use auto or cpu")
+    _choice("dataset.name", cfg.dataset.name, DATASETS)
+    classes = DATASETS[cfg.dataset.name].num_classes
+    k = _integer(cfg, "task.k", 1)
+    if k > classes:
+        raise ConfigError("task.k", k, f"must be <= {classes}, the classes of {cfg.dataset.name}")
+    _integer(cfg, "task.n", 1)
+
+
+def config_groups(conf_dir: Path) -> dict[str, list[str]]:
+    """Options of each config group, from the files under conf/."""
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(Path(conf_dir).iterdir())
+        if d.is_dir()
+    }
+
+
+def _writable(path: Path) -> bool:
+    """Whether `path` is, or could be created as, a writable directory."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def check_cli(argv: Sequence[str], conf_dir: Path, default_out_root: str) -> None:
+    """Checks Hydra cannot state in one line: config-group options and output directories."""
+    groups = config_groups(conf_dir)
+    dirs: dict[str, str] = {}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.lstrip("+~").split("=", 1)
+        if key in groups:
+            for option in value.split(","):
+                _choice(key, option, groups[key])
+        elif key in ("out_root", "hydra.run.dir", "hydra.sweep.dir"):
+            dirs[key] = value
+    if not dirs:
+        dirs["out_root"] = default_out_root
+    for key, d in dirs.items():
+        if "${" not in d and not _writable(Path(d)):
+            raise ConfigError(key, d, "must be a writable directory")
