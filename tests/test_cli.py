@@ -11,19 +11,35 @@ from tests.conftest import TINY, run_cli
 def test_run_writes_record_curves_and_figure(tmp_path, cache_dir):
     out = tmp_path / "run"
     proc = run_cli(
-        "ttbench.run", *TINY, "seed=3", f"hydra.run.dir={out}", cwd=tmp_path, cache=cache_dir
+        "ttbench.run",
+        *TINY,
+        "seed=3",
+        "predictor=all",
+        "loss=mse",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+        cache=cache_dir,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "result.json").read_text())
     assert result["task"]["N"] == 30 and result["task"]["C"] == 5
     assert result["config"]["seed"] == 3 and "seed=3" in result["overrides"]
-    assert set(result["stages"]) >= {"data", "model", "finetune"}
+    assert set(result["stages"]) >= {"data", "model", "jacobian", "theta", "finetune"}
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in result["stages"].values())
     assert set(result["real"]["t_eps"]["loss"]) == {"0.01", "0.02", "0.05", "0.1", "0.2", "0.4"}
+    assert set(result["predictors"]) == {"ode", "discrete", "closed_form"}
+    for pred in result["predictors"].values():
+        assert set(pred["t_eps"]["loss"]) == set(result["real"]["t_eps"]["loss"])
+        assert (
+            pred["timing"]["solve_s"] > 0 and pred["timing"]["total_s"] > pred["timing"]["solve_s"]
+        )
+        for e, t_real in result["real"]["t_eps"]["loss"].items():
+            assert pred["errors"]["loss"][e]["abs"] == abs(pred["t_eps"]["loss"][e] - t_real)
     curves = pd.read_parquet(out / "curves.parquet")
-    assert len(curves[curves.curve == "real"]) == 5
+    assert sorted(curves.curve.unique()) == ["closed_form", "discrete", "ode", "real"]
+    assert (curves.groupby("curve").size() == 5).all()
     assert (out / "curves.png").stat().st_size > 0
-    assert "T_eps in steps" in proc.stdout and "eps=0.01" in proc.stdout
+    assert "T_eps in steps" in proc.stdout and "loss:closed_form err" in proc.stdout
     assert "pretraining" in proc.stdout + proc.stderr  # first use says so
 
 
@@ -47,6 +63,11 @@ def test_pretrain_entry_point_fills_the_cache(tmp_path, cache_dir):
         (["dataset=imagenet"], "dataset='imagenet' is invalid: must be one of digits"),
         (["model=vgg"], "model='vgg' is invalid: must be one of"),
         (["predictor=oracle"], "predictor='oracle' is invalid: must be one of"),
+        (
+            ["predictor=closed_form"],
+            "predictor='closed_form' is invalid: closed_form needs loss=mse",
+        ),
+        (["weight_decay=0.1"], "weight_decay=0.1 is invalid: the predictors model 0 only"),
         (
             ["out_root=/etc/hostname/sub"],
             "out_root='/etc/hostname/sub' is invalid: must be a writable",

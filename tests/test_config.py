@@ -3,7 +3,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_cfg
 from ttbench.cli import CONF_DIR
-from ttbench.validate import ConfigError, config_groups, validate
+from ttbench.validate import ConfigError, config_groups, predictor_names, validate
 
 
 def test_every_config_group_option_composes_and_validates():
@@ -11,7 +11,8 @@ def test_every_config_group_option_composes_and_validates():
     assert {"dataset", "model", "optim", "predictor"} <= set(groups)
     for group, options in groups.items():
         for option in options:
-            cfg = compose_cfg([f"{group}={option}"])
+            loss = ["loss=mse"] if option == "closed_form" else []
+            cfg = compose_cfg([f"{group}={option}", *loss])
             validate(cfg)
             assert OmegaConf.to_container(cfg, resolve=True)
 
@@ -30,6 +31,10 @@ def test_every_config_group_option_composes_and_validates():
         ("task.n=0", "task.n"),
         ("loss=hinge", "loss"),
         ("lr=fast", "lr"),
+        ("theta.mode=dense", "theta.mode"),
+        ("predictor.names=[ode,magic]", "predictor.names"),
+        ("predictor=closed_form", "predictor"),
+        ("weight_decay=0.01", "weight_decay"),
     ],
 )
 def test_bad_values_name_key_and_value(override, key):
@@ -37,3 +42,13 @@ def test_bad_values_name_key_and_value(override, key):
         validate(compose_cfg([override]))
     message = str(e.value)
     assert message.startswith(f"{key}=") and "\n" not in message
+
+
+def test_all_predictors_skip_closed_form_under_cross_entropy():
+    assert predictor_names(compose_cfg(["predictor=all"])) == ["ode", "discrete"]
+    assert predictor_names(compose_cfg(["predictor=all", "loss=mse"])) == [
+        "ode",
+        "discrete",
+        "closed_form",
+    ]
+    assert predictor_names(compose_cfg(["predictor=none"])) == []

@@ -19,13 +19,15 @@ from tqdm import tqdm
 
 from ttbench import build, record
 from ttbench.cli import CONF_DIR, fail, guarded
+from ttbench.core.dynamics import Prediction, predict
+from ttbench.core.linearize import gram, jacobian_factors
 from ttbench.core.timing import Curves
 from ttbench.data.task import sample_task
 from ttbench.measure import Stages
 from ttbench.models.classifier import finetune_model
 from ttbench.plots import plot_curves
 from ttbench.train import finetune
-from ttbench.validate import ConfigError, validate
+from ttbench.validate import ConfigError, predictor_names, validate
 
 log = logging.getLogger("ttbench.run")
 
@@ -52,6 +54,40 @@ def _finetune(cfg: DictConfig, model, x, y) -> Curves:
         )
 
 
+def _predict(cfg: DictConfig, model, x, y, stages: Stages) -> dict[str, tuple[Prediction, float]]:
+    """Linearise once, then run each requested predictor; returns {name: (prediction, solve_s)}."""
+    names = predictor_names(cfg)
+    if not names:
+        return {}
+    with stages("jacobian"):
+        factors = jacobian_factors(model, x)
+    with stages("theta"):
+        theta = gram(factors, cfg.theta.mode, block=cfg.theta.block)
+    log.info(
+        "Theta (%s): %s, built in %.2f s",
+        cfg.theta.mode,
+        tuple(theta.shape),
+        stages.stats["jacobian"]["wall_s"] + stages.stats["theta"]["wall_s"],
+    )
+    out = {}
+    for name in names:
+        with stages(f"solve_{name}"):
+            pred = predict(
+                name,
+                theta,
+                factors.f0,
+                y,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                steps=cfg.steps,
+                loss=cfg.loss,
+            )
+        out[name] = (pred, stages.stats[f"solve_{name}"]["wall_s"])
+        if pred.curves.diverged:
+            log.warning("predictor %s diverged", name)
+    return out
+
+
 def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Compose and execute one run, write its record into out_dir, and return the record."""
     device = build.device(cfg.device)
@@ -65,14 +101,13 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
             build.pretrained_model(cfg), task.n_classes, cfg.model.head_init_std, cfg.seed
         ).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    # Predictors run here, on the model at w0, before fine-tuning moves it.
-    predictions: dict[str, Curves] = {}
+    predictions = _predict(cfg, model, x, y, stages)  # at w0, before fine-tuning moves it
     with stages("finetune"):
         real = _finetune(cfg, model, x, y)
     if real.diverged:
         log.warning("fine-tuning diverged: the loss became non-finite")
 
-    curves = {"real": real, **predictions}
+    curves = {"real": real, **{k: p.curves for k, (p, _) in predictions.items()}}
     record.write_curves(out_dir / record.CURVES, curves)
     plot_curves(curves, out_dir / "curves.png", title=f"{cfg.dataset.name} {task.classes}")
     real_t = record.t_eps_entry(real, cfg.eps)
@@ -96,6 +131,22 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         "real": {"diverged": real.diverged, "t_eps": real_t},
         "predictors": {},
     }
+    shared_s = sum(stages.stats[k]["wall_s"] for k in ("jacobian", "theta") if k in stages.stats)
+    for name, (pred, solve_s) in predictions.items():
+        t_eps = record.t_eps_entry(pred.curves, cfg.eps)
+        result["predictors"][name] = {
+            "curves": record.CURVES,
+            "diverged": pred.curves.diverged,
+            "t_eps": t_eps,
+            "errors": record.error_entry(t_eps, real_t),
+            "timing": {
+                "jacobian_s": stages.stats["jacobian"]["wall_s"],
+                "theta_s": stages.stats["theta"]["wall_s"],
+                "solve_s": solve_s,
+                "total_s": shared_s + solve_s,
+                "finetune_over_predict": stages.stats["finetune"]["wall_s"] / (shared_s + solve_s),
+            },
+        }
     record.write_json(out_dir / record.RESULT, result)
     return result
 

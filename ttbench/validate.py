@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ttbench.core.dynamics import PREDICTORS
+from ttbench.core.linearize import MODES
 from ttbench.core.losses import LOSSES
 from ttbench.data.registry import DATASETS
 
@@ -68,6 +70,27 @@ def validate(cfg: DictConfig) -> None:
     if k > classes:
         raise ConfigError("task.k", k, f"must be <= {classes}, the classes of {cfg.dataset.name}")
     _integer(cfg, "task.n", 1)
+    _choice("theta.mode", cfg.theta.mode, MODES)
+    _integer(cfg, "theta.block", 1)
+    for name in predictor_names(cfg, check=True):
+        if name == "closed_form" and cfg.loss != "mse":
+            raise ConfigError("predictor", name, "closed_form needs loss=mse")
+    if predictor_names(cfg) and cfg.weight_decay != 0:
+        raise ConfigError(
+            "weight_decay", cfg.weight_decay, "the predictors model 0 only (or use predictor=none)"
+        )
+
+
+def predictor_names(cfg: DictConfig, check: bool = False) -> list[str]:
+    """The predictors a run asks for, less closed_form under cross-entropy where the
+    predictor config allows skipping what does not apply."""
+    names = list(cfg.predictor.names)
+    if check:
+        for name in names:
+            _choice("predictor.names", name, PREDICTORS)
+    if cfg.predictor.get("skip_inapplicable", False) and cfg.loss != "mse":
+        names = [n for n in names if n != "closed_form"]
+    return names
 
 
 def config_groups(conf_dir: Path) -> dict[str, list[str]]:

@@ -39,3 +39,21 @@ def loss(f: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
 def error(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Training error: the fraction of samples whose arg-max output is not the label."""
     return (f.argmax(-1) != y).to(f.dtype).mean(-1)
+
+
+def grad_f(f: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """dL/df, shape (..., N, C)."""
+    _check(kind)
+    onehot = F.one_hot(y, f.shape[-1]).to(f.dtype)
+    p = torch.softmax(f, dim=-1) if kind == "ce" else f
+    return (p - onehot) / f.shape[-2]
+
+
+def hessian_f(f: torch.Tensor, kind: str) -> torch.Tensor:
+    """d^2 L / df_i df_i per sample (the Hessian is block diagonal), shape (N, C, C)."""
+    _check(kind)
+    n, c = f.shape
+    if kind == "mse":
+        return torch.eye(c, dtype=f.dtype, device=f.device).expand(n, c, c) / n
+    p = torch.softmax(f, dim=-1)
+    return (torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)) / n

@@ -1,0 +1,102 @@
+import pytest
+import torch
+from torch import nn
+
+from ttbench.core.linearize import linearize
+from ttbench.models.small_resnet import small_resnet
+
+
+def explicit_theta(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """J J^T with one autograd call per (sample, output): the slow, obviously right route."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    f = model(x)
+    rows = []
+    for i in range(f.shape[0]):
+        for c in range(f.shape[1]):
+            grads = torch.autograd.grad(f[i, c], params, retain_graph=True)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    J = torch.stack(rows)
+    return f.detach(), J @ J.T
+
+
+def _randomise_bn(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            nn.init.normal_(m.weight)
+            nn.init.normal_(m.bias)
+    return model.eval()
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 3, 7),
+        nn.BatchNorm1d(7),
+        nn.Tanh(),
+        nn.Linear(7, 3),
+    )
+
+
+@pytest.fixture(params=["conv_net", "small_resnet"])
+def model_and_input(request):
+    torch.manual_seed(0)
+    if request.param == "conv_net":
+        return _randomise_bn(conv_net().double()), torch.randn(9, 2, 5, 5, dtype=torch.float64)
+    return _randomise_bn(small_resnet(1, 4, 4).double()), torch.randn(
+        6, 1, 8, 8, dtype=torch.float64
+    )
+
+
+@pytest.mark.parametrize("route", ["auto", "materialised", "structured"])
+def test_theta_equals_explicit_jjt(model_and_input, route):
+    model, x = model_and_input
+    f0, theta = explicit_theta(model, x)
+    lin = linearize(model, x, route=route, block=4)
+    torch.testing.assert_close(lin.f0, f0, rtol=0, atol=1e-12)
+    assert lin.theta.shape == theta.shape
+    assert ((lin.theta - theta).norm() / theta.norm()).item() <= 1e-10
+
+
+def test_trace_mode_is_mean_of_diagonal_blocks(model_and_input):
+    model, x = model_and_input
+    _, theta = explicit_theta(model, x)
+    n = x.shape[0]
+    C = theta.shape[0] // n
+    expected = torch.einsum("icjc->ij", theta.reshape(n, C, n, C)) / C
+    for route in ("materialised", "structured"):
+        lin = linearize(model, x, mode="trace", route=route, block=4)
+        assert ((lin.theta - expected).norm() / expected.norm()).item() <= 1e-10
+        assert lin.full_theta().shape == theta.shape
+
+
+def test_inplace_activations_are_restored():
+    model = _randomise_bn(conv_net().double())
+    linearize(model, torch.randn(3, 2, 5, 5, dtype=torch.float64))
+    assert model[2].inplace is True
+
+
+def test_frozen_weights_are_left_out():
+    torch.manual_seed(1)
+    model = _randomise_bn(conv_net().double())
+    for p in model[:5].parameters():
+        p.requires_grad_(False)
+    x = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    _, theta = explicit_theta(model, x)
+    assert torch.allclose(linearize(model, x).theta, theta, rtol=1e-10, atol=1e-12)
+
+
+def test_unsupported_layers_are_refused():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)).double()
+    with pytest.raises(NotImplementedError, match="LayerNorm"):
+        linearize(model, torch.randn(2, 3, dtype=torch.float64))
+    bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).double().train()
+    with pytest.raises(ValueError, match="eval mode"):
+        linearize(bn, torch.randn(2, 3, dtype=torch.float64))
