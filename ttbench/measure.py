@@ -26,18 +26,24 @@ def _reset_peak_rss() -> None:
         _CLEAR_REFS.write_text("5")
 
 
-def peak_rss_mb() -> float:
+def _status_mb(field: str) -> float | None:
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def peak_rss_mb() -> float:
+    peak = _status_mb("VmHWM:")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Stages:
-    """Collects {stage: {"wall_s", "peak_rss_mb"[, "peak_cuda_mb"]}} in run order."""
+    """Collects {stage: {"wall_s", "peak_rss_mb", "start_rss_mb"[, "peak_cuda_mb"]}} in run
+    order; peak - start is what the stage itself added."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -47,13 +53,18 @@ class Stages:
     def __call__(self, name: str) -> Iterator[None]:
         cuda = self.device.type == "cuda"
         _reset_peak_rss()
+        start_rss = _status_mb("VmRSS:") or 0.0
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         yield
         if cuda:
             torch.cuda.synchronize(self.device)
-        stat = {"wall_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+        stat = {
+            "wall_s": time.perf_counter() - start,
+            "peak_rss_mb": peak_rss_mb(),
+            "start_rss_mb": start_rss,
+        }
         if cuda:
             stat["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.stats[name] = stat

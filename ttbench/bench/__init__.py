@@ -1,0 +1,1 @@
+"""Benchmarks, run as `python -m ttbench.bench.<name>`; they print figures, they assert nothing."""

@@ -1,0 +1,119 @@
+"""Cost of prediction against fine-tuning on the default task, and the Theta engine against a
+plain torch.func baseline.
+
+    python -m ttbench.bench.theta [config overrides...] [--no-baseline] [--baseline-chunk 10]
+
+Overrides are those of `python -m ttbench.run` (e.g. `task.n=20 steps=50`). Prints wall-clock
+and peak resident memory per stage, the fine-tuning / prediction ratio, and the relative
+difference between the engine's Theta and the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.func import functional_call, jacrev, vmap
+
+from ttbench import build
+from ttbench.cli import CONF_DIR
+from ttbench.core.dynamics import predict
+from ttbench.core.linearize import gram, jacobian_factors
+from ttbench.data.task import sample_task
+from ttbench.measure import Stages
+from ttbench.models.classifier import finetune_model
+from ttbench.train import finetune
+from ttbench.validate import validate
+
+
+def func_theta(model: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Baseline: per-sample Jacobians by vmap(jacrev) in chunks of samples, then J J^T."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def f(p, xi):
+        return functional_call(model, (p, buffers), (xi.unsqueeze(0),)).squeeze(0)
+
+    blocks = []
+    for i in range(0, len(x), chunk):
+        jac = vmap(jacrev(f), in_dims=(None, 0))(params, x[i : i + chunk])
+        blocks.append(torch.cat([j.flatten(2) for j in jac.values()], dim=2).flatten(0, 1))
+    J = torch.cat(blocks)
+    return J @ J.T
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the torch.func baseline")
+    parser.add_argument("--baseline-chunk", type=int, default=10)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="config", overrides=args.overrides)
+    validate(cfg)
+    device = build.device(cfg.device)
+    task = sample_task(build.dataset(cfg), cfg.task.k, cfg.task.n, cfg.seed)
+    x, y = task.x.to(device), task.y.to(device)
+    pretrained = build.pretrained_model(cfg)
+
+    def fresh():
+        return finetune_model(pretrained, task.n_classes, cfg.model.head_init_std, cfg.seed).to(
+            device
+        )
+
+    model = fresh()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"task N={task.n_samples} C={task.n_classes} D={n_params:,}; device {device}; "
+        f"{torch.get_num_threads()} threads"
+    )
+    stages = Stages(device)
+    thetas = {}
+    for mode, route in [("exact", "auto"), ("exact", "materialised"), ("trace", "auto")]:
+        label = f"{mode}/{route}"
+        with stages(f"jacobian [{label}]"):
+            factors = jacobian_factors(model, x)
+        with stages(f"theta [{label}]"):
+            thetas[label] = gram(factors, mode, route, cfg.theta.block)
+        f0 = factors.f0
+    if not args.no_baseline:
+        with stages("theta [torch.func vmap(jacrev) + J J^T]"):
+            baseline = func_theta(model, x, args.baseline_chunk)
+    kw = {"lr": cfg.lr, "momentum": cfg.momentum, "steps": cfg.steps, "loss": cfg.loss}
+    methods = ["ode", "discrete"] + (["closed_form"] if cfg.loss == "mse" else [])
+    for method in methods:
+        with stages(f"solve [{method}]"):
+            predict(method, thetas["exact/auto"], f0, y, **kw)
+    with stages("fine-tune"):
+        finetune(fresh(), x, y, weight_decay=cfg.weight_decay, **kw)
+
+    s = stages.stats
+    print(f"\n{'stage':50s} {'wall s':>8s} {'peak RSS MB':>12s} {'added MB':>9s}")
+    for name, st in s.items():
+        added = st["peak_rss_mb"] - st["start_rss_mb"]
+        print(f"{name:50s} {st['wall_s']:8.3f} {st['peak_rss_mb']:12.0f} {added:9.0f}")
+    finetune_s = s["fine-tune"]["wall_s"]
+    print()
+    for label in thetas:
+        build_s = s[f"jacobian [{label}]"]["wall_s"] + s[f"theta [{label}]"]["wall_s"]
+        for method in methods:
+            total = build_s + s[f"solve [{method}]"]["wall_s"]
+            print(
+                f"fine-tune / predict ({label:18s} + {method:11s}): {finetune_s / total:6.1f}x"
+                f"  ({total:.2f} s)"
+            )
+    if not args.no_baseline:
+        base_s = s["theta [torch.func vmap(jacrev) + J J^T]"]["wall_s"]
+        ours = s["jacobian [exact/auto]"]["wall_s"] + s["theta [exact/auto]"]["wall_s"]
+        rel = ((thetas["exact/auto"] - baseline).norm() / baseline.norm()).item()
+        print(
+            f"\nexact Theta: engine {ours:.2f} s vs torch.func {base_s:.2f} s: "
+            f"{base_s / ours:.1f}x faster; relative Frobenius difference {rel:.1e}"
+        )
+
+
+if __name__ == "__main__":
+    main()
