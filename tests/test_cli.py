@@ -39,8 +39,41 @@ def test_run_writes_record_curves_and_figure(tmp_path, cache_dir):
     assert sorted(curves.curve.unique()) == ["closed_form", "discrete", "ode", "real"]
     assert (curves.groupby("curve").size() == 5).all()
     assert (out / "curves.png").stat().st_size > 0
-    assert "T_eps in steps" in proc.stdout and "loss:closed_form err" in proc.stdout
+    assert "T_eps of the loss curve" in proc.stdout and "closed_form err" in proc.stdout
     assert "pretraining" in proc.stdout + proc.stderr  # first use says so
+
+
+def test_sgd_run_reports_quantiles_and_coverage(tmp_path, cache_dir):
+    out = tmp_path / "sgd"
+    proc = run_cli(
+        "ttbench.run",
+        *TINY,
+        "steps=6",
+        "optim=sgd",
+        "optim.batch_size=5",
+        "optim.eval_every=2",
+        "optim.smooth=3",
+        "predictor=all",
+        "stochastic.paths=4",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+        cache=cache_dir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert set(result["predictors"]) == {"ode", "discrete", "sde", "exact_sgd"}
+    assert "noise" in result["stages"]
+    for name in ("sde", "exact_sgd"):
+        pred = result["predictors"][name]
+        assert pred["paths"] == 4
+        for q in pred["quantiles"]["loss"].values():
+            assert q["q05"] <= q["q50"] <= q["q95"]
+            assert isinstance(q["covered"], bool)
+    curves = pd.read_parquet(out / "curves.parquet")
+    real = curves[curves.curve == "real"]
+    assert real.step.tolist() == [0, 2, 4, 6]
+    assert {"sde:q05", "sde:q95", "exact_sgd:q05"} <= set(curves.curve)
+    assert "sde 5-95%" in proc.stdout
 
 
 def test_pretrain_entry_point_fills_the_cache(tmp_path, cache_dir):
@@ -68,6 +101,9 @@ def test_pretrain_entry_point_fills_the_cache(tmp_path, cache_dir):
             "predictor='closed_form' is invalid: closed_form needs loss=mse",
         ),
         (["weight_decay=0.1"], "weight_decay=0.1 is invalid: the predictors model 0 only"),
+        (["predictor=sde"], "predictor='sde' is invalid: sde needs optim=sgd"),
+        (["optim=sgd", "optim.batch_size=31"], "optim.batch_size=31 is invalid: must be <= N"),
+        (["optim=adam"], "optim='adam' is invalid: must be one of gd, sgd"),
         (
             ["out_root=/etc/hostname/sub"],
             "out_root='/etc/hostname/sub' is invalid: must be a writable",

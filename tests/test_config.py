@@ -11,8 +11,9 @@ def test_every_config_group_option_composes_and_validates():
     assert {"dataset", "model", "optim", "predictor"} <= set(groups)
     for group, options in groups.items():
         for option in options:
-            loss = ["loss=mse"] if option == "closed_form" else []
-            cfg = compose_cfg([f"{group}={option}", *loss])
+            extra = {"closed_form": ["loss=mse"], "sde": ["optim=sgd"]}.get(option, [])
+            extra += ["optim=sgd"] if option in ("exact_sgd", "sgd") else []
+            cfg = compose_cfg([f"{group}={option}", *extra])
             validate(cfg)
             assert OmegaConf.to_container(cfg, resolve=True)
 
@@ -35,6 +36,9 @@ def test_every_config_group_option_composes_and_validates():
         ("predictor.names=[ode,magic]", "predictor.names"),
         ("predictor=closed_form", "predictor"),
         ("weight_decay=0.01", "weight_decay"),
+        ("optim.eval_every=7", "optim.eval_every"),
+        ("optim.smooth=4", "optim.smooth"),
+        ("predictor=exact_sgd", "predictor"),
     ],
 )
 def test_bad_values_name_key_and_value(override, key):
@@ -52,3 +56,9 @@ def test_all_predictors_skip_closed_form_under_cross_entropy():
         "closed_form",
     ]
     assert predictor_names(compose_cfg(["predictor=none"])) == []
+    assert predictor_names(compose_cfg(["predictor=all", "optim=sgd"])) == [
+        "ode",
+        "discrete",
+        "sde",
+        "exact_sgd",
+    ]

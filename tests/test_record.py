@@ -11,11 +11,13 @@ def test_curves_round_trip(tmp_path):
     curves = {
         "real": Curves(np.array([1.0, 0.5, 0.25]), np.array([0.8, 0.2, 0.0])),
         "ode": Curves(np.array([1.0, 0.6, np.nan]), np.array([0.8, 0.3, np.nan]), diverged=True),
+        "sgd": Curves(np.array([1.0, 0.7]), np.array([0.5, 0.4]), interval=5),
     }
     path = tmp_path / record.CURVES
     record.write_curves(path, curves)
     back = record.read_curves(path, {"ode": True})
-    assert list(back) == ["real", "ode"]
+    assert list(back) == ["real", "ode", "sgd"]
+    assert back["sgd"].interval == 5 and back["sgd"].steps == 5
     for name, c in curves.items():
         np.testing.assert_array_equal(back[name].loss, c.loss)
         np.testing.assert_array_equal(back[name].error, c.error)

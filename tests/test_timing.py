@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ttbench.core.timing import Curves, relative_error, t_eps, t_eps_grid
+from ttbench.core.timing import Curves, relative_error, smooth, t_eps, t_eps_grid, t_eps_quantiles
 
 
 def test_exponential_decay_matches_closed_form():
@@ -66,3 +66,32 @@ def test_curves_shape_checked():
     with pytest.raises(ValueError):
         Curves(np.zeros(3), np.zeros(4))
     assert Curves(np.zeros(4), np.zeros(4)).steps == 3
+
+
+def test_smooth_is_a_centred_moving_average():
+    c = np.array([0.0, 3.0, 0.0, 3.0, 0.0, 6.0])
+    np.testing.assert_allclose(smooth(c, 3), [0, 1, 2, 1, 3, 6])
+    np.testing.assert_array_equal(smooth(c, 1), c)
+    with pytest.raises(ValueError):
+        smooth(c, 4)
+
+
+def test_curves_t_eps_in_steps_with_interval_and_smoothing():
+    c = Curves(np.array([10.0, 6.0, 3.0, 2.0, 1.5, 1.0]), np.zeros(6), interval=10)
+    assert c.steps == 50
+    assert c.t_eps("loss", [0.4, 0.1]) == {0.4: 20, 0.1: 40}
+    noisy = Curves(np.array([8.0, 4.0, 0.0, 2.0, 0.0, 1.0, 0.0]), np.zeros(7))
+    assert noisy.t_eps("loss", [0.1]) == {0.1: 6}
+    assert noisy.t_eps("loss", [0.1], window=3) == {0.1: 5}  # smoothed: 8 4 2 .67 1 .33 0
+
+
+def test_t_eps_quantiles_over_paths():
+    t = np.arange(51)
+    paths = np.stack([np.exp(-t / tau) for tau in (5.0, 10.0, 20.0)])
+    q = t_eps_quantiles(paths, [0.1], q=(0.0, 0.5, 1.0))[0.1]
+    assert q == [
+        float(t_eps(paths[0], 0.1)),
+        float(t_eps(paths[1], 0.1)),
+        float(t_eps(paths[2], 0.1)),
+    ]
+    assert t_eps_quantiles(np.full((2, 3), np.nan), [0.1])[0.1] == [None, None, None]

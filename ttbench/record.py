@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ttbench.core.timing import Curves, relative_error, t_eps_grid
+from ttbench.core.timing import Curves, relative_error
 
 FORMAT_VERSION = 1
 RESULT = "result.json"
@@ -49,7 +49,12 @@ def write_json(path: Path, obj: Any) -> None:
 def curves_frame(curves: Mapping[str, Curves]) -> pd.DataFrame:
     frames = [
         pd.DataFrame(
-            {"curve": name, "step": np.arange(len(c.loss)), "loss": c.loss, "error": c.error}
+            {
+                "curve": name,
+                "step": np.arange(len(c.loss)) * c.interval,
+                "loss": c.loss,
+                "error": c.error,
+            }
         )
         for name, c in curves.items()
     ]
@@ -68,7 +73,9 @@ def read_curves(path: Path, diverged: Mapping[str, bool] | None = None) -> dict[
     for name, part in df.groupby("curve", sort=False):
         part = part.sort_values("step")
         flag = bool(diverged.get(name, False)) if diverged else False
-        out[str(name)] = Curves(part["loss"].to_numpy(), part["error"].to_numpy(), flag)
+        steps = part["step"].to_numpy()
+        interval = int(steps[1] - steps[0]) if len(steps) > 1 else 1
+        out[str(name)] = Curves(part["loss"].to_numpy(), part["error"].to_numpy(), flag, interval)
     return out
 
 
@@ -76,11 +83,13 @@ def read_result(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def t_eps_entry(curves: Curves, eps: Iterable[float]) -> dict[str, dict[str, int | None]]:
-    """{"loss"|"error": {eps: T_eps}} with eps keys as strings (JSON)."""
+def t_eps_entry(
+    curves: Curves, eps: Iterable[float], window: int = 1
+) -> dict[str, dict[str, int | None]]:
+    """{"loss"|"error": {eps: T_eps in steps}} with eps keys as strings (JSON)."""
     eps = list(eps)
     return {
-        kind: {str(e): t for e, t in t_eps_grid(getattr(curves, kind), eps).items()}
+        kind: {str(e): t for e, t in curves.t_eps(kind, eps, window).items()}
         for kind in ("loss", "error")
     }
 

@@ -13,31 +13,37 @@ from typing import Any
 
 import hydra
 import pandas as pd
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ttbench import build, record
 from ttbench.cli import CONF_DIR, fail, guarded
-from ttbench.core.dynamics import Prediction, predict
-from ttbench.core.linearize import gram, jacobian_factors
+from ttbench.core.sgd import batch_indices
 from ttbench.core.timing import Curves
 from ttbench.data.task import sample_task
 from ttbench.measure import Stages
 from ttbench.models.classifier import finetune_model
 from ttbench.plots import plot_curves
+from ttbench.predict import band_curves, quantile_entry, run_predictors
 from ttbench.train import finetune
-from ttbench.validate import ConfigError, predictor_names, validate
+from ttbench.validate import ConfigError, validate
 
 log = logging.getLogger("ttbench.run")
 
 
 def _finetune(cfg: DictConfig, model, x, y) -> Curves:
+    """Real fine-tuning with progress; SGD batches are drawn from the run's seed."""
+    batches = None
+    if cfg.optim.name == "sgd":
+        gen = torch.Generator().manual_seed(cfg.seed)
+        batches = batch_indices(len(y), cfg.optim.batch_size, cfg.steps, cfg.optim.sampling, gen)
     every = max(1, cfg.steps // 10)
     with tqdm(total=cfg.steps + 1, desc="fine-tune", disable=not sys.stderr.isatty()) as bar:
 
         def on_step(t: int, value: float) -> None:
-            bar.update()
+            bar.update(cfg.optim.eval_every)
             if t % every == 0 or t == cfg.steps:
                 log.info("fine-tune step %d/%d: loss %.5g", t, cfg.steps, value)
 
@@ -50,42 +56,10 @@ def _finetune(cfg: DictConfig, model, x, y) -> Curves:
             steps=cfg.steps,
             loss=cfg.loss,
             weight_decay=cfg.weight_decay,
+            batches=batches,
+            eval_every=cfg.optim.eval_every,
             on_step=on_step,
         )
-
-
-def _predict(cfg: DictConfig, model, x, y, stages: Stages) -> dict[str, tuple[Prediction, float]]:
-    """Linearise once, then run each requested predictor; returns {name: (prediction, solve_s)}."""
-    names = predictor_names(cfg)
-    if not names:
-        return {}
-    with stages("jacobian"):
-        factors = jacobian_factors(model, x)
-    with stages("theta"):
-        theta = gram(factors, cfg.theta.mode, block=cfg.theta.block)
-    log.info(
-        "Theta (%s): %s, built in %.2f s",
-        cfg.theta.mode,
-        tuple(theta.shape),
-        stages.stats["jacobian"]["wall_s"] + stages.stats["theta"]["wall_s"],
-    )
-    out = {}
-    for name in names:
-        with stages(f"solve_{name}"):
-            pred = predict(
-                name,
-                theta,
-                factors.f0,
-                y,
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                steps=cfg.steps,
-                loss=cfg.loss,
-            )
-        out[name] = (pred, stages.stats[f"solve_{name}"]["wall_s"])
-        if pred.curves.diverged:
-            log.warning("predictor %s diverged", name)
-    return out
 
 
 def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -101,16 +75,21 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
             build.pretrained_model(cfg), task.n_classes, cfg.model.head_init_std, cfg.seed
         ).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    predictions = _predict(cfg, model, x, y, stages)  # at w0, before fine-tuning moves it
+    predictions = run_predictors(cfg, model, x, y, stages)  # at w0, before fine-tuning
     with stages("finetune"):
         real = _finetune(cfg, model, x, y)
     if real.diverged:
         log.warning("fine-tuning diverged: the loss became non-finite")
 
-    curves = {"real": real, **{k: p.curves for k, (p, _) in predictions.items()}}
+    curves = {"real": real}
+    for name, p in predictions.items():
+        curves[name] = p.curves
+        if p.paths is not None:
+            curves.update(band_curves(name, p.paths))
     record.write_curves(out_dir / record.CURVES, curves)
     plot_curves(curves, out_dir / "curves.png", title=f"{cfg.dataset.name} {task.classes}")
-    real_t = record.t_eps_entry(real, cfg.eps)
+    window = cfg.optim.smooth
+    real_t = record.t_eps_entry(real, cfg.eps, window)
     result = {
         "format_version": record.FORMAT_VERSION,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -132,9 +111,13 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         "predictors": {},
     }
     shared_s = sum(stages.stats[k]["wall_s"] for k in ("jacobian", "theta") if k in stages.stats)
-    for name, (pred, solve_s) in predictions.items():
-        t_eps = record.t_eps_entry(pred.curves, cfg.eps)
-        result["predictors"][name] = {
+    for name, pred in predictions.items():
+        t_eps = record.t_eps_entry(pred.curves, cfg.eps, window)
+        noise_s = (
+            stages.stats["noise"]["wall_s"] if name == "sde" and "noise" in stages.stats else 0
+        )
+        total = shared_s + noise_s + pred.solve_s
+        entry = {
             "curves": record.CURVES,
             "diverged": pred.curves.diverged,
             "t_eps": t_eps,
@@ -142,11 +125,16 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
             "timing": {
                 "jacobian_s": stages.stats["jacobian"]["wall_s"],
                 "theta_s": stages.stats["theta"]["wall_s"],
-                "solve_s": solve_s,
-                "total_s": shared_s + solve_s,
-                "finetune_over_predict": stages.stats["finetune"]["wall_s"] / (shared_s + solve_s),
+                "noise_s": noise_s,
+                "solve_s": pred.solve_s,
+                "total_s": total,
+                "finetune_over_predict": stages.stats["finetune"]["wall_s"] / total,
             },
         }
+        if pred.paths is not None:
+            entry["paths"] = len(pred.paths.paths_loss)
+            entry["quantiles"] = quantile_entry(pred.paths, real_t, cfg.eps, window)
+        result["predictors"][name] = entry
     record.write_json(out_dir / record.RESULT, result)
     return result
 
@@ -160,18 +148,24 @@ def summary(result: dict[str, Any]) -> str:
         f"lr={cfg['lr']} momentum={cfg['momentum']} T={cfg['steps']} loss={cfg['loss']}"
     )
     timing = ", ".join(f"{k} {v['wall_s']:.1f}s" for k, v in result["stages"].items())
-    columns: dict[str, list] = {}
+    tables = []
     for kind in ("loss", "error"):
-        columns[f"{kind}:real"] = list(result["real"]["t_eps"][kind].values())
+        columns: dict[str, list] = {"real": list(result["real"]["t_eps"][kind].values())}
         for name, pred in result["predictors"].items():
-            columns[f"{kind}:{name}"] = list(pred["t_eps"][kind].values())
-            columns[f"{kind}:{name} err"] = [
+            columns[name] = list(pred["t_eps"][kind].values())
+            columns[f"{name} err"] = [
                 "-" if v["rel"] is None else f"{v['rel']:.0%}"
                 for v in pred["errors"][kind].values()
             ]
-    table = pd.DataFrame(columns, index=[f"eps={e}" for e in result["eps"]]).fillna("-")
+            if "quantiles" in pred:
+                columns[f"{name} 5-95%"] = [
+                    "-" if q["q05"] is None else f"{q['q05']:.0f}-{q['q95']:.0f}"
+                    for q in pred["quantiles"][kind].values()
+                ]
+        table = pd.DataFrame(columns, index=[f"eps={e}" for e in result["eps"]]).fillna("-")
+        tables.append(f"T_eps of the {kind} curve, in steps:\n{table.to_string()}")
     diverged = "  (real run DIVERGED)" if result["real"]["diverged"] else ""
-    return f"{head}{diverged}\nstages: {timing}\nT_eps in steps:\n{table.to_string()}"
+    return f"{head}{diverged}\nstages: {timing}\n" + "\n".join(tables)
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")

@@ -1,8 +1,9 @@
 """Real fine-tuning: the only place in ttbench that trains a network.
 
-Full-batch gradient descent with heavy-ball momentum (torch.optim.SGD) on the whole task; the
-training loss and error on the whole task are recorded at every step t = 0..T, before that
-step's update. A non-finite loss stops the run, which is then marked diverged.
+Gradient descent with heavy-ball momentum (torch.optim.SGD): full-batch by default, or
+mini-batch SGD along given batches (see ttbench.core.sgd.batch_indices). The training loss and
+error on the whole task are recorded every `eval_every` steps t = 0..T, before that step's
+update. A non-finite loss stops the run, which is then marked diverged.
 """
 
 from __future__ import annotations
@@ -27,25 +28,42 @@ def finetune(
     steps: int,
     loss: str = "ce",
     weight_decay: float = 0.0,
+    batches: torch.Tensor | None = None,
+    eval_every: int = 1,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Curves:
-    """Fine-tune `model` in place for `steps` GD steps; returns curves of length steps + 1."""
+    """Fine-tune `model` in place for `steps` steps; `batches` (steps, B) selects SGD.
+    Returns curves with steps // eval_every + 1 points."""
+    if steps % eval_every:
+        raise ValueError("steps must be a multiple of eval_every")
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    loss_curve = np.full(steps + 1, np.nan)
-    error_curve = np.full(steps + 1, np.nan)
+    points = steps // eval_every + 1
+    loss_curve = np.full(points, np.nan)
+    error_curve = np.full(points, np.nan)
     diverged = False
     for t in range(steps + 1):
         opt.zero_grad(set_to_none=True)
-        f = model(x)
-        value = losses.loss(f, y, loss)
-        loss_curve[t] = value.item()
-        error_curve[t] = losses.error(f.detach(), y).item()
-        if on_step is not None:
-            on_step(t, loss_curve[t])
-        if not np.isfinite(loss_curve[t]):
-            diverged = True
+        record = t % eval_every == 0
+        if batches is None or record:
+            with torch.set_grad_enabled(batches is None and t < steps):
+                f = model(x)
+                value = losses.loss(f, y, loss)
+            if record:
+                loss_curve[t // eval_every] = value.item()
+                error_curve[t // eval_every] = losses.error(f.detach(), y).item()
+                if on_step is not None:
+                    on_step(t, loss_curve[t // eval_every])
+            if not torch.isfinite(value):
+                diverged = True
+                break
+        if t == steps:
             break
-        if t < steps:
-            value.backward()
-            opt.step()
-    return Curves(loss_curve, error_curve, diverged)
+        if batches is not None:
+            idx = batches[t].to(x.device)
+            value = losses.loss(model(x[idx]), y[idx], loss)
+            if not torch.isfinite(value):
+                diverged = True
+                break
+        value.backward()
+        opt.step()
+    return Curves(loss_curve, error_curve, diverged, interval=eval_every)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ttbench.core.dynamics import PREDICTORS
 from ttbench.core.linearize import MODES
 from ttbench.core.losses import LOSSES
+from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
 from ttbench.data.registry import DATASETS
 
 
@@ -70,26 +71,60 @@ def validate(cfg: DictConfig) -> None:
     if k > classes:
         raise ConfigError("task.k", k, f"must be <= {classes}, the classes of {cfg.dataset.name}")
     _integer(cfg, "task.n", 1)
+    _optim(cfg)
     _choice("theta.mode", cfg.theta.mode, MODES)
     _integer(cfg, "theta.block", 1)
     for name in predictor_names(cfg, check=True):
-        if name == "closed_form" and cfg.loss != "mse":
-            raise ConfigError("predictor", name, "closed_form needs loss=mse")
+        reason = _inapplicable(cfg, name)
+        if reason:
+            raise ConfigError("predictor", name, reason)
+    if set(predictor_names(cfg)) & set(STOCHASTIC):
+        _integer(cfg, "stochastic.paths", 1)
+        _choice("stochastic.noise", cfg.stochastic.noise, NOISES)
+        _choice("stochastic.schedule", cfg.stochastic.schedule, SCHEDULES)
     if predictor_names(cfg) and cfg.weight_decay != 0:
         raise ConfigError(
             "weight_decay", cfg.weight_decay, "the predictors model 0 only (or use predictor=none)"
         )
 
 
+def _optim(cfg: DictConfig) -> None:
+    _choice("optim", cfg.optim.name, ("gd", "sgd"))
+    every = _integer(cfg, "optim.eval_every", 1)
+    if cfg.steps % every:
+        raise ConfigError("optim.eval_every", every, f"must divide steps={cfg.steps}")
+    window = _integer(cfg, "optim.smooth", 1)
+    if window % 2 == 0:
+        raise ConfigError("optim.smooth", window, "must be odd (a centred window)")
+    if cfg.optim.name == "sgd":
+        _choice("optim.sampling", cfg.optim.sampling, SCHEMES)
+        b = _integer(cfg, "optim.batch_size", 1)
+        if b > cfg.task.k * cfg.task.n:
+            raise ConfigError(
+                "optim.batch_size", b, f"must be <= N = task.k * task.n = {cfg.task.k * cfg.task.n}"
+            )
+
+
+STOCHASTIC = ("sde", "exact_sgd")
+
+
+def _inapplicable(cfg: DictConfig, name: str) -> str | None:
+    if name == "closed_form" and cfg.loss != "mse":
+        return "closed_form needs loss=mse"
+    if name in STOCHASTIC and cfg.optim.name != "sgd":
+        return f"{name} needs optim=sgd"
+    return None
+
+
 def predictor_names(cfg: DictConfig, check: bool = False) -> list[str]:
-    """The predictors a run asks for, less closed_form under cross-entropy where the
-    predictor config allows skipping what does not apply."""
+    """The predictors a run asks for; where the predictor config allows it, those that do not
+    apply to the loss or optimiser are skipped."""
     names = list(cfg.predictor.names)
     if check:
         for name in names:
-            _choice("predictor.names", name, PREDICTORS)
-    if cfg.predictor.get("skip_inapplicable", False) and cfg.loss != "mse":
-        names = [n for n in names if n != "closed_form"]
+            _choice("predictor.names", name, (*PREDICTORS, *STOCHASTIC))
+    if cfg.predictor.get("skip_inapplicable", False):
+        names = [n for n in names if _inapplicable(cfg, n) is None]
     return names
 
 

@@ -255,7 +255,7 @@ def jacobian_factors(model: nn.Module, x: torch.Tensor) -> JacobianFactors:
 def gram(
     factors: JacobianFactors, mode: str = "exact", route: str = "auto", block: int = 128
 ) -> torch.Tensor:
-    """Theta from the factors, layer by layer; consumes (frees) the factors.
+    """Theta from the factors, layer by layer.
 
     `route` forces one contraction order for every weight matrix (default: the cheaper per
     layer); `block` bounds the samples per side of a structured block, i.e. its memory.
@@ -278,13 +278,30 @@ def gram(
                 pieces.append(torch.einsum("cnpo,npk->cnok", D, A).flatten(2))
         for p in pieces:
             acc.add(p)
-        layer.inp = layer.delta = None  # free as we go
     acc.flush()
     theta = acc.theta
     for s in structured:
         theta += s
-    factors.layers = []
     return theta
+
+
+def diagonal_noise_gram(factors: JacobianFactors, sample_grads: torch.Tensor) -> torch.Tensor:
+    """J diag(sigma^2) J^T (N*C x N*C): the function-space covariance of SGD noise with the
+    gradient covariance Sigma approximated by its diagonal (Section 4). sigma^2 is, per weight,
+    the variance over samples of the per-sample loss gradient h_i = J_i^T sample_grads[i]."""
+    n, C = factors.f0.shape
+    acc = _Gram(n, C, "exact", factors.f0)
+    s = sample_grads.to(factors.f0.dtype)
+    for layer in factors.layers:
+        pieces, weight = _factors(layer)
+        if weight is not None:
+            A, D = weight
+            pieces.append(torch.einsum("cnpo,npk->cnok", D, A).flatten(2))
+        for g in pieces:  # (C, n, d)
+            h = torch.einsum("cnd,nc->nd", g, s)
+            acc.add(g * h.var(0, unbiased=False).sqrt())
+    acc.flush()
+    return acc.theta
 
 
 def linearize(

@@ -21,11 +21,13 @@ DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 
 @dataclass(frozen=True)
 class Curves:
-    """Training loss and error at steps t = 0..T (before the update of step t)."""
+    """Training loss and error at steps t = 0, interval, 2 interval, ..., T (before the update
+    of that step)."""
 
     loss: np.ndarray
     error: np.ndarray
     diverged: bool = False
+    interval: int = 1
 
     def __post_init__(self) -> None:
         if np.shape(self.loss) != np.shape(self.error) or np.ndim(self.loss) != 1:
@@ -33,7 +35,14 @@ class Curves:
 
     @property
     def steps(self) -> int:
-        return len(self.loss) - 1
+        return (len(self.loss) - 1) * self.interval
+
+    def t_eps(self, kind: str, eps: Iterable[float], window: int = 1) -> dict[float, int | None]:
+        """T_eps in steps of the loss or error curve, after smoothing over `window` points."""
+        curve = smooth(getattr(self, kind), window)
+        return {
+            e: None if t is None else t * self.interval for e, t in t_eps_grid(curve, eps).items()
+        }
 
 
 def t_eps(curve: Sequence[float] | np.ndarray, eps: float) -> int | None:
@@ -59,8 +68,44 @@ def t_eps_grid(
     return {float(e): t_eps(curve, e) for e in eps}
 
 
+def smooth(curve: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over `window` points (odd), the window shrinking at both ends so
+    that the first and last values stay centred. window=1 returns the curve unchanged."""
+    c = np.asarray(curve, dtype=np.float64)
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd number, got {window}")
+    if window == 1 or c.size == 0:
+        return c
+    half = window // 2
+    out = np.empty_like(c)
+    for t in range(c.size):
+        r = min(half, t, c.size - 1 - t)
+        out[t] = c[t - r : t + r + 1].mean()
+    return out
+
+
 def relative_error(t_pred: int | None, t_real: int | None) -> float | None:
     """|t_pred - t_real| / t_real; None when undefined (a missing time or t_real = 0)."""
     if t_pred is None or t_real is None or t_real == 0:
         return None
     return abs(t_pred - t_real) / t_real
+
+
+def t_eps_quantiles(
+    paths: np.ndarray,
+    eps: Iterable[float],
+    window: int = 1,
+    interval: int = 1,
+    q: Sequence[float] = (0.05, 0.5, 0.95),
+) -> dict[float, list[float | None]]:
+    """Quantiles over sample paths (R, points) of their T_eps in steps; None where every path
+    lacks a time (all diverged)."""
+    out = {}
+    for e in eps:
+        times = [t_eps(smooth(p, window), e) for p in np.asarray(paths)]
+        values = np.array([np.nan if t is None else t * interval for t in times], dtype=float)
+        if np.all(np.isnan(values)):
+            out[float(e)] = [None] * len(q)
+        else:
+            out[float(e)] = [float(v) for v in np.nanquantile(values, q)]
+    return out

@@ -1,0 +1,162 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from ttbench.core import dynamics, losses, sgd
+from ttbench.core.linearize import LinearizedModel, diagonal_noise_gram, jacobian_factors, linearize
+from ttbench.core.timing import t_eps_quantiles
+from ttbench.models.small_resnet import small_resnet
+from ttbench.train import finetune
+
+from .test_linearize import explicit_theta
+
+
+@pytest.fixture(scope="module")
+def problem():
+    torch.manual_seed(0)
+    model = small_resnet(1, 4, 3).double().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(10)
+    x = torch.randn(12, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(12) % 3
+    lin = linearize(model, x)
+    lr = 0.3 * 12 / torch.linalg.eigvalsh(lin.theta)[-1].item()
+    return model, x, y, lin, lr
+
+
+def test_batch_schemes():
+    g = torch.Generator().manual_seed(0)
+    b = sgd.batch_indices(10, 5, 7, "epoch", g)
+    assert b.shape == (7, 5)
+    for epoch in range(3):
+        assert sorted(b[2 * epoch : 2 * epoch + 2].flatten().tolist()) == list(range(10))
+    assert sgd.batch_indices(10, 3, 4, "epoch", g).unique().numel() <= 9  # tail dropped
+    r1 = sgd.batch_paths(10, 4, 6, "with_replacement", 3, seed=1)
+    r2 = sgd.batch_paths(10, 4, 6, "with_replacement", 3, seed=1)
+    assert r1.shape == (3, 6, 4) and torch.equal(r1, r2) and not torch.equal(r1[0], r1[1])
+    with pytest.raises(ValueError):
+        sgd.batch_indices(10, 11, 3, "epoch", g)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_full_batch_without_replacement_is_gd(problem, loss):
+    _, _, y, lin, lr = problem
+    n, steps = 12, 25
+    batches = sgd.batch_paths(n, n, steps, "epoch", 2, seed=0)
+    gd = dynamics.discrete(lin.theta, lin.f0, y, lr=lr, momentum=0.7, steps=steps, loss=loss)
+    sim = sgd.exact_sgd(lin.theta, lin.f0, y, lr=lr, momentum=0.7, loss=loss, batches=batches)
+    np.testing.assert_allclose(sim.paths_loss, np.tile(gd.curves.loss, (2, 1)), rtol=1e-12)
+    gd0 = dynamics.discrete(lin.theta, lin.f0, y, lr=lr, momentum=0.0, steps=steps, loss=loss)
+    noise = sgd.noise_factor(torch.eye(lin.theta.shape[0], dtype=torch.float64))
+    for kind in sgd.NOISES:
+        path = sgd.sde(
+            lin.theta,
+            lin.f0,
+            y,
+            lr=lr,
+            momentum=0.0,
+            steps=steps,
+            loss=loss,
+            batch_size=n,
+            scheme="epoch",
+            paths=3,
+            seed=0,
+            noise=kind,
+            noise_sqrt=noise,
+        )
+        np.testing.assert_allclose(path.paths_loss, np.tile(gd0.curves.loss, (3, 1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_exact_simulator_reproduces_real_sgd_of_the_linearised_model(problem, loss):
+    model, x, y, lin, lr = problem
+    batches = sgd.batch_indices(12, 4, 30, "with_replacement", torch.Generator().manual_seed(3))
+    real = finetune(
+        LinearizedModel(copy.deepcopy(model)),
+        x,
+        y,
+        lr=lr,
+        momentum=0.9,
+        steps=30,
+        loss=loss,
+        batches=batches,
+    )
+    sim = sgd.exact_sgd(lin.theta, lin.f0, y, lr=lr, momentum=0.9, loss=loss, batches=batches[None])
+    assert np.max(np.abs(sim.paths_loss[0] - real.loss) / real.loss) <= 1e-6
+    np.testing.assert_array_equal(sim.paths_error[0], real.error)
+
+
+def test_sde_increment_covariance_matches_minibatch_updates(problem):
+    _, _, y, lin, lr = problem
+    n, b, draws = 12, 3, 6000
+    f0 = lin.f0.to(torch.float64)
+    batches = sgd.batch_paths(n, b, 1, "with_replacement", draws, seed=5)
+    sim = sgd.exact_sgd(lin.theta, f0, y, lr=lr, momentum=0.0, loss="ce", batches=batches)
+    sde = sgd.sde(
+        lin.theta,
+        f0,
+        y,
+        lr=lr,
+        momentum=0.0,
+        steps=1,
+        loss="ce",
+        batch_size=b,
+        scheme="with_replacement",
+        paths=draws,
+        seed=1,
+        noise="full",
+    )
+    # analytic covariance of one linearised SGD step: lr^2 / B * J Sigma J^T, J h_i = Theta_i s_i
+    s = losses.grad_f(f0, y, "ce") * n
+    m = torch.einsum("ajc,jc->aj", lin.theta.view(-1, n, 3), s)
+    cov = lr**2 / b * ((m @ m.T) / n - torch.outer(m.mean(1), m.mean(1)))
+    mean = f0.reshape(-1) - lr * m.mean(1)
+    for pred in (sim, sde):
+        inc = pred.final.reshape(draws, -1)
+        emp = torch.cov(inc.T)
+        assert ((emp - cov).norm() / cov.norm()).item() < 0.08  # MC error ~ sqrt(2 / draws) * few
+        assert ((inc.mean(0) - mean).norm() / (lr * m.mean(1)).norm()).item() < 0.2
+
+
+def test_diagonal_noise_gram_equals_explicit(problem):
+    model, x, y, lin, _ = problem
+    params = [p for p in model.parameters() if p.requires_grad]
+    f = model(x)
+    s = losses.grad_f(f.detach(), y, "ce") * 12
+    rows = []
+    for i in range(12):
+        for c in range(3):
+            grads = torch.autograd.grad(f[i, c], params, retain_graph=True)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    J = torch.stack(rows)  # (N*C, D)
+    h = torch.einsum("icd,ic->id", J.view(12, 3, -1), s)
+    expected = J @ torch.diag(h.var(0, unbiased=False)) @ J.T
+    got = diagonal_noise_gram(jacobian_factors(model, x), s)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-10
+    _, theta = explicit_theta(model, x)
+    assert torch.allclose(lin.theta, theta, rtol=1e-9, atol=1e-12)
+
+
+def test_quantiles_ordered_and_seeded(problem):
+    _, _, y, lin, lr = problem
+    s = losses.grad_f(lin.f0, y, "ce") * 12
+    cov = diagonal_noise_gram(jacobian_factors(problem[0], problem[1]), s)
+    kw = dict(
+        lr=lr,
+        momentum=0.5,
+        steps=40,
+        loss="ce",
+        batch_size=3,
+        scheme="with_replacement",
+        paths=16,
+        seed=4,
+        noise_sqrt=sgd.noise_factor(cov),
+    )
+    a, b = sgd.sde(lin.theta, lin.f0, y, **kw), sgd.sde(lin.theta, lin.f0, y, **kw)
+    np.testing.assert_array_equal(a.paths_loss, b.paths_loss)
+    assert not np.allclose(a.paths_loss[0], a.paths_loss[1])
+    q = t_eps_quantiles(a.paths_loss, [0.05, 0.2], window=5)
+    for lo, mid, hi in q.values():
+        assert lo <= mid <= hi
