@@ -9,6 +9,7 @@ The Python API, for a model in eval mode, inputs x and labels y:
 
 from ttbench.core.dynamics import Prediction, closed_form, discrete, elr, ode, predict, spectrum
 from ttbench.core.linearize import Linearization, LinearizedModel, linearize
+from ttbench.core.sgd import batch_paths, exact_sgd, sde
 from ttbench.core.timing import Curves, t_eps, t_eps_grid
 
 __version__ = "0.1.0"
@@ -17,12 +18,15 @@ __all__ = [
     "Linearization",
     "LinearizedModel",
     "Prediction",
+    "batch_paths",
     "closed_form",
     "discrete",
     "elr",
+    "exact_sgd",
     "linearize",
     "ode",
     "predict",
+    "sde",
     "spectrum",
     "t_eps",
     "t_eps_grid",
