@@ -12,10 +12,17 @@ from omegaconf import DictConfig
 
 from ttbench.core import losses, sgd
 from ttbench.core.dynamics import predict
-from ttbench.core.linearize import diagonal_noise_gram, gram, jacobian_factors
+from ttbench.core.linearize import (
+    diagonal_noise_gram,
+    exact_memory_bytes,
+    gram,
+    jacobian_factors,
+    projected_features,
+)
+from ttbench.core.sketch import Sketch
 from ttbench.core.timing import Curves, t_eps_quantiles
 from ttbench.measure import Stages
-from ttbench.validate import STOCHASTIC, predictor_names
+from ttbench.validate import STOCHASTIC, ConfigError, predictor_names
 
 log = logging.getLogger(__name__)
 QUANTILES = (0.05, 0.5, 0.95)
@@ -34,20 +41,33 @@ def run_predictors(
     names = predictor_names(cfg)
     if not names:
         return {}
+    th = cfg.theta
+    factors = None
     with stages("jacobian"):
-        factors = jacobian_factors(model, x)
+        if th.mode == "projected":
+            sketch = Sketch(th.sketch, th.dim, cfg.seed)
+            f0, phi = projected_features(model, x, sketch, th.chunk)
+        else:
+            _check_memory(cfg, model, x)
+            factors = jacobian_factors(model, x)
+            f0 = factors.f0
     with stages("theta"):
-        theta = gram(factors, cfg.theta.mode, block=cfg.theta.block)
+        if th.mode == "projected":
+            theta = phi @ phi.T
+            del phi
+        else:
+            theta = gram(factors, th.mode, block=th.block)
     log.info(
         "Theta (%s) %s built in %.2f s",
         cfg.theta.mode,
         tuple(theta.shape),
         stages.stats["jacobian"]["wall_s"] + stages.stats["theta"]["wall_s"],
     )
-    f0 = factors.f0
     noise_sqrt = None
     if "sde" in names and cfg.stochastic.noise == "diagonal":
         with stages("noise"):
+            if factors is None:  # the diagonal of Sigma needs the unprojected gradients
+                factors = jacobian_factors(model, x)
             s0 = losses.grad_f(f0, y, cfg.loss) * len(y)
             noise_sqrt = sgd.noise_factor(diagonal_noise_gram(factors, s0))
     del factors
@@ -73,6 +93,17 @@ def run_predictors(
         if curves.diverged:
             log.warning("predictor %s diverged", name)
     return out
+
+
+def _check_memory(cfg: DictConfig, model, x: torch.Tensor) -> None:
+    need = exact_memory_bytes(model, x, len(x)) / 2**30
+    if need > cfg.theta.memory_gb:
+        raise ConfigError(
+            "theta.mode",
+            cfg.theta.mode,
+            f"needs about {need:.1f} GB for N={len(x)}, above theta.memory_gb="
+            f"{cfg.theta.memory_gb}: use theta.mode=projected (theta.dim={cfg.theta.dim})",
+        )
 
 
 def _stochastic(cfg, name, theta, f0, y, noise_sqrt) -> sgd.PathPrediction:

@@ -176,7 +176,10 @@ def app(cfg: DictConfig) -> None:
         fail(e)
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
-    result = run(cfg, out_dir, list(hc.overrides.task))
+    try:
+        result = run(cfg, out_dir, list(hc.overrides.task))
+    except ConfigError as e:  # found only once the model and data are known
+        fail(e)
     print(summary(result))
     print(f"record: {out_dir / record.RESULT}")
 

@@ -17,6 +17,7 @@ from ttbench.core.dynamics import PREDICTORS
 from ttbench.core.linearize import MODES
 from ttbench.core.losses import LOSSES
 from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
+from ttbench.core.sketch import SKETCHES
 from ttbench.data.registry import DATASETS
 
 
@@ -74,6 +75,11 @@ def validate(cfg: DictConfig) -> None:
     _optim(cfg)
     _choice("theta.mode", cfg.theta.mode, MODES)
     _integer(cfg, "theta.block", 1)
+    _integer(cfg, "theta.dim", 1)
+    _integer(cfg, "theta.chunk", 1)
+    _choice("theta.sketch", cfg.theta.sketch, SKETCHES)
+    if _number(cfg, "theta.memory_gb") <= 0:
+        raise ConfigError("theta.memory_gb", cfg.theta.memory_gb, "must be > 0")
     for name in predictor_names(cfg, check=True):
         reason = _inapplicable(cfg, name)
         if reason:

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-MODES = ("exact", "trace")
+from ttbench.core.sketch import Sketch
+
+MODES = ("exact", "trace", "projected")
 ROUTES = ("auto", "materialised", "structured")
 _FLUSH_ELEMENTS = 2**25  # materialised gradient columns are batched into GEMMs of this size
 
@@ -260,8 +262,8 @@ def gram(
     `route` forces one contraction order for every weight matrix (default: the cheaper per
     layer); `block` bounds the samples per side of a structured block, i.e. its memory.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in ("exact", "trace"):
+        raise ValueError(f"mode must be exact or trace, got {mode!r}")
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     n, C = factors.f0.shape
@@ -304,12 +306,63 @@ def diagonal_noise_gram(factors: JacobianFactors, sample_grads: torch.Tensor) ->
     return acc.theta
 
 
+def projected_features(
+    model: nn.Module, x: torch.Tensor, sketch: Sketch, chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f0 (N, C) and J P (N*C, D0), rows (i, c) i-major, streamed over chunks of samples: peak
+    memory is J P plus one chunk's factors and one layer's per-sample gradients."""
+    f0s, rows = [], []
+    for start in range(0, len(x), chunk):
+        factors = jacobian_factors(model, x[start : start + chunk])
+        n, C = factors.f0.shape
+        phi = torch.zeros(n * C, sketch.dim, dtype=factors.f0.dtype, device=factors.f0.device)
+        block = 0
+        for layer in factors.layers:
+            pieces, weight = _factors(layer)
+            if weight is not None:
+                A, D = weight
+                pieces.append(torch.einsum("cnpo,npk->cnok", D, A).flatten(2))
+            for g in pieces:
+                sketch.project_into(phi, block, g.transpose(0, 1).reshape(n * C, -1))
+                block += 1
+        f0s.append(factors.f0)
+        rows.append(phi)
+    return torch.cat(f0s), torch.cat(rows)
+
+
 def linearize(
-    model: nn.Module, x: torch.Tensor, mode: str = "exact", route: str = "auto", block: int = 128
+    model: nn.Module,
+    x: torch.Tensor,
+    mode: str = "exact",
+    route: str = "auto",
+    block: int = 128,
+    sketch: Sketch | None = None,
+    chunk: int = 256,
 ) -> Linearization:
-    """f0 and Theta of `model` (BatchNorm in eval mode) at its current weights on inputs x."""
+    """f0 and Theta of `model` (BatchNorm in eval mode) at its current weights on inputs x.
+    mode "projected" needs a `sketch` and streams over `chunk` samples at a time."""
+    if mode == "projected":
+        if sketch is None:
+            raise ValueError("mode='projected' needs a sketch")
+        f0, phi = projected_features(model, x, sketch, chunk)
+        theta = torch.zeros(len(phi), len(phi), dtype=phi.dtype, device=phi.device)
+        _add_gram(theta, phi)
+        return Linearization(f0, theta, "exact")
     factors = jacobian_factors(model, x)
     return Linearization(factors.f0, gram(factors, mode, route, block), mode)
+
+
+def exact_memory_bytes(model: nn.Module, x: torch.Tensor, n: int) -> int:
+    """An upper estimate of the exact engine's memory for n samples like x[:1]: the factors of
+    every layer, the largest per-sample gradient block, and Theta itself."""
+    factors = jacobian_factors(model, x[:1])
+    C = factors.f0.shape[1]
+    per_sample = sum(lay.inp.numel() + lay.delta.numel() for lay in factors.layers)
+    largest = max(
+        sum(p.numel() for p in lay.module.parameters(recurse=False)) for lay in factors.layers
+    )
+    item = factors.f0.element_size()
+    return item * (n * per_sample + n * C * largest + (n * C) ** 2)
 
 
 class LinearizedModel(nn.Module):

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from ttbench.core.linearize import linearize, projected_features
+from ttbench.core.sketch import SKETCHES, Sketch
+
+from .test_linearize import _randomise_bn, conv_net
+
+
+@pytest.fixture(scope="module")
+def problem():
+    torch.manual_seed(0)
+    model = _randomise_bn(conv_net().double())
+    x = torch.randn(16, 2, 5, 5, dtype=torch.float64)
+    return model, x, linearize(model, x).theta
+
+
+def _matrix(kind, d, dim, seed=0):
+    out = torch.zeros(d, dim, dtype=torch.float64)
+    Sketch(kind, dim, seed).project_into(out, 0, torch.eye(d, dtype=torch.float64))
+    return out
+
+
+def test_projection_matrices_have_the_documented_entries():
+    p = _matrix("achlioptas", 3000, 50)
+    scale = (3 / 50) ** 0.5
+    assert set(torch.unique(p / scale).tolist()) == {-1.0, 0.0, 1.0}
+    assert abs((p == 0).double().mean().item() - 2 / 3) < 0.01
+    c = _matrix("countsketch", 500, 40)
+    assert torch.all((c != 0).sum(1) == 1) and torch.all(c.abs().sum(1) == 1)
+    g = _matrix("gaussian", 2000, 40)
+    assert abs(g.var().item() * 40 - 1) < 0.05
+    assert torch.equal(_matrix("gaussian", 20, 8, seed=3), _matrix("gaussian", 20, 8, seed=3))
+
+
+@pytest.mark.parametrize("kind", SKETCHES)
+def test_projected_theta_is_unbiased_and_error_shrinks_like_inverse_sqrt_dim(problem, kind):
+    model, x, exact = problem
+    norm = exact.norm()
+
+    def thetas(dim, seeds):
+        return [linearize(model, x, "projected", sketch=Sketch(kind, dim, s)).theta for s in seeds]
+
+    small = thetas(64, range(12))
+    large = thetas(1024, range(4))
+    err_small = sum((t - exact).norm() / norm for t in small) / len(small)
+    err_large = sum((t - exact).norm() / norm for t in large) / len(large)
+    assert 2.5 < err_small / err_large < 6.5  # sqrt(16) = 4
+    mean = sum(small) / len(small)
+    assert (mean - exact).norm() / norm < 0.5 * err_small  # averaging seeds converges to Theta
+
+
+def test_streamed_projection_equals_unstreamed(problem):
+    model, x, _ = problem
+    sketch = Sketch("achlioptas", 128, seed=7)
+    f_a, phi_a = projected_features(model, x, sketch, chunk=5)
+    f_b, phi_b = projected_features(model, x, sketch, chunk=len(x))
+    torch.testing.assert_close(f_a, f_b, rtol=0, atol=1e-13)
+    torch.testing.assert_close(phi_a, phi_b, rtol=1e-12, atol=1e-13)
