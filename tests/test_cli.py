@@ -27,16 +27,17 @@ def test_run_writes_record_curves_and_figure(tmp_path, cache_dir):
     assert set(result["stages"]) >= {"data", "model", "jacobian", "theta", "finetune"}
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in result["stages"].values())
     assert set(result["real"]["t_eps"]["loss"]) == {"0.01", "0.02", "0.05", "0.1", "0.2", "0.4"}
-    assert set(result["predictors"]) == {"ode", "discrete", "closed_form"}
-    for pred in result["predictors"].values():
+    assert set(result["predictors"]) == {"ode", "discrete", "closed_form", "subset"}
+    for name, pred in result["predictors"].items():
         assert set(pred["t_eps"]["loss"]) == set(result["real"]["t_eps"]["loss"])
-        assert (
-            pred["timing"]["solve_s"] > 0 and pred["timing"]["total_s"] > pred["timing"]["solve_s"]
+        assert pred["timing"]["total_s"] > 0 and pred["timing"]["total_s"] == pytest.approx(
+            sum(v for k, v in pred["timing"].items() if k.endswith("_s") and k != "total_s")
         )
+        assert ("subset_s" in pred["timing"]) == (name == "subset")
         for e, t_real in result["real"]["t_eps"]["loss"].items():
             assert pred["errors"]["loss"][e]["abs"] == abs(pred["t_eps"]["loss"][e] - t_real)
     curves = pd.read_parquet(out / "curves.parquet")
-    assert sorted(curves.curve.unique()) == ["closed_form", "discrete", "ode", "real"]
+    assert sorted(curves.curve.unique()) == ["closed_form", "discrete", "ode", "real", "subset"]
     assert (curves.groupby("curve").size() == 5).all()
     assert (out / "curves.png").stat().st_size > 0
     assert "T_eps of the loss curve" in proc.stdout and "closed_form err" in proc.stdout

@@ -11,7 +11,9 @@ def test_every_config_group_option_composes_and_validates():
     assert {"dataset", "model", "optim", "predictor"} <= set(groups)
     for group, options in groups.items():
         for option in options:
-            extra = {"closed_form": ["loss=mse"], "sde": ["optim=sgd"]}.get(option, [])
+            extra = {"closed_form": ["loss=mse"], "subset": ["loss=mse"], "sde": ["optim=sgd"]}.get(
+                option, []
+            )
             extra += ["optim=sgd"] if option in ("exact_sgd", "sgd") else []
             cfg = compose_cfg([f"{group}={option}", *extra])
             validate(cfg)
@@ -54,6 +56,7 @@ def test_all_predictors_skip_closed_form_under_cross_entropy():
         "ode",
         "discrete",
         "closed_form",
+        "subset",
     ]
     assert predictor_names(compose_cfg(["predictor=none"])) == []
     assert predictor_names(compose_cfg(["predictor=all", "optim=sgd"])) == [

@@ -80,3 +80,26 @@ def test_finetune_model_fresh_head_and_untouched_body():
     with torch.no_grad():
         next(m.body.parameters()).add_(1)
     assert not torch.equal(next(m.body.parameters()), next(pre.body.parameters()))
+
+
+def test_conv_rescale_preserves_the_function_and_shrinks_the_conv_kernel():
+    from torch import nn
+
+    from ttbench.core.linearize import linearize
+    from ttbench.models.pretrain import rescale_convs
+
+    torch.manual_seed(0)
+    model = small_resnet(1, 4, 3).double()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    convs_only = [p for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(any(p is q for q in convs_only))
+    before, theta_before = model(x), linearize(model, x).theta
+    rescale_convs(model, 3.0)
+    torch.testing.assert_close(model(x), before, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(linearize(model, x).theta, theta_before / 9, rtol=1e-9, atol=1e-12)

@@ -35,6 +35,7 @@ def pretrain_spec(cfg: DictConfig) -> PretrainSpec:
         lr=p.lr,
         batch_size=p.batch_size,
         seed=p.seed,
+        conv_scale=p.conv_scale,
     )
 
 

@@ -21,6 +21,7 @@ COLORS = {
     "closed_form": "tab:green",
     "sde": "tab:red",
     "exact_sgd": "tab:purple",
+    "subset": "tab:brown",
 }
 
 

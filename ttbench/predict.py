@@ -17,9 +17,11 @@ from ttbench.core.linearize import (
     exact_memory_bytes,
     gram,
     jacobian_factors,
+    linearize,
     projected_features,
 )
 from ttbench.core.sketch import Sketch
+from ttbench.core.spectrum import predict_from_subset
 from ttbench.core.timing import Curves, t_eps_quantiles
 from ttbench.measure import Stages
 from ttbench.validate import STOCHASTIC, ConfigError, predictor_names
@@ -31,54 +33,65 @@ QUANTILES = (0.05, 0.5, 0.95)
 @dataclass(frozen=True)
 class Result:
     curves: Curves  # the mean curve for the stochastic predictors
-    solve_s: float
+    stages: tuple[str, ...]  # the stages whose wall-clock this prediction cost
     paths: sgd.PathPrediction | None = None
+    spectra: dict[str, np.ndarray] | None = None  # the subset predictor's spectra
+
+
+def _theta(cfg: DictConfig, model, x: torch.Tensor, stages: Stages, factors_needed: bool):
+    """f0, Theta and (when needed or free) the Jacobian factors, in the configured mode."""
+    th = cfg.theta
+    factors = None
+    with stages("jacobian"):
+        if th.mode == "projected":
+            f0, phi = projected_features(model, x, Sketch(th.sketch, th.dim, cfg.seed), th.chunk)
+        else:
+            _check_memory(cfg, model, x)
+            factors = jacobian_factors(model, x)
+            f0 = factors.f0
+    with stages("theta"):
+        theta = phi @ phi.T if th.mode == "projected" else gram(factors, th.mode, block=th.block)
+    if factors is None and factors_needed:  # the diagonal of Sigma needs unprojected gradients
+        factors = jacobian_factors(model, x)
+    log.info(
+        "Theta (%s) %s built in %.2f s",
+        th.mode,
+        tuple(theta.shape),
+        stages.stats["jacobian"]["wall_s"] + stages.stats["theta"]["wall_s"],
+    )
+    return f0, theta, factors
 
 
 def run_predictors(
     cfg: DictConfig, model, x: torch.Tensor, y: torch.Tensor, stages: Stages
 ) -> dict[str, Result]:
     names = predictor_names(cfg)
+    out = {}
+    if "subset" in names:
+        with stages("subset"):
+            curve, spectra = _subset(cfg, model, x, y)
+        out["subset"] = Result(
+            Curves(curve, np.full_like(curve, np.nan)), ("subset",), spectra=spectra
+        )
+    names = [n for n in names if n != "subset"]
     if not names:
-        return {}
-    th = cfg.theta
-    factors = None
-    with stages("jacobian"):
-        if th.mode == "projected":
-            sketch = Sketch(th.sketch, th.dim, cfg.seed)
-            f0, phi = projected_features(model, x, sketch, th.chunk)
-        else:
-            _check_memory(cfg, model, x)
-            factors = jacobian_factors(model, x)
-            f0 = factors.f0
-    with stages("theta"):
-        if th.mode == "projected":
-            theta = phi @ phi.T
-            del phi
-        else:
-            theta = gram(factors, th.mode, block=th.block)
-    log.info(
-        "Theta (%s) %s built in %.2f s",
-        cfg.theta.mode,
-        tuple(theta.shape),
-        stages.stats["jacobian"]["wall_s"] + stages.stats["theta"]["wall_s"],
-    )
+        return out
+    diagonal = "sde" in names and cfg.stochastic.noise == "diagonal"
+    f0, theta, factors = _theta(cfg, model, x, stages, diagonal)
+    shared = ("jacobian", "theta")
     noise_sqrt = None
-    if "sde" in names and cfg.stochastic.noise == "diagonal":
+    if diagonal:
         with stages("noise"):
-            if factors is None:  # the diagonal of Sigma needs the unprojected gradients
-                factors = jacobian_factors(model, x)
             s0 = losses.grad_f(f0, y, cfg.loss) * len(y)
             noise_sqrt = sgd.noise_factor(diagonal_noise_gram(factors, s0))
     del factors
-    out = {}
     for name in names:
         with stages(f"solve_{name}"):
+            paths = None
             if name in STOCHASTIC:
                 paths = _stochastic(cfg, name, theta, f0, y, noise_sqrt)
                 curves = paths.curves
             else:
-                paths = None
                 curves = predict(
                     name,
                     theta,
@@ -89,10 +102,35 @@ def run_predictors(
                     steps=cfg.steps,
                     loss=cfg.loss,
                 ).curves
-        out[name] = Result(curves, stages.stats[f"solve_{name}"]["wall_s"], paths)
+        extra = ("noise",) if name == "sde" and diagonal else ()
+        out[name] = Result(curves, (*shared, *extra, f"solve_{name}"), paths)
         if curves.diverged:
             log.warning("predictor %s diverged", name)
     return out
+
+
+def _subset(cfg: DictConfig, model, x: torch.Tensor, y: torch.Tensor):
+    """Appendix D: Theta on a random subset of N0 samples, extrapolated to all N (MSE)."""
+    n0 = min(cfg.subset.n0, len(y))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(y), generator=gen)[:n0].to(x.device)
+    lin = linearize(
+        model, x[idx], mode="exact" if cfg.theta.mode == "projected" else cfg.theta.mode
+    )
+    with torch.no_grad():
+        f0_all = model(x)
+    return predict_from_subset(
+        lin.theta,
+        lin.f0,
+        y[idx],
+        f0_all,
+        y,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        steps=cfg.steps,
+        alpha=cfg.subset.alpha,
+        k0=cfg.subset.k0,
+    )
 
 
 def _check_memory(cfg: DictConfig, model, x: torch.Tensor) -> None:

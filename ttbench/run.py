@@ -110,26 +110,20 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         "real": {"diverged": real.diverged, "t_eps": real_t},
         "predictors": {},
     }
-    shared_s = sum(stages.stats[k]["wall_s"] for k in ("jacobian", "theta") if k in stages.stats)
     for name, pred in predictions.items():
         t_eps = record.t_eps_entry(pred.curves, cfg.eps, window)
-        noise_s = (
-            stages.stats["noise"]["wall_s"] if name == "sde" and "noise" in stages.stats else 0
-        )
-        total = shared_s + noise_s + pred.solve_s
+        timing = {f"{k}_s": stages.stats[k]["wall_s"] for k in pred.stages}
+        total = sum(timing.values())
+        timing |= {
+            "total_s": total,
+            "finetune_over_predict": stages.stats["finetune"]["wall_s"] / total,
+        }
         entry = {
             "curves": record.CURVES,
             "diverged": pred.curves.diverged,
             "t_eps": t_eps,
             "errors": record.error_entry(t_eps, real_t),
-            "timing": {
-                "jacobian_s": stages.stats["jacobian"]["wall_s"],
-                "theta_s": stages.stats["theta"]["wall_s"],
-                "noise_s": noise_s,
-                "solve_s": pred.solve_s,
-                "total_s": total,
-                "finetune_over_predict": stages.stats["finetune"]["wall_s"] / total,
-            },
+            "timing": timing,
         }
         if pred.paths is not None:
             entry["paths"] = len(pred.paths.paths_loss)

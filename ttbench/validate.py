@@ -84,6 +84,10 @@ def validate(cfg: DictConfig) -> None:
         reason = _inapplicable(cfg, name)
         if reason:
             raise ConfigError("predictor", name, reason)
+    if "subset" in predictor_names(cfg):
+        _integer(cfg, "subset.n0", 2)
+        _integer(cfg, "subset.k0", 1)
+        _number(cfg, "subset.alpha")
     if set(predictor_names(cfg)) & set(STOCHASTIC):
         _integer(cfg, "stochastic.paths", 1)
         _choice("stochastic.noise", cfg.stochastic.noise, NOISES)
@@ -115,8 +119,8 @@ STOCHASTIC = ("sde", "exact_sgd")
 
 
 def _inapplicable(cfg: DictConfig, name: str) -> str | None:
-    if name == "closed_form" and cfg.loss != "mse":
-        return "closed_form needs loss=mse"
+    if name in ("closed_form", "subset") and cfg.loss != "mse":
+        return f"{name} needs loss=mse"
     if name in STOCHASTIC and cfg.optim.name != "sgd":
         return f"{name} needs optim=sgd"
     return None
@@ -128,7 +132,7 @@ def predictor_names(cfg: DictConfig, check: bool = False) -> list[str]:
     names = list(cfg.predictor.names)
     if check:
         for name in names:
-            _choice("predictor.names", name, (*PREDICTORS, *STOCHASTIC))
+            _choice("predictor.names", name, (*PREDICTORS, *STOCHASTIC, "subset"))
     if cfg.predictor.get("skip_inapplicable", False):
         names = [n for n in names if _inapplicable(cfg, n) is None]
     return names

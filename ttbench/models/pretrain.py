@@ -8,6 +8,7 @@ stale or mismatching file is rebuilt (and says why), never silently used.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ class PretrainSpec:
     lr: float
     batch_size: int
     seed: int
+    conv_scale: float = 1.0  # function-preserving rescale applied after pretraining
 
     def build(self) -> Classifier:
         return small_resnet(self.in_channels, self.width, self.num_classes)
@@ -68,7 +70,23 @@ def pretrain(
             total += batch_loss.item() * len(idx)
         if progress:
             log.info("pretrain epoch %d/%d: loss %.4f", epoch + 1, spec.epochs, total / len(y))
-    return model.eval()
+    model.eval()
+    if spec.conv_scale != 1.0:
+        rescale_convs(model, spec.conv_scale)
+    return model
+
+
+def rescale_convs(model: nn.Module, scale: float) -> None:
+    """Multiply every convolution followed by a BatchNorm by `scale`, and that BatchNorm's running
+    mean by scale and (running_var + eps) by scale^2: the function in eval mode is unchanged, but
+    the convolutions' share of Theta shrinks by scale^2 and GD moves them less (a lazier model)."""
+    modules = list(model.modules())
+    with torch.no_grad():
+        for conv, bn in itertools.pairwise(modules):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                conv.weight.mul_(scale)
+                bn.running_mean.mul_(scale)
+                bn.running_var.copy_(scale**2 * (bn.running_var + bn.eps) - bn.eps)
 
 
 class CheckpointError(RuntimeError):
