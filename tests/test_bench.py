@@ -1,7 +1,7 @@
 """The benchmarks run once at a tiny size, so they cannot rot."""
 
+from ttbench.bench import engine, modes, theta
 from ttbench.bench import sgd as sgd_bench
-from ttbench.bench import theta
 
 
 def test_theta_benchmark_runs_and_reports(tmp_path, capsys):
@@ -26,3 +26,36 @@ def test_sgd_benchmark_runs(capsys):
     sgd_bench.main(["--n", "6", "--c", "2", "--steps", "3", "--paths", "2", "--batch", "2"])
     out = capsys.readouterr().out
     assert "exact_sgd" in out and "sde, noise=diagonal" in out
+
+
+def test_engine_benchmark_runs(capsys):
+    engine.main(["--only", "mlp,cnn", "--n", "3"])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(("mlp", "cnn"))]
+    assert len(lines) == 2
+    assert all(float(line.split()[-1]) < 1e-5 for line in lines)  # engine == torch.func
+
+
+def test_modes_benchmark_runs(tmp_path, capsys):
+    modes.main(
+        [
+            "task.n=8",
+            "steps=4",
+            "model.width=4",
+            "model.pretrain.epochs=1",
+            "subset.n0=20",
+            "subset.k0=10",
+            f"cache_dir={tmp_path}",
+            "--dims",
+            "16",
+            "--sketches",
+            "countsketch",
+            "--sizes",
+            "10,20",
+            "--csv",
+            str(tmp_path / "out"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "projected/countsketch" in out and "subset" in out and "power law" in out
+    assert (tmp_path / "out" / "spectra.csv").stat().st_size > 0

@@ -1,0 +1,149 @@
+"""Cost and accuracy of each way to build Theta (Section 4, Fig. 4), on one default task.
+
+    python -m ttbench.bench.modes [overrides...] [--dims 256,1024,4096,16384]
+        [--sketches countsketch,achlioptas,gaussian] [--sizes 50,100,200,400] [--csv DIR]
+
+Defaults to loss=mse and task.n=90 (N ~ 450) so that the subset mode applies; overrides are
+those of `python -m ttbench.run`. For exact, trace, every projection and the subset mode it
+prints the build time, fine-tune / predict cost ratio, Theta's relative Frobenius error and
+top-eigenvalue ratio against the exact one (Fig. 4 centre), and the T_eps error of the MSE
+prediction against real fine-tuning; then the power law of the spectrum of Theta / N on subsets
+of growing size (Fig. 4 right). --csv writes both tables and the spectra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
+
+from ttbench import build
+from ttbench.cli import CONF_DIR
+from ttbench.core.dynamics import closed_form
+from ttbench.core.linearize import linearize
+from ttbench.core.sketch import Sketch
+from ttbench.core.spectrum import fit_power_law, predict_from_subset
+from ttbench.core.timing import DEFAULT_EPS, t_eps_grid
+from ttbench.data.task import sample_task
+from ttbench.models.classifier import finetune_model
+from ttbench.train import finetune
+from ttbench.validate import validate
+
+
+def _errors(curve: np.ndarray, real: dict) -> tuple[float, float]:
+    pred = t_eps_grid(curve, real)
+    rel = [abs(pred[e] - t) / t for e, t in real.items() if t and pred[e] is not None]
+    return float(np.mean(rel)), float(np.mean(np.array(rel) <= 0.13))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--dims", default="256,1024,4096,16384")
+    p.add_argument("--sketches", default="countsketch,achlioptas,gaussian")
+    p.add_argument("--sizes", default="50,100,200,400")
+    p.add_argument("--csv", type=Path, default=None)
+    a = p.parse_args(argv)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="config", overrides=["loss=mse", "task.n=90", *a.overrides])
+    validate(cfg)
+    task = sample_task(build.dataset(cfg), cfg.task.k, cfg.task.n, cfg.seed)
+    x, y = task.x, task.y
+    pretrained = build.pretrained_model(cfg)
+
+    def model():
+        return finetune_model(pretrained, task.n_classes, cfg.model.head_init_std, cfg.seed)
+
+    kw = {"lr": cfg.lr, "momentum": cfg.momentum, "steps": cfg.steps}
+    start = time.perf_counter()
+    real = finetune(model(), x, y, loss="mse", **kw)
+    finetune_s = time.perf_counter() - start
+    real_t = t_eps_grid(real.loss, DEFAULT_EPS)
+    print(f"N={len(y)} C={task.n_classes}; fine-tuning {finetune_s:.1f} s; real T_eps {real_t}")
+
+    rows = []
+
+    def add(mode, dim, build_s, theta, curve, exact):
+        err, within = _errors(curve, real_t)
+        row = {
+            "mode": mode,
+            "dim": dim,
+            "build_s": build_s,
+            "ratio": finetune_s / build_s,
+            "t_eps_rel_err": err,
+            "within_13": within,
+        }
+        if theta is not None and exact is not None:
+            row["frob_err"] = ((theta - exact).norm() / exact.norm()).item()
+            row["top_eig_ratio"] = (
+                torch.linalg.eigvalsh(theta)[-1] / torch.linalg.eigvalsh(exact)[-1]
+            ).item()
+        rows.append(row)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - start
+
+    m = model()
+    lin, s = timed(lambda: linearize(m, x))
+    add("exact", None, s, lin.theta, closed_form(lin.theta, lin.f0, y, **kw).curves.loss, lin.theta)
+    exact = lin.theta
+    tr, s = timed(lambda: linearize(m, x, "trace"))
+    add("trace", None, s, tr.full_theta(), closed_form(tr.theta, tr.f0, y, **kw).curves.loss, exact)
+    for kind in a.sketches.split(","):
+        for dim in map(int, a.dims.split(",")):
+            sketch = Sketch(kind, dim, cfg.seed)
+            pr, s = timed(lambda sk=sketch: linearize(m, x, "projected", sketch=sk))
+            add(
+                f"projected/{kind}",
+                dim,
+                s,
+                pr.theta,
+                closed_form(pr.theta, pr.f0, y, **kw).curves.loss,
+                exact,
+            )
+
+    def subset():
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[
+            : cfg.subset.n0
+        ]
+        sub = linearize(m, x[idx])
+        with torch.no_grad():
+            f0 = m(x)
+        return predict_from_subset(
+            sub.theta, sub.f0, y[idx], f0, y, alpha=cfg.subset.alpha, k0=cfg.subset.k0, **kw
+        )[0]
+
+    curve, s = timed(subset)
+    add("subset", cfg.subset.n0, s, None, curve, None)
+    table = pd.DataFrame(rows)
+    print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+    spectra, fits = [], []
+    for n in map(int, a.sizes.split(",")):
+        n = min(n, len(y))
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+        rates = torch.linalg.eigvalsh(linearize(m, x[idx]).theta).flip(0).clamp_min(0).numpy() / n
+        law = fit_power_law(rates, k_min=2, k_max=min(len(rates), 10 * n) // 2)
+        fits.append({"N": n, "c": law.c, "s": law.s, "lambda1_over_N": rates[0]})
+        spectra.append(
+            pd.DataFrame({"N": n, "k": np.arange(1, len(rates) + 1), "lambda_over_N": rates})
+        )
+    print("\npower law of the spectrum of Theta / N (fitted over the first half of the indices):")
+    print(pd.DataFrame(fits).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if a.csv:
+        a.csv.mkdir(parents=True, exist_ok=True)
+        table.to_csv(a.csv / "modes.csv", index=False)
+        pd.concat(spectra).to_csv(a.csv / "spectra.csv", index=False)
+        print(f"wrote {a.csv}/modes.csv and spectra.csv")
+
+
+if __name__ == "__main__":
+    main()
