@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         if name not in a.only.split(","):
             continue
         stages = Stages(torch.device("cpu"))
+        linearize(model, x[:2])  # warm-up: one-time initialisation is not the engine's cost
+        if not a.no_baseline:
+            func_theta(model, x[:2], chunk=16)
         with stages("engine"):
             theta = linearize(model, x).theta
         line = (

@@ -132,7 +132,7 @@ def _capture(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[_Lay
 
 
 def _factors(layer: _Layer) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
-    """Split a layer's gradient into materialised pieces (C, n, d) and, for a weight matrix,
+    """Split a layer's gradient into materialised pieces (n, C, d) and, for a weight matrix,
     the factors (A: (n, P, K) inputs, D: (C, n, P, O) output gradients) of g = sum_p D A^T."""
     m, a, d = layer.module, layer.inp, layer.delta
     C, n = d.shape[:2]
@@ -142,9 +142,9 @@ def _factors(layer: _Layer) -> tuple[list[torch.Tensor], tuple[torch.Tensor, tor
         xhat = (a - m.running_mean.view(shape)) / torch.sqrt(m.running_var.view(shape) + m.eps)
         dims = tuple(range(3, d.dim()))
         if m.weight is not None and m.weight.requires_grad:
-            pieces.append((d * xhat).sum(dims) if dims else d * xhat)
+            pieces.append(((d * xhat).sum(dims) if dims else d * xhat).transpose(0, 1))
         if m.bias is not None and m.bias.requires_grad:
-            pieces.append(d.sum(dims) if dims else d)
+            pieces.append((d.sum(dims) if dims else d).transpose(0, 1))
         return pieces, None
     if isinstance(m, nn.Conv2d):
         A = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
@@ -153,13 +153,18 @@ def _factors(layer: _Layer) -> tuple[list[torch.Tensor], tuple[torch.Tensor, tor
         A = a.reshape(n, -1, a.shape[-1])
         D = d.reshape(C, n, -1, d.shape[-1])
     if m.bias is not None and m.bias.requires_grad:
-        pieces.append(D.sum(2))
+        pieces.append(D.sum(2).transpose(0, 1))
     return pieces, ((A, D) if m.weight.requires_grad else None)
 
 
 # Measured on 2 CPU cores: an element of the structured product costs about as much as this
 # many multiply-adds of a large GEMM (it is memory-bound), so small-P layers go structured.
 _STRUCTURED_ELEMENT_COST = 300
+
+
+def _materialise(A: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients sum_p D A^T, shape (n, C, O*K)."""
+    return torch.einsum("cnpo,npk->ncok", D, A).flatten(2)
 
 
 def _structured_is_cheaper(A: torch.Tensor, D: torch.Tensor) -> bool:
@@ -212,7 +217,7 @@ def _add_gram(theta: torch.Tensor, rows: torch.Tensor, parts: int = 4) -> None:
 
 
 class _Gram:
-    """Accumulates G G^T over materialised (C, n, d) gradient pieces, batching small ones."""
+    """Accumulates G G^T over materialised (n, C, d) gradient pieces, batching small ones."""
 
     def __init__(self, n: int, C: int, mode: str, like: torch.Tensor) -> None:
         self.mode, self.C = mode, C
@@ -230,12 +235,13 @@ class _Gram:
     def flush(self) -> None:
         if not self.pending:
             return
-        G = torch.cat(self.pending, dim=2)  # (C, n, d)
+        G = torch.cat(self.pending, dim=2)  # (n, C, d)
         if self.mode == "exact":
-            rows = G.transpose(0, 1).reshape(-1, G.shape[2])  # (n*C, d), i-major
+            rows = G.view(-1, G.shape[2])  # (n*C, d), i-major
             _add_gram(self.theta, rows)
         else:
-            self.theta.add_(torch.bmm(G, G.transpose(1, 2)).sum(0), alpha=1 / self.C)
+            Gc = G.transpose(0, 1)  # (C, n, d)
+            self.theta.add_(torch.bmm(Gc, Gc.transpose(1, 2)).sum(0), alpha=1 / self.C)
         self.pending, self.size = [], 0
 
 
@@ -277,7 +283,7 @@ def gram(
             if use:
                 structured.append(_structured(A, D, mode, block))
             else:
-                pieces.append(torch.einsum("cnpo,npk->cnok", D, A).flatten(2))
+                pieces.append(_materialise(A, D))
         for p in pieces:
             acc.add(p)
     acc.flush()
@@ -298,9 +304,9 @@ def diagonal_noise_gram(factors: JacobianFactors, sample_grads: torch.Tensor) ->
         pieces, weight = _factors(layer)
         if weight is not None:
             A, D = weight
-            pieces.append(torch.einsum("cnpo,npk->cnok", D, A).flatten(2))
-        for g in pieces:  # (C, n, d)
-            h = torch.einsum("cnd,nc->nd", g, s)
+            pieces.append(_materialise(A, D))
+        for g in pieces:  # (n, C, d)
+            h = torch.einsum("ncd,nc->nd", g, s)
             acc.add(g * h.var(0, unbiased=False).sqrt())
     acc.flush()
     return acc.theta
@@ -321,9 +327,9 @@ def projected_features(
             pieces, weight = _factors(layer)
             if weight is not None:
                 A, D = weight
-                pieces.append(torch.einsum("cnpo,npk->cnok", D, A).flatten(2))
+                pieces.append(_materialise(A, D))
             for g in pieces:
-                sketch.project_into(phi, block, g.transpose(0, 1).reshape(n * C, -1))
+                sketch.project_into(phi, block, g.reshape(n * C, -1))
                 block += 1
         f0s.append(factors.f0)
         rows.append(phi)
