@@ -6,9 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from ttbench.cli import CONF_DIR
+from ttbench.core.linearize import linearize
+from ttbench.models.small_resnet import small_resnet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,3 +41,15 @@ def cache_dir(tmp_path: Path) -> Path:
     d = tmp_path / "cache"
     d.mkdir()
     return d
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A small ResNet in float64 with a large head, 12 inputs, 3 classes, and its Theta."""
+    torch.manual_seed(0)
+    model = small_resnet(1, 4, 3).double().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(10)
+    x = torch.randn(12, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(12) % 3
+    return model, x, y, linearize(model, x)

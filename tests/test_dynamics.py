@@ -7,7 +7,6 @@ from torch import nn
 
 from ttbench.core import dynamics
 from ttbench.core.linearize import LinearizedModel, linearize
-from ttbench.models.small_resnet import small_resnet
 from ttbench.train import finetune
 
 
@@ -18,17 +17,6 @@ def _stiff_lr(lin, scale):
 
 def _rel(a, b):
     return np.max(np.abs(np.asarray(a) - np.asarray(b)) / np.abs(np.asarray(b)))
-
-
-@pytest.fixture(scope="module")
-def problem():
-    torch.manual_seed(0)
-    model = small_resnet(1, 4, 3).double().eval()
-    with torch.no_grad():
-        model.head.weight.mul_(10)
-    x = torch.randn(12, 1, 8, 8, dtype=torch.float64)
-    y = torch.arange(12) % 3
-    return model, x, y, linearize(model, x)
 
 
 @pytest.mark.parametrize("loss", ["ce", "mse"])

@@ -5,25 +5,17 @@ import pytest
 import torch
 
 from ttbench.core import dynamics, losses, sgd
-from ttbench.core.linearize import LinearizedModel, diagonal_noise_gram, jacobian_factors, linearize
+from ttbench.core.linearize import LinearizedModel, diagonal_noise_gram, jacobian_factors
 from ttbench.core.timing import t_eps_quantiles
-from ttbench.models.small_resnet import small_resnet
 from ttbench.train import finetune
 
 from .test_linearize import explicit_theta
 
 
 @pytest.fixture(scope="module")
-def problem():
-    torch.manual_seed(0)
-    model = small_resnet(1, 4, 3).double().eval()
-    with torch.no_grad():
-        model.head.weight.mul_(10)
-    x = torch.randn(12, 1, 8, 8, dtype=torch.float64)
-    y = torch.arange(12) % 3
-    lin = linearize(model, x)
-    lr = 0.3 * 12 / torch.linalg.eigvalsh(lin.theta)[-1].item()
-    return model, x, y, lin, lr
+def sgd_problem(problem):
+    model, x, y, lin = problem
+    return model, x, y, lin, 0.3 * 12 / torch.linalg.eigvalsh(lin.theta)[-1].item()
 
 
 def test_batch_schemes():
@@ -41,8 +33,8 @@ def test_batch_schemes():
 
 
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-def test_full_batch_without_replacement_is_gd(problem, loss):
-    _, _, y, lin, lr = problem
+def test_full_batch_without_replacement_is_gd(sgd_problem, loss):
+    _, _, y, lin, lr = sgd_problem
     n, steps = 12, 25
     batches = sgd.batch_paths(n, n, steps, "epoch", 2, seed=0)
     gd = dynamics.discrete(lin.theta, lin.f0, y, lr=lr, momentum=0.7, steps=steps, loss=loss)
@@ -70,8 +62,8 @@ def test_full_batch_without_replacement_is_gd(problem, loss):
 
 
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-def test_exact_simulator_reproduces_real_sgd_of_the_linearised_model(problem, loss):
-    model, x, y, lin, lr = problem
+def test_exact_simulator_reproduces_real_sgd_of_the_linearised_model(sgd_problem, loss):
+    model, x, y, lin, lr = sgd_problem
     batches = sgd.batch_indices(12, 4, 30, "with_replacement", torch.Generator().manual_seed(3))
     real = finetune(
         LinearizedModel(copy.deepcopy(model)),
@@ -88,8 +80,8 @@ def test_exact_simulator_reproduces_real_sgd_of_the_linearised_model(problem, lo
     np.testing.assert_array_equal(sim.paths_error[0], real.error)
 
 
-def test_sde_increment_covariance_matches_minibatch_updates(problem):
-    _, _, y, lin, lr = problem
+def test_sde_increment_covariance_matches_minibatch_updates(sgd_problem):
+    _, _, y, lin, lr = sgd_problem
     n, b, draws = 12, 3, 6000
     f0 = lin.f0.to(torch.float64)
     batches = sgd.batch_paths(n, b, 1, "with_replacement", draws, seed=5)
@@ -120,8 +112,8 @@ def test_sde_increment_covariance_matches_minibatch_updates(problem):
         assert ((inc.mean(0) - mean).norm() / (lr * m.mean(1)).norm()).item() < 0.2
 
 
-def test_diagonal_noise_gram_equals_explicit(problem):
-    model, x, y, lin, _ = problem
+def test_diagonal_noise_gram_equals_explicit(sgd_problem):
+    model, x, y, lin, _ = sgd_problem
     params = [p for p in model.parameters() if p.requires_grad]
     f = model(x)
     s = losses.grad_f(f.detach(), y, "ce") * 12
@@ -139,10 +131,10 @@ def test_diagonal_noise_gram_equals_explicit(problem):
     assert torch.allclose(lin.theta, theta, rtol=1e-9, atol=1e-12)
 
 
-def test_quantiles_ordered_and_seeded(problem):
-    _, _, y, lin, lr = problem
+def test_quantiles_ordered_and_seeded(sgd_problem):
+    _, _, y, lin, lr = sgd_problem
     s = losses.grad_f(lin.f0, y, "ce") * 12
-    cov = diagonal_noise_gram(jacobian_factors(problem[0], problem[1]), s)
+    cov = diagonal_noise_gram(jacobian_factors(sgd_problem[0], sgd_problem[1]), s)
     kw = dict(
         lr=lr,
         momentum=0.5,

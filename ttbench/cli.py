@@ -6,9 +6,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from ttbench.validate import ConfigError, check_cli
+from ttbench.validate import ConfigError, check_cli, validate
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -16,6 +16,14 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def fail(error: ConfigError) -> None:
     print(f"ttbench: error: {error}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def validated(cfg: DictConfig) -> None:
+    """Validate a composed config, or fail with its one-line message."""
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        fail(e)
 
 
 def guarded(app: Callable[[], None]) -> None:

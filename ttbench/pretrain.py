@@ -12,18 +12,14 @@ import hydra
 from omegaconf import DictConfig
 
 from ttbench import build
-from ttbench.cli import CONF_DIR, fail, guarded
-from ttbench.validate import ConfigError, validate
+from ttbench.cli import CONF_DIR, guarded, validated
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        fail(e)
+    validated(cfg)
     build.pretrained_model(cfg)
     spec = build.pretrain_spec(cfg)
     log.info("pretrained model ready: %s", spec.filename())

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ttbench import build, record
-from ttbench.cli import CONF_DIR, fail, guarded
+from ttbench.cli import CONF_DIR, fail, guarded, validated
 from ttbench.core.sgd import batch_indices
 from ttbench.core.timing import Curves
 from ttbench.data.task import sample_task
@@ -28,7 +28,7 @@ from ttbench.models.classifier import finetune_model
 from ttbench.plots import plot_curves
 from ttbench.predict import band_curves, quantile_entry, run_predictors
 from ttbench.train import finetune
-from ttbench.validate import ConfigError, validate
+from ttbench.validate import ConfigError
 
 log = logging.getLogger("ttbench.run")
 
@@ -164,10 +164,7 @@ def summary(result: dict[str, Any]) -> str:
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        fail(e)
+    validated(cfg)
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
