@@ -100,3 +100,16 @@ def test_unsupported_layers_are_refused():
     bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).double().train()
     with pytest.raises(ValueError, match="eval mode"):
         linearize(bn, torch.randn(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.slow
+def test_theta_of_a_torchvision_resnet18_equals_explicit_jjt():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    model = _randomise_bn(resnet18(num_classes=2).double())  # in-place ReLUs, downsampling
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    f0, theta = explicit_theta(model, x)
+    lin = linearize(model, x)
+    torch.testing.assert_close(lin.f0, f0, rtol=0, atol=1e-12)
+    assert ((lin.theta - theta).norm() / theta.norm()).item() <= 1e-10
