@@ -94,7 +94,10 @@ def test_pretrain_entry_point_fills_the_cache(tmp_path, cache_dir):
         (["eps=[0.5,2]"], "eps=[0.5, 2] is invalid: every value must be in (0, 1)"),
         (["task.k=12"], "task.k=12 is invalid: must be <= 10"),
         (["task.n=0"], "task.n=0 is invalid"),
-        (["dataset=imagenet"], "dataset='imagenet' is invalid: must be one of digits"),
+        (
+            ["dataset=imagenet"],
+            "dataset='imagenet' is invalid: must be one of cifar10, cifar100, digits",
+        ),
         (["model=vgg"], "model='vgg' is invalid: must be one of"),
         (["predictor=oracle"], "predictor='oracle' is invalid: must be one of"),
         (

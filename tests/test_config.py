@@ -15,6 +15,10 @@ def test_every_config_group_option_composes_and_validates():
                 option, []
             )
             extra += ["optim=sgd"] if option in ("exact_sgd", "sgd") else []
+            if group == "dataset" and option != "digits":
+                extra += ["model=resnet18"]
+            if group == "model" and option != "small_resnet":
+                extra += ["dataset=cifar10"]
             cfg = compose_cfg([f"{group}={option}", *extra])
             validate(cfg)
             assert OmegaConf.to_container(cfg, resolve=True)

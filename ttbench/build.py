@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from ttbench.data.registry import get_dataset
 from ttbench.models.classifier import Classifier
 from ttbench.models.pretrain import PretrainSpec, load_or_pretrain
+from ttbench.models.zoo import WEIGHT_FILES, imagenet_resnet
 
 
 def device(name: str) -> torch.device:
@@ -40,6 +41,9 @@ def pretrain_spec(cfg: DictConfig) -> PretrainSpec:
 
 
 def pretrained_model(cfg: DictConfig) -> Classifier:
+    """The small ResNet pretrained (and cached) by ttbench, or an ImageNet ResNet from disk."""
+    if cfg.model.name in WEIGHT_FILES:
+        return imagenet_resnet(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
     spec = pretrain_spec(cfg)
     return load_or_pretrain(
         spec, Path(cfg.cache_dir).expanduser(), get_dataset(spec.dataset).source

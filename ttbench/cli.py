@@ -13,7 +13,7 @@ from ttbench.validate import ConfigError, check_cli, validate
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def fail(error: ConfigError) -> None:
+def fail(error: Exception) -> None:
     print(f"ttbench: error: {error}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -22,13 +23,15 @@ from ttbench import build, record
 from ttbench.cli import CONF_DIR, fail, guarded, validated
 from ttbench.core.sgd import batch_indices
 from ttbench.core.timing import Curves
+from ttbench.data.images import DataNotFound
 from ttbench.data.task import sample_task
 from ttbench.measure import Stages
 from ttbench.models.classifier import finetune_model
+from ttbench.models.zoo import WeightsNotFound
 from ttbench.plots import plot_curves
 from ttbench.predict import band_curves, quantile_entry, run_predictors
 from ttbench.train import finetune
-from ttbench.validate import ConfigError
+from ttbench.validate import ConfigError, check_classes
 
 log = logging.getLogger("ttbench.run")
 
@@ -67,7 +70,9 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     device = build.device(cfg.device)
     stages = Stages(device)
     with stages("data"):
-        task = sample_task(build.dataset(cfg), cfg.task.k, cfg.task.n, cfg.seed)
+        data = build.dataset(cfg)
+        check_classes(cfg.task.k, len(np.unique(data.labels())), cfg.dataset.name)
+        task = sample_task(data, cfg.task.k, cfg.task.n, cfg.seed)
         x, y = task.x.to(device), task.y.to(device)
     log.info("task: %s classes %s, N=%d", cfg.dataset.name, task.classes, task.n_samples)
     with stages("model"):
@@ -169,7 +174,7 @@ def app(cfg: DictConfig) -> None:
     out_dir = Path(hc.runtime.output_dir)
     try:
         result = run(cfg, out_dir, list(hc.overrides.task))
-    except ConfigError as e:  # found only once the model and data are known
+    except (ConfigError, DataNotFound, WeightsNotFound) as e:  # known once data and model load
         fail(e)
     print(summary(result))
     print(f"record: {out_dir / record.RESULT}")

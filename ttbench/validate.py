@@ -18,7 +18,7 @@ from ttbench.core.linearize import MODES
 from ttbench.core.losses import LOSSES
 from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
 from ttbench.core.sketch import SKETCHES
-from ttbench.data.registry import DATASETS
+from ttbench.data.registry import DATASETS, NUM_CLASSES
 
 
 class ConfigError(ValueError):
@@ -67,10 +67,16 @@ def validate(cfg: DictConfig) -> None:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda", "no CUDA device is available; use auto or cpu")
     _choice("dataset.name", cfg.dataset.name, DATASETS)
-    classes = DATASETS[cfg.dataset.name].num_classes
     k = _integer(cfg, "task.k", 1)
-    if k > classes:
-        raise ConfigError("task.k", k, f"must be <= {classes}, the classes of {cfg.dataset.name}")
+    check_classes(k, NUM_CLASSES.get(cfg.dataset.name), cfg.dataset.name)
+    channels = 1 if cfg.dataset.name == "digits" else 3
+    wanted = 1 if cfg.model.name == "small_resnet" else 3  # small_resnet: pretrained on digits
+    if channels != wanted:
+        raise ConfigError(
+            "model",
+            cfg.model.name,
+            f"takes {wanted}-channel images; dataset {cfg.dataset.name} has {channels}",
+        )
     _integer(cfg, "task.n", 1)
     _optim(cfg)
     _choice("theta.mode", cfg.theta.mode, MODES)
@@ -136,6 +142,12 @@ def predictor_names(cfg: DictConfig, check: bool = False) -> list[str]:
     if cfg.predictor.get("skip_inapplicable", False):
         names = [n for n in names if _inapplicable(cfg, n) is None]
     return names
+
+
+def check_classes(k: int, classes: int | None, dataset: str) -> None:
+    """k classes per task must exist in the dataset (None: not known before reading it)."""
+    if classes is not None and k > classes:
+        raise ConfigError("task.k", k, f"must be <= {classes}, the classes of {dataset}")
 
 
 def config_groups(conf_dir: Path) -> dict[str, list[str]]:

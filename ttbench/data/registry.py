@@ -1,12 +1,23 @@
-"""Dataset names known to the configs, with their class counts (for validation before loading)."""
+"""Dataset names known to the configs, their factories, and the class counts known before any
+file is read (for validation)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+from ttbench.data.cifar import Cifar
 from ttbench.data.digits import Digits
+from ttbench.data.images import image_folder, mit67
 
-DATASETS: dict[str, type] = {"digits": Digits}
+DATASETS: dict[str, Any] = {
+    "digits": Digits,
+    "cifar10": partial(Cifar, "cifar10"),
+    "cifar100": partial(Cifar, "cifar100"),
+    "mit67": mit67,
+    "imagefolder": image_folder,
+}
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "mit67": 67}
 
 
 def get_dataset(name: str, **options: Any):

@@ -1,0 +1,167 @@
+"""Paper-scale datasets and ImageNet ResNets, on tiny fixtures in the real on-disk formats."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.datasets import CIFAR10, CIFAR100
+
+from tests.conftest import run_cli
+from ttbench.data.cifar import Cifar
+from ttbench.data.images import DataNotFound, image_folder, mit67
+from ttbench.models.zoo import WEIGHT_FILES, WeightsNotFound, imagenet_resnet
+
+RNG = np.random.default_rng(0)
+
+
+def write_cifar(root, name, per_file=4):
+    spec = CIFAR10 if name == "cifar10" else CIFAR100
+    key, classes = ("labels", 10) if name == "cifar10" else ("fine_labels", 100)
+    base = root / spec.base_folder
+    base.mkdir(parents=True)
+    for k, (file, _) in enumerate(spec.train_list):
+        labels = [(k * per_file + i) % 3 for i in range(per_file)]
+        blob = {"data": RNG.integers(0, 256, (per_file, 3072), dtype=np.uint8), key: labels}
+        (base / file).write_bytes(pickle.dumps(blob))
+    return classes
+
+
+def _image(path, size=(24, 20)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(RNG.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def write_imagefolder(root):
+    for c in ("cat", "dog", "eel"):
+        for i in range(3):
+            _image(root / c / f"{i}.png")
+
+
+def write_mit67(root):
+    listed = []
+    for c in ("bakery", "bar", "library"):
+        for i in range(3):
+            _image(root / "Images" / c / f"{i}.jpg")
+            if i < 2:
+                listed.append(f"{c}/{i}.jpg")
+    (root / "TrainImages.txt").write_text("\n".join(listed) + "\n")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_reads_the_python_batches_and_checks_md5(tmp_path, name):
+    write_cifar(tmp_path, name)
+    with pytest.raises(DataNotFound, match="MD5"):
+        Cifar(name, str(tmp_path), resolution=16)
+    data = Cifar(name, str(tmp_path), resolution=16, verify=False)
+    files = len((CIFAR10 if name == "cifar10" else CIFAR100).train_list)
+    assert len(data.labels()) == 4 * files and set(data.labels()) <= {0, 1, 2}
+    x = data.images(np.array([0, 3]))
+    assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32
+
+
+def test_image_folder_and_mit67(tmp_path):
+    write_imagefolder(tmp_path / "own")
+    own = image_folder(str(tmp_path / "own"), resolution=8)
+    assert (
+        own.classes == ["cat", "dog", "eel"]
+        and own.labels().tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    )
+    assert own.images(np.array([4])).shape == (1, 3, 8, 8)
+    write_mit67(tmp_path / "mit")
+    mit = mit67(str(tmp_path / "mit"), resolution=8)
+    assert len(mit.files) == 6 and mit.classes == [
+        "bakery",
+        "bar",
+        "library",
+    ]  # the train list only
+
+
+def test_missing_and_corrupt_data_are_named(tmp_path):
+    with pytest.raises(DataNotFound, match="no data root"):
+        Cifar("cifar10", None)
+    with pytest.raises(
+        DataNotFound, match=r"cifar-10-batches-py/data_batch_1 not found.*CIFAR page"
+    ):
+        Cifar("cifar10", str(tmp_path))
+    with pytest.raises(DataNotFound, match=r"TrainImages\.txt not found"):
+        mit67(str(tmp_path))
+    write_imagefolder(tmp_path / "own")
+    (tmp_path / "own" / "cat" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataNotFound, match=r"cannot read image .*cat/0.png"):
+        image_folder(str(tmp_path / "own"), resolution=8).images(np.array([0]))
+
+
+def test_imagenet_weights_load_from_a_local_file_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsNotFound, match=r"no ImageNet weights at .*resnet18-f37072fd.pth"):
+        imagenet_resnet("resnet18")
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "hub" / "checkpoints" / WEIGHT_FILES["resnet18"]
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    model = imagenet_resnet("resnet18")
+    assert (
+        torch.equal(model.body.conv1.weight, reference.conv1.weight)
+        and model.head.out_features == 1000
+    )
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(WeightsNotFound, match="does not hold resnet18 weights"):
+        imagenet_resnet("resnet18")
+    assert imagenet_resnet("resnet34", pretrained=False).head.in_features == 512
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "mit67", "imagefolder"])
+def test_cli_runs_each_dataset_with_a_resnet(tmp_path, cache_dir, name):
+    root = tmp_path / "data"
+    {
+        "cifar10": lambda r: write_cifar(r, "cifar10"),
+        "cifar100": lambda r: write_cifar(r, "cifar100"),
+        "mit67": write_mit67,
+        "imagefolder": write_imagefolder,
+    }[name](root)
+    extra = ["dataset.verify=false"] if name.startswith("cifar") else []
+    out = tmp_path / "run"
+    proc = run_cli(
+        "ttbench.run",
+        f"dataset={name}",
+        f"dataset.root={root}",
+        "dataset.resolution=16",
+        *extra,
+        "model=resnet18",
+        "model.pretrained=false",
+        "task.k=2",
+        "task.n=2",
+        "steps=2",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+        cache=cache_dir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "result.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["dataset=cifar10", "dataset.root=/nonexistent", "model=resnet18"],
+            "dataset cifar10: data root /nonexistent does not exist",
+        ),
+        (["dataset=cifar10", "model=resnet18", "task.k=11"], "task.k=11 is invalid: must be <= 10"),
+        (["dataset=mit67"], "model='small_resnet' is invalid: takes 1-channel images"),
+        (
+            ["model=resnet34", "model.weights=/nonexistent.pth"],
+            "model='resnet34' is invalid: takes 3-channel",
+        ),
+    ],
+)
+def test_dataset_and_model_errors_are_one_line(tmp_path, cache_dir, args, expected):
+    proc = run_cli("ttbench.run", *args, cwd=tmp_path, cache=cache_dir)
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
