@@ -10,6 +10,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 
 from tests.conftest import run_cli
 from ttbench.data.cifar import Cifar
+from ttbench.data.finegrained import cub200, fgvc_aircraft, minc2500, stanford_cars
 from ttbench.data.images import DataNotFound, image_folder, mit67
 from ttbench.models.zoo import WEIGHT_FILES, WeightsNotFound, imagenet_resnet
 
@@ -47,6 +48,80 @@ def write_mit67(root):
             if i < 2:
                 listed.append(f"{c}/{i}.jpg")
     (root / "TrainImages.txt").write_text("\n".join(listed) + "\n")
+
+
+def write_cub200(root):
+    base = root / "CUB_200_2011"
+    rows, labels, split = [], [], []
+    for k, c in enumerate(("001.Albatross", "002.Auklet", "003.Blackbird")):
+        for i in range(3):
+            rel = f"{c}/{c}_{i}.jpg"
+            _image(base / "images" / rel)
+            n = 3 * k + i + 1
+            rows.append(f"{n} {rel}")
+            labels.append(f"{n} {k + 1}")
+            split.append(f"{n} {int(i < 2)}")
+    (base / "images.txt").write_text("\n".join(rows))
+    (base / "image_class_labels.txt").write_text("\n".join(labels))
+    (base / "train_test_split.txt").write_text("\n".join(split))
+
+
+def write_stanford_cars(root):
+    from scipy.io import savemat
+
+    base = root / "stanford_cars"
+    annos = np.zeros((1, 9), dtype=[("fname", "O"), ("class", "O")])
+    for n in range(9):
+        _image(base / "cars_train" / f"{n:05d}.jpg")
+        annos[0, n] = (f"{n:05d}.jpg", np.array([[n % 3 + 1]], dtype=np.uint8))
+    (base / "devkit").mkdir()
+    savemat(base / "devkit" / "cars_train_annos.mat", {"annotations": annos})
+
+
+def write_fgvc_aircraft(root):
+    base = root / "fgvc-aircraft-2013b" / "data"
+    rows = []
+    for n in range(9):
+        _image(base / "images" / f"{1000 + n}.jpg")
+        rows.append(f"{1000 + n} {['Boeing 707-320', 'A300B4', 'DC-9-30'][n % 3]}")
+    (base / "images_variant_trainval.txt").write_text("\n".join(rows))
+
+
+def write_minc2500(root):
+    base = root / "minc-2500"
+    rows = []
+    for c in ("brick", "carpet", "wood"):
+        for i in range(3):
+            _image(base / "images" / c / f"{c}_{i}.jpg")
+            rows.append(f"images/{c}/{c}_{i}.jpg")
+    (base / "labels").mkdir()
+    (base / "labels" / "train1.txt").write_text("\n".join(rows))
+
+
+WRITERS = {
+    "cifar10": lambda r: write_cifar(r, "cifar10"),
+    "cifar100": lambda r: write_cifar(r, "cifar100"),
+    "mit67": write_mit67,
+    "imagefolder": write_imagefolder,
+    "cub200": write_cub200,
+    "stanford_cars": write_stanford_cars,
+    "fgvc_aircraft": write_fgvc_aircraft,
+    "minc2500": write_minc2500,
+}
+
+
+@pytest.mark.parametrize(
+    ("reader", "n_images"), [(cub200, 6), (stanford_cars, 9), (fgvc_aircraft, 9), (minc2500, 9)]
+)
+def test_fine_grained_readers(tmp_path, reader, n_images):
+    WRITERS[reader.__name__](tmp_path)
+    data = reader(str(tmp_path), resolution=8)
+    assert len(data.files) == n_images and data.num_classes == 3
+    assert np.bincount(data.labels()).tolist() == [n_images // 3] * 3
+    assert data.images(np.arange(2)).shape == (2, 3, 8, 8)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFound, match=f"dataset {reader.__name__}: .* not found; expected"):
+        reader(str(tmp_path / "empty"))
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -115,15 +190,10 @@ def test_imagenet_weights_load_from_a_local_file_only(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "mit67", "imagefolder"])
+@pytest.mark.parametrize("name", sorted(WRITERS))
 def test_cli_runs_each_dataset_with_a_resnet(tmp_path, cache_dir, name):
     root = tmp_path / "data"
-    {
-        "cifar10": lambda r: write_cifar(r, "cifar10"),
-        "cifar100": lambda r: write_cifar(r, "cifar100"),
-        "mit67": write_mit67,
-        "imagefolder": write_imagefolder,
-    }[name](root)
+    WRITERS[name](root)
     extra = ["dataset.verify=false"] if name.startswith("cifar") else []
     out = tmp_path / "run"
     proc = run_cli(

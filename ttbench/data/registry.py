@@ -8,6 +8,7 @@ from typing import Any
 
 from ttbench.data.cifar import Cifar
 from ttbench.data.digits import Digits
+from ttbench.data.finegrained import cub200, fgvc_aircraft, minc2500, stanford_cars
 from ttbench.data.images import image_folder, mit67
 
 DATASETS: dict[str, Any] = {
@@ -16,8 +17,21 @@ DATASETS: dict[str, Any] = {
     "cifar100": partial(Cifar, "cifar100"),
     "mit67": mit67,
     "imagefolder": image_folder,
+    "cub200": cub200,
+    "stanford_cars": stanford_cars,
+    "fgvc_aircraft": fgvc_aircraft,
+    "minc2500": minc2500,
 }
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "mit67": 67}
+NUM_CLASSES = {
+    "digits": 10,
+    "cifar10": 10,
+    "cifar100": 100,
+    "mit67": 67,
+    "cub200": 200,
+    "stanford_cars": 196,
+    "fgvc_aircraft": 100,
+    "minc2500": 23,
+}
 
 
 def get_dataset(name: str, **options: Any):
