@@ -235,3 +235,25 @@ def test_dataset_and_model_errors_are_one_line(tmp_path, cache_dir, args, expect
     assert proc.returncode == 2
     assert expected in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_task_images_are_decoded_once(tmp_path):
+    from ttbench.data.cache import cached_task
+
+    write_imagefolder(tmp_path / "own")
+    data = image_folder(str(tmp_path / "own"), resolution=8)
+    calls = []
+    decode = data.images
+    data.images = lambda positions: calls.append(len(positions)) or decode(positions)
+    key = ("imagefolder", str(tmp_path / "own"), 8)
+    a = cached_task(data, 2, 2, seed=1, cache_dir=tmp_path / "c", key_parts=key)
+    b = cached_task(data, 2, 2, seed=1, cache_dir=tmp_path / "c", key_parts=key)
+    assert calls == [4] and torch.equal(a.x, b.x) and a.classes == b.classes
+    cached_task(data, 2, 2, seed=2, cache_dir=tmp_path / "c", key_parts=key)
+    cached_task(data, 2, 2, seed=1, cache_dir=tmp_path / "c", key_parts=(*key[:2], 16))
+    assert len(calls) == 3  # another seed or resolution is another entry
+    for entry in (tmp_path / "c" / "tasks").glob("imagefolder_8px_*.pt"):
+        entry.write_bytes(b"truncated")
+    assert torch.equal(
+        cached_task(data, 2, 2, seed=1, cache_dir=tmp_path / "c", key_parts=key).x, a.x
+    )

@@ -23,6 +23,7 @@ from ttbench import build, record
 from ttbench.cli import CONF_DIR, fail, guarded, validated
 from ttbench.core.sgd import batch_indices
 from ttbench.core.timing import Curves
+from ttbench.data.cache import cached_task
 from ttbench.data.images import DataNotFound
 from ttbench.data.task import sample_task
 from ttbench.measure import Stages
@@ -72,7 +73,12 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     with stages("data"):
         data = build.dataset(cfg)
         check_classes(cfg.task.k, len(np.unique(data.labels())), cfg.dataset.name)
-        task = sample_task(data, cfg.task.k, cfg.task.n, cfg.seed)
+        if cfg.dataset.name == "digits":  # in memory already: nothing to decode
+            task = sample_task(data, cfg.task.k, cfg.task.n, cfg.seed)
+        else:
+            key = (cfg.dataset.name, str(cfg.dataset.root), cfg.dataset.resolution)
+            cache = Path(cfg.cache_dir).expanduser()
+            task = cached_task(data, cfg.task.k, cfg.task.n, cfg.seed, cache, key)
         x, y = task.x.to(device), task.y.to(device)
     log.info("task: %s classes %s, N=%d", cfg.dataset.name, task.classes, task.n_samples)
     with stages("model"):

@@ -1,0 +1,58 @@
+"""Decoded task images cached as tensors, so a sweep decodes each task's images once.
+
+The key is (dataset, root, resolution, the classes and the exact images chosen), which the
+seed, k and n determine; the file is written atomically and checked when read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ttbench.data.task import Task, sample_positions
+
+log = logging.getLogger(__name__)
+
+
+def task_key(
+    dataset: str, root: str, resolution: int, classes: tuple[int, ...], positions: np.ndarray
+) -> str:
+    h = hashlib.sha1(f"{dataset}|{root}|{resolution}|{classes}|".encode())
+    h.update(np.ascontiguousarray(positions, dtype=np.int64).tobytes())
+    return f"{dataset}_{resolution}px_{h.hexdigest()[:16]}.pt"
+
+
+def cached_task(
+    data, k: int, n: int, seed: int, cache_dir: Path, key_parts: tuple[str, str, int]
+) -> Task:
+    """sample_task, with the decoded images read from / written to cache_dir/tasks."""
+    classes, positions, y = sample_positions(data.labels(), k, n, seed)
+    path = Path(cache_dir) / "tasks" / task_key(*key_parts, classes, positions)
+    x = None
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if np.array_equal(blob["positions"].numpy(), positions) and len(blob["x"]) == len(y):
+                x = blob["x"]
+        except Exception as e:  # an unreadable cache entry is rebuilt, whatever torch raises
+            log.warning("task cache %s unreadable (%s); decoding again", path, e)
+    if x is None:
+        x = data.images(positions)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({"x": x, "positions": torch.from_numpy(positions)}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        log.info("task images from cache %s", path.name)
+    return Task(x, torch.from_numpy(y), classes, positions, seed)
