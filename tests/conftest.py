@@ -24,8 +24,10 @@ def compose_cfg(overrides: list[str] | None = None):
         return compose(config_name="config", overrides=overrides or [])
 
 
-def run_cli(module: str, *args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TTBENCH_CACHE": str(cache)}
+def run_cli(
+    module: str, *args: str, cwd: Path, cache: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TTBENCH_CACHE": str(cache), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

@@ -257,3 +257,59 @@ def test_task_images_are_decoded_once(tmp_path):
     assert torch.equal(
         cached_task(data, 2, 2, seed=1, cache_dir=tmp_path / "c", key_parts=key).x, a.x
     )
+
+
+def test_timm_resnet_loads_named_local_weights(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    with pytest.raises(WeightsNotFound, match=r"\(timm\): set model.weights=FILE"):
+        imagenet_resnet("resnet18", source="timm")
+    reference = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    model = imagenet_resnet("resnet18", weights=str(path), source="timm")
+    assert torch.equal(model.body.conv1.weight, reference.conv1.weight)
+    x = torch.randn(2, 3, 32, 32)
+    reference.eval()
+    torch.testing.assert_close(model.head(model.body(x)), reference(x))
+    path.write_bytes(b"garbage")
+    with pytest.raises(WeightsNotFound, match="does not hold resnet18 weights"):
+        imagenet_resnet("resnet18", weights=str(path), source="timm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "source"), [("resnet34", "torchvision"), ("resnet18", "timm")])
+def test_cli_loads_local_imagenet_weights(tmp_path, cache_dir, arch, source):
+    import timm
+    import torchvision
+
+    write_imagefolder(tmp_path / "own")
+    if source == "timm":
+        weights = tmp_path / "w.pth"
+        torch.save(timm.create_model(arch, pretrained=False).state_dict(), weights)
+        extra = [f"model.weights={weights}"]
+    else:  # torchvision's own file name in the torch hub cache
+        weights = tmp_path / "torch" / "hub" / "checkpoints" / WEIGHT_FILES[arch]
+        weights.parent.mkdir(parents=True)
+        torch.save(getattr(torchvision.models, arch)(weights=None).state_dict(), weights)
+        extra = []
+    out = tmp_path / "run"
+    proc = run_cli(
+        "ttbench.run",
+        "dataset=imagefolder",
+        f"dataset.root={tmp_path / 'own'}",
+        "dataset.resolution=16",
+        f"model={arch}",
+        f"model.source={source}",
+        *extra,
+        "task.k=2",
+        "task.n=2",
+        "steps=2",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+        cache=cache_dir,
+        env={"TORCH_HOME": str(tmp_path / "torch")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "result.json").is_file()

@@ -43,7 +43,8 @@ def pretrain_spec(cfg: DictConfig) -> PretrainSpec:
 def pretrained_model(cfg: DictConfig) -> Classifier:
     """The small ResNet pretrained (and cached) by ttbench, or an ImageNet ResNet from disk."""
     if cfg.model.name in WEIGHT_FILES:
-        return imagenet_resnet(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
+        m = cfg.model
+        return imagenet_resnet(m.name, m.pretrained, m.weights, m.source)
     spec = pretrain_spec(cfg)
     return load_or_pretrain(
         spec, Path(cfg.cache_dir).expanduser(), get_dataset(spec.dataset).source

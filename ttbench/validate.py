@@ -69,6 +69,8 @@ def validate(cfg: DictConfig) -> None:
     _choice("dataset.name", cfg.dataset.name, DATASETS)
     k = _integer(cfg, "task.k", 1)
     check_classes(k, NUM_CLASSES.get(cfg.dataset.name), cfg.dataset.name)
+    if cfg.model.name != "small_resnet":
+        _choice("model.source", cfg.model.source, ("timm", "torchvision"))
     channels = 1 if cfg.dataset.name == "digits" else 3
     wanted = 1 if cfg.model.name == "small_resnet" else 3  # small_resnet: pretrained on digits
     if channels != wanted:

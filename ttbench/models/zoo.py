@@ -26,12 +26,34 @@ def default_weights(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHT_FILES[arch]
 
 
-def imagenet_resnet(arch: str, pretrained: bool = True, weights: str | None = None) -> Classifier:
-    """The ResNet as body (fc removed) and its 1000-way fc as the head to be replaced."""
+def _load_state(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def imagenet_resnet(
+    arch: str, pretrained: bool = True, weights: str | None = None, source: str = "torchvision"
+) -> Classifier:
+    """The ResNet as body (fc removed) and its 1000-way fc as the head to be replaced.
+    source "timm" builds timm's model, whose weights must be named by `weights` (.safetensors
+    or a state dict), since timm keeps them in the Hugging Face cache under varying names."""
     if arch not in WEIGHT_FILES:
         raise ValueError(f"arch must be one of {sorted(WEIGHT_FILES)}, got {arch!r}")
-    model = getattr(torchvision.models, arch)(weights=None)
+    if source == "timm":
+        import timm
+
+        model = timm.create_model(arch, pretrained=False)
+    else:
+        model = getattr(torchvision.models, arch)(weights=None)
     if pretrained:
+        if source == "timm" and not weights:
+            raise WeightsNotFound(
+                f"model {arch} (timm): set model.weights=FILE, timm's {arch} ImageNet weights "
+                "(.safetensors or .pth), or model.pretrained=false"
+            )
         path = Path(weights).expanduser() if weights else default_weights(arch)
         if not path.is_file():
             raise WeightsNotFound(
@@ -39,10 +61,9 @@ def imagenet_resnet(arch: str, pretrained: bool = True, weights: str | None = No
                 f"{WEIGHT_FILES[arch]} there (or set model.weights=FILE or model.pretrained=false)"
             )
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except (RuntimeError, KeyError, TypeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0]
+            model.load_state_dict(_load_state(path))
+        except Exception as e:  # any unreadable or mismatching file, whatever the loader raises
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise WeightsNotFound(
                 f"model {arch}: {path} does not hold {arch} weights ({first})"
             ) from e
