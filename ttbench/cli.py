@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,18 @@ from omegaconf import DictConfig, OmegaConf
 from ttbench.validate import ConfigError, check_cli, validate
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def run_name(overrides: str) -> str:
+    """A run directory's name from its overrides (Hydra's override_dirname): deterministic, so
+    a run started again finds its own record; 'default' for none, hashed when too long."""
+    name = overrides.replace("/", "_") or "default"
+    if len(name) > 200:
+        name = f"{name[:150]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 def fail(error: Exception) -> None:

@@ -1,8 +1,8 @@
 """The record of one run: result.json and curves.parquet, written atomically.
 
 curves.parquet is long-format, one row per (curve, step) with columns curve ("real" or a
-predictor name), step, loss, error. result.json is written last, so its presence means the run
-is complete.
+predictor name), step, loss, error. result.json follows, then the empty `done` marker, so a
+run directory with `done` holds a complete record.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ttbench.core.timing import Curves, relative_error
 FORMAT_VERSION = 1
 RESULT = "result.json"
 CURVES = "curves.parquet"
+DONE = "done"  # written last: its presence means the record is complete
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -40,6 +41,14 @@ def atomic_write(path: Path, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def mark_done(run_dir: Path) -> None:
+    atomic_write(Path(run_dir) / DONE, b"")
+
+
+def is_done(run_dir: Path) -> bool:
+    return (Path(run_dir) / DONE).is_file()
 
 
 def write_json(path: Path, obj: Any) -> None:

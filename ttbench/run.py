@@ -141,6 +141,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
             entry["quantiles"] = quantile_entry(pred.paths, real_t, cfg.eps, window)
         result["predictors"][name] = entry
     record.write_json(out_dir / record.RESULT, result)
+    record.mark_done(out_dir)
     return result
 
 
@@ -178,6 +179,10 @@ def app(cfg: DictConfig) -> None:
     validated(cfg)
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    if record.is_done(out_dir):
+        log.info("%s holds a complete record: skipped (delete it to run again)", out_dir)
+        print(summary(record.read_result(out_dir / record.RESULT)))
+        return
     try:
         result = run(cfg, out_dir, list(hc.overrides.task))
     except (ConfigError, DataNotFound, WeightsNotFound) as e:  # known once data and model load
