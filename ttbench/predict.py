@@ -69,7 +69,7 @@ def run_predictors(
     out = {}
     if "subset" in names:
         with stages("subset"):
-            curve, spectra = _subset(cfg, model, x, y)
+            curve, spectra = subset_prediction(cfg, model, x, y)
         out["subset"] = Result(
             Curves(curve, np.full_like(curve, np.nan)), ("subset",), spectra=spectra
         )
@@ -109,7 +109,7 @@ def run_predictors(
     return out
 
 
-def _subset(cfg: DictConfig, model, x: torch.Tensor, y: torch.Tensor):
+def subset_prediction(cfg: DictConfig, model, x: torch.Tensor, y: torch.Tensor):
     """Appendix D: Theta on a random subset of N0 samples, extrapolated to all N (MSE)."""
     n0 = min(cfg.subset.n0, len(y))
     gen = torch.Generator().manual_seed(cfg.seed)

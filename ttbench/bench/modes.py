@@ -27,10 +27,11 @@ from ttbench.cli import CONF_DIR
 from ttbench.core.dynamics import closed_form
 from ttbench.core.linearize import linearize
 from ttbench.core.sketch import Sketch
-from ttbench.core.spectrum import fit_power_law, predict_from_subset
+from ttbench.core.spectrum import fit_power_law
 from ttbench.core.timing import DEFAULT_EPS, t_eps_grid
 from ttbench.data.task import sample_task
 from ttbench.models.classifier import finetune_model
+from ttbench.predict import subset_prediction
 from ttbench.train import finetune
 from ttbench.validate import validate
 
@@ -110,18 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                 exact,
             )
 
-    def subset():
-        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[
-            : cfg.subset.n0
-        ]
-        sub = linearize(m, x[idx])
-        with torch.no_grad():
-            f0 = m(x)
-        return predict_from_subset(
-            sub.theta, sub.f0, y[idx], f0, y, alpha=cfg.subset.alpha, k0=cfg.subset.k0, **kw
-        )[0]
-
-    curve, s = timed(subset)
+    (curve, _), s = timed(lambda: subset_prediction(cfg, m, x, y))
     add("subset", cfg.subset.n0, s, None, curve, None)
     table = pd.DataFrame(rows)
     print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
