@@ -70,10 +70,14 @@ def curves_frame(curves: Mapping[str, Curves]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def write_curves(path: Path, curves: Mapping[str, Curves]) -> None:
+def write_table(path: Path, frame: pd.DataFrame) -> None:
     buf = io.BytesIO()
-    curves_frame(curves).to_parquet(buf, index=False)
+    frame.to_parquet(buf, index=False)
     atomic_write(path, buf.getvalue())
+
+
+def write_curves(path: Path, curves: Mapping[str, Curves]) -> None:
+    write_table(path, curves_frame(curves))
 
 
 def read_curves(path: Path, diverged: Mapping[str, bool] | None = None) -> dict[str, Curves]:

@@ -6,6 +6,7 @@ summary of real against predicted T_eps.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from ttbench.models.classifier import finetune_model
 from ttbench.models.zoo import WeightsNotFound
 from ttbench.plots import plot_curves
 from ttbench.predict import band_curves, quantile_entry, run_predictors
+from ttbench.probes import PROBES
 from ttbench.train import finetune
 from ttbench.validate import ConfigError, check_classes
 
@@ -87,6 +89,12 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         ).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     predictions = run_predictors(cfg, model, x, y, stages)  # at w0, before fine-tuning
+    probe_files = {}
+    for name in cfg.probes:  # extra measurements at w0, each on its own copy of the model
+        with stages(f"probe_{name}"):
+            frame = PROBES[name](copy.deepcopy(model), x, y, cfg)
+        probe_files[name] = f"probe_{name}.parquet"
+        record.write_table(out_dir / probe_files[name], frame)
     with stages("finetune"):
         real = _finetune(cfg, model, x, y)
     if real.diverged:
@@ -120,6 +128,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         "curves_file": record.CURVES,
         "real": {"diverged": real.diverged, "t_eps": real_t},
         "predictors": {},
+        "probes": probe_files,
     }
     for name, pred in predictions.items():
         t_eps = record.t_eps_entry(pred.curves, cfg.eps, window)

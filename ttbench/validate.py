@@ -19,6 +19,7 @@ from ttbench.core.losses import LOSSES
 from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
 from ttbench.core.sketch import SKETCHES
 from ttbench.data.registry import DATASETS, NUM_CLASSES
+from ttbench.probes import PROBES
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,10 @@ def validate(cfg: DictConfig) -> None:
         _integer(cfg, "stochastic.paths", 1)
         _choice("stochastic.noise", cfg.stochastic.noise, NOISES)
         _choice("stochastic.schedule", cfg.stochastic.schedule, SCHEDULES)
+    if not OmegaConf.is_list(cfg.probes):
+        raise ConfigError("probes", cfg.probes, "must be a list, e.g. probes=[spectrum]")
+    for name in cfg.probes:
+        _choice("probes", name, PROBES)
     if predictor_names(cfg) and cfg.weight_decay != 0:
         raise ConfigError(
             "weight_decay", cfg.weight_decay, "the predictors model 0 only (or use predictor=none)"
