@@ -28,6 +28,7 @@ def _rows(run: Path, result: dict) -> list[dict]:
     cfg = pd.json_normalize(result["config"], sep=".").iloc[0].to_dict()
     base = {"run": str(run), **{f"cfg.{k}": v for k, v in cfg.items()}, **result["task"]}
     base["classes"] = ",".join(map(str, base["classes"]))
+    base["device"] = result["device"]
     base["finetune_s"] = result["stages"]["finetune"]["wall_s"]
     base["real_diverged"] = result["real"]["diverged"]
     rows = []
