@@ -70,6 +70,17 @@ def curves_frame(curves: Mapping[str, Curves]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def spectra_frame(spectra: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Long format, one row per (series, k) with k from 1."""
+    return pd.concat(
+        [
+            pd.DataFrame({"series": name, "k": np.arange(1, len(v) + 1), "value": v})
+            for name, v in spectra.items()
+        ],
+        ignore_index=True,
+    )
+
+
 def write_table(path: Path, frame: pd.DataFrame) -> None:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)

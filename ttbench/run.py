@@ -106,6 +106,9 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         if p.paths is not None:
             curves.update(band_curves(name, p.paths))
     record.write_curves(out_dir / record.CURVES, curves)
+    for name, p in predictions.items():
+        if p.spectra is not None:  # the subset predictor's spectra (Figs. 7 and 11)
+            record.write_table(out_dir / f"spectra_{name}.parquet", record.spectra_frame(p.spectra))
     plot_curves(curves, out_dir / "curves.png", title=f"{cfg.dataset.name} {task.classes}")
     window = cfg.optim.smooth
     real_t = record.t_eps_entry(real, cfg.eps, window)
