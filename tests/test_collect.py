@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 
 from tests.conftest import TINY, run_cli
-from ttbench.collect import collect
+from ttbench.collect import collect, gather, main
 
 
 def test_runs_are_keyed_by_overrides_skipped_when_complete_and_collected(tmp_path, cache_dir):
@@ -42,3 +42,43 @@ def test_runs_are_keyed_by_overrides_skipped_when_complete_and_collected(tmp_pat
         assert r["cfg.seed"] == record["config"]["seed"] and r["cfg.lr"] == record["config"]["lr"]
     assert set(curves.run) == set(results.run)
     assert isinstance(curves, pd.DataFrame) and {"curve", "step", "loss", "error"} <= set(curves)
+
+
+def test_probe_and_spectra_tables_are_collected_and_bad_files_listed(tmp_path, cache_dir, capsys):
+    out = tmp_path / "out"
+    args = [*TINY, "predictor=subset", "loss=mse", "subset.n0=10", "subset.k0=5"]
+    probes = ["probes=[spectrum,clustering]", "probe.sizes=[10]", f"out_root={out}"]
+    proc = run_cli("ttbench.run", *args, *probes, cwd=tmp_path, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    (good,) = [p for p in (out / "runs").iterdir() if p.is_dir()]
+    shutil.copytree(good, out / "runs" / "no_clustering")
+    (out / "runs" / "no_clustering" / "probe_clustering.parquet").unlink()
+    shutil.copytree(good, out / "runs" / "bad_spectrum")
+    (out / "runs" / "bad_spectrum" / "probe_spectrum.parquet").write_bytes(b"PAR1 not parquet")
+
+    c = gather([out])
+    problems = sorted(c.problems)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{out / 'runs' / 'bad_spectrum'}: unreadable probe_spectrum")
+    assert problems[1].startswith(f"{out / 'runs' / 'no_clustering'}: missing probe_clustering")
+    assert c.results["run"].nunique() == 3  # a bad probe file does not drop the run
+    assert set(c.tables) == {"probe_spectrum", "probe_clustering", "spectra_subset"}
+    spectrum, clustering = c.tables["probe_spectrum"], c.tables["probe_clustering"]
+    assert spectrum["run"].nunique() == 2 and clustering["run"].nunique() == 2
+    assert str(out / "runs" / "bad_spectrum") not in set(spectrum["run"])
+    assert c.tables["spectra_subset"]["run"].nunique() == 3
+    columns = ["run", "cfg.dataset.name", "cfg.seed", "cfg.lr", "cfg.momentum", "cfg.task.n"]
+    assert list(spectrum.columns[:7]) == [*columns, "cfg.preset"]
+    one = spectrum[spectrum["run"] == str(good)]
+    expected = pd.read_parquet(good / "probe_spectrum.parquet")
+    pd.testing.assert_frame_equal(one[expected.columns].reset_index(drop=True), expected)
+    assert (one["cfg.task.n"] == 6).all() and (one["cfg.dataset.name"] == "digits").all()
+    assert one["cfg.preset"].isna().all() and set(one["n"]) == {10, 30}
+
+    main([str(out), "--out", str(tmp_path / "tables")])
+    printed = capsys.readouterr().out
+    assert "3 runs" in printed and printed.count("skipped") == 2
+    for stem in ("results", "curves", *c.tables):
+        assert (tmp_path / "tables" / f"{stem}.parquet").stat().st_size > 0
+    back = pd.read_parquet(tmp_path / "tables" / "probe_clustering.parquet")
+    assert len(back) == 2 * 30 and "grad_pc1" in back

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from ttbench.core import losses
-from ttbench.train import finetune
+from ttbench.train import finetune, load_state
 
 
 def _tiny(seed=0):
@@ -66,3 +66,37 @@ def test_divergence_is_recorded_and_stops():
     curves = finetune(_tiny(), x, y, lr=1e6, momentum=0.9, steps=50, loss="mse")
     assert curves.diverged
     assert np.isnan(curves.loss[-1]) or not np.isfinite(curves.loss).all()
+
+
+class _Preempted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sgd", [False, True])
+def test_resume_from_saved_state_reproduces_the_uninterrupted_run(tmp_path, sgd):
+    """Interrupted at step 13 after saving state every step, then resumed: identical curves
+    and weights (momentum buffers included), and the state file of other settings is ignored."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 4, 4, dtype=torch.float64)
+    y = torch.arange(16) % 4
+    batches = torch.randint(0, 16, (30, 4)) if sgd else None
+    kw = dict(lr=0.1, momentum=0.9, steps=30, batches=batches, eval_every=2, meta={"lr": 0.1})
+    ref_model = _tiny()
+    ref = finetune(ref_model, x, y, **kw)
+
+    def preempt(t: int, _value: float) -> None:
+        if t == 14:
+            raise _Preempted
+
+    state = tmp_path / "finetune.state"
+    with pytest.raises(_Preempted):
+        finetune(_tiny(), x, y, **kw, on_step=preempt, state_file=state, save_every_s=0)
+    saved = load_state(state, {"lr": 0.1})
+    assert saved["t"] == 14
+    assert load_state(state, {"lr": 0.2}) is None
+    model = _tiny()  # a fresh process: weights back at w0
+    resumed = finetune(model, x, y, **kw, state_file=state, save_every_s=0)
+    np.testing.assert_array_equal(resumed.loss, ref.loss)
+    np.testing.assert_array_equal(resumed.error, ref.error)
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

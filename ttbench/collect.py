@@ -1,13 +1,16 @@
 """`python -m ttbench.collect DIR... [--out DIR]`: every run record under the given folders as
 one table, one row per (run, predictor, curve kind, eps), every config value a column
-(`cfg.<key>`), plus one table of all curves. Incomplete or corrupt run directories are listed,
-never fatal.
+(`cfg.<key>`), plus one table of all curves, and one table per probe (probe_<name>.parquet) and
+per predictor spectra (spectra_<name>.parquet) found, concatenated over runs with a `run` column
+and the runs' main settings (RUN_COLUMNS). Incomplete or corrupt run directories, and missing or
+unreadable probe and spectra files, are listed, never fatal.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -57,9 +60,34 @@ def _rows(run: Path, result: dict) -> list[dict]:
     return rows
 
 
-def collect(roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(results, curves, problems) for every run directory below the roots."""
+# The settings that tell a probe's or spectra table's runs apart, copied onto its rows.
+RUN_COLUMNS = ("dataset.name", "seed", "lr", "momentum", "task.n", "preset")
+
+
+@dataclass
+class Collected:
+    results: pd.DataFrame
+    curves: pd.DataFrame
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # by file stem
+    problems: list[str] = field(default_factory=list)
+
+
+def _extra_files(run: Path, result: dict) -> dict[str, str]:
+    """{stem: file name} of a run's probe tables (as its record lists them) and spectra."""
+    files = {f"probe_{name}": file for name, file in result.get("probes", {}).items()}
+    files.update({p.stem: p.name for p in sorted(run.glob("spectra_*.parquet"))})
+    return files
+
+
+def _run_columns(run: Path, result: dict) -> dict:
+    cfg = pd.json_normalize(result["config"], sep=".").iloc[0].to_dict()
+    return {"run": str(run), **{f"cfg.{k}": cfg.get(k) for k in RUN_COLUMNS}}
+
+
+def gather(roots: list[Path]) -> Collected:
+    """Every table of every run directory below the roots, and the problems met."""
     rows, curves, problems = [], [], []
+    extra: dict[str, list[pd.DataFrame]] = {}
     for run in run_dirs(roots):
         if not record.is_done(run):
             problems.append(f"{run}: incomplete (no done marker)")
@@ -72,8 +100,30 @@ def collect(roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
             problems.append(f"{run}: corrupt ({type(e).__name__}: {e})")
             continue
         curves.append(frame.assign(run=str(run)))
-    results = pd.DataFrame(rows)
-    return results, (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()), problems
+        columns = _run_columns(run, result)
+        for stem, name in _extra_files(run, result).items():
+            if not (run / name).is_file():
+                problems.append(f"{run}: missing {name} (the run's other tables are kept)")
+                continue
+            try:
+                table = pd.read_parquet(run / name)
+            except (OSError, ValueError) as e:
+                problems.append(f"{run}: unreadable {name} ({type(e).__name__}: {e})")
+                continue
+            extra.setdefault(stem, []).append(table.assign(**columns)[[*columns, *table]])
+    return Collected(
+        pd.DataFrame(rows),
+        pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+        {stem: pd.concat(frames, ignore_index=True) for stem, frames in sorted(extra.items())},
+        problems,
+    )
+
+
+def collect(roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(results, curves, problems) for every run directory below the roots; `gather` also
+    returns the probe and spectra tables."""
+    c = gather(roots)
+    return c.results, c.curves, c.problems
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,14 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("dirs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path("outputs/tables"))
     a = p.parse_args(argv)
-    results, curves, problems = collect(a.dirs)
+    c = gather(a.dirs)
     a.out.mkdir(parents=True, exist_ok=True)
-    results.to_parquet(a.out / "results.parquet", index=False)
-    curves.to_parquet(a.out / "curves.parquet", index=False)
-    runs = results["run"].nunique() if len(results) else 0
-    tables = f"{a.out / 'results.parquet'}, {a.out / 'curves.parquet'}"
-    print(f"{runs} runs, {len(results)} rows -> {tables}")
-    for line in problems:
+    c.results.to_parquet(a.out / "results.parquet", index=False)
+    c.curves.to_parquet(a.out / "curves.parquet", index=False)
+    for stem, table in c.tables.items():
+        table.to_parquet(a.out / f"{stem}.parquet", index=False)
+    runs = c.results["run"].nunique() if len(c.results) else 0
+    names = ["results", "curves", *c.tables]
+    print(f"{runs} runs, {len(c.results)} rows -> {a.out}/{{{','.join(names)}}}.parquet")
+    for line in c.problems:
         print(f"skipped {line}")
 
 

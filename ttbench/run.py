@@ -15,14 +15,12 @@ from typing import Any
 import hydra
 import numpy as np
 import pandas as pd
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ttbench import build, record
 from ttbench.cli import CONF_DIR, fail, guarded, validated
-from ttbench.core.sgd import batch_indices
 from ttbench.core.timing import Curves
 from ttbench.data.cache import cached_task
 from ttbench.data.images import DataNotFound
@@ -33,18 +31,21 @@ from ttbench.models.zoo import WeightsNotFound
 from ttbench.plots import plot_curves
 from ttbench.predict import band_curves, quantile_entry, run_predictors
 from ttbench.probes import PROBES
-from ttbench.train import finetune
+from ttbench.train import finetune, load_state, sgd_batches
 from ttbench.validate import ConfigError, check_classes
 
 log = logging.getLogger("ttbench.run")
 
 
-def _finetune(cfg: DictConfig, model, x, y) -> Curves:
-    """Real fine-tuning with progress; SGD batches are drawn from the run's seed."""
-    batches = None
-    if cfg.optim.name == "sgd":
-        gen = torch.Generator().manual_seed(cfg.seed)
-        batches = batch_indices(len(y), cfg.optim.batch_size, cfg.steps, cfg.optim.sampling, gen)
+STATE = "finetune.state"  # fine-tuning checkpoint inside the run directory, gone once done
+# Settings that may differ between a run and its resumption without changing its result.
+_NOT_STATE = ("device", "out_root", "cache_dir", "checkpoint_s")
+
+
+def _finetune(cfg: DictConfig, model, x, y, state_file: Path) -> Curves:
+    """Real fine-tuning with progress, resumable from `state_file`; SGD batches are drawn
+    from the run's seed."""
+    batches = sgd_batches(cfg, len(y))
     every = max(1, cfg.steps // 10)
     with tqdm(total=cfg.steps + 1, desc="fine-tune", disable=not sys.stderr.isatty()) as bar:
 
@@ -65,7 +66,15 @@ def _finetune(cfg: DictConfig, model, x, y) -> Curves:
             batches=batches,
             eval_every=cfg.optim.eval_every,
             on_step=on_step,
+            state_file=state_file,
+            save_every_s=cfg.checkpoint_s,
+            meta=_state_meta(cfg),
         )
+
+
+def _state_meta(cfg: DictConfig) -> dict[str, Any]:
+    meta = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in meta.items() if k not in _NOT_STATE}
 
 
 def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -95,8 +104,10 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
             frame = PROBES[name](copy.deepcopy(model), x, y, cfg)
         probe_files[name] = f"probe_{name}.parquet"
         record.write_table(out_dir / probe_files[name], frame)
+    state = load_state(out_dir / STATE, _state_meta(cfg))
+    resumed_at = None if state is None else state["t"]
     with stages("finetune"):
-        real = _finetune(cfg, model, x, y)
+        real = _finetune(cfg, model, x, y, out_dir / STATE)
     if real.diverged:
         log.warning("fine-tuning diverged: the loss became non-finite")
 
@@ -129,7 +140,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         "stages": stages.stats,
         "eps": list(cfg.eps),
         "curves_file": record.CURVES,
-        "real": {"diverged": real.diverged, "t_eps": real_t},
+        "real": {"diverged": real.diverged, "t_eps": real_t, "resumed_at": resumed_at},
         "predictors": {},
         "probes": probe_files,
     }
@@ -154,6 +165,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         result["predictors"][name] = entry
     record.write_json(out_dir / record.RESULT, result)
     record.mark_done(out_dir)
+    (out_dir / STATE).unlink(missing_ok=True)
     return result
 
 

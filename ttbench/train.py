@@ -4,18 +4,33 @@ Gradient descent with heavy-ball momentum (torch.optim.SGD): full-batch by defau
 mini-batch SGD along given batches (see ttbench.core.sgd.batch_indices). The training loss and
 error on the whole task are recorded every `eval_every` steps t = 0..T, before that step's
 update. A non-finite loss stops the run, which is then marked diverged.
+
+With a `state_file`, the whole fine-tuning state (step, weights, optimiser buffers, curves so
+far) is saved there atomically at most every `save_every_s` seconds, and a later call with the
+same file and the same `meta` resumes from it: the batches are fixed in advance and nothing
+else is random, so a resumed run reproduces the uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from ttbench.core import losses
+from ttbench.core.sgd import batch_indices
 from ttbench.core.timing import Curves
+from ttbench.record import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def finetune(
@@ -31,6 +46,9 @@ def finetune(
     batches: torch.Tensor | None = None,
     eval_every: int = 1,
     on_step: Callable[[int, float], None] | None = None,
+    state_file: Path | None = None,
+    save_every_s: float = 60.0,
+    meta: dict[str, Any] | None = None,
 ) -> Curves:
     """Fine-tune `model` in place for `steps` steps; `batches` (steps, B) selects SGD.
     Returns curves with steps // eval_every + 1 points."""
@@ -41,7 +59,22 @@ def finetune(
     loss_curve = np.full(points, np.nan)
     error_curve = np.full(points, np.nan)
     diverged = False
-    for t in range(steps + 1):
+    start = 0
+    if state_file is not None:
+        state = load_state(state_file, meta)
+        if state is not None:
+            start = state["t"]
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            loss_curve[:], error_curve[:] = state["loss"].numpy(), state["error"].numpy()
+            log.info("fine-tuning resumed at step %d from %s", start, state_file)
+    saved = time.monotonic()
+    for t in range(start, steps + 1):
+        if state_file is not None and t > start and time.monotonic() - saved >= save_every_s:
+            state = {"t": t, "meta": meta, "model": model.state_dict(), "opt": opt.state_dict()}
+            curves = {"loss": torch.from_numpy(loss_curve), "error": torch.from_numpy(error_curve)}
+            _save(state_file, state | curves)
+            saved = time.monotonic()
         opt.zero_grad(set_to_none=True)
         record = t % eval_every == 0
         if batches is None or record:
@@ -67,3 +100,34 @@ def finetune(
         value.backward()
         opt.step()
     return Curves(loss_curve, error_curve, diverged, interval=eval_every)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_state(path: Path, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The saved fine-tuning state, or None when there is none, it is unreadable, or it was
+    saved under other settings (`meta`), with a warning in the last two cases."""
+    if not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # writes are atomic, but a foreign or damaged file must not crash
+        log.warning("ignoring unreadable fine-tuning state %s: %s", path, e)
+        return None
+    if state.get("meta") != meta:
+        log.warning("ignoring fine-tuning state %s saved under other settings", path)
+        return None
+    return state
+
+
+def sgd_batches(cfg: DictConfig, n: int) -> torch.Tensor | None:
+    """A run's SGD batches (steps, B), drawn from its seed; None for full-batch GD. Shared by
+    the run and the probes that fine-tune, so both see the same batches."""
+    if cfg.optim.name != "sgd":
+        return None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return batch_indices(n, cfg.optim.batch_size, cfg.steps, cfg.optim.sampling, gen)

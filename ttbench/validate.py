@@ -55,6 +55,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("momentum", cfg.momentum, "must be in [0, 1)")
     if _number(cfg, "weight_decay") < 0:
         raise ConfigError("weight_decay", cfg.weight_decay, "must be >= 0")
+    if _number(cfg, "checkpoint_s") < 0:
+        raise ConfigError("checkpoint_s", cfg.checkpoint_s, "must be >= 0 (0: every step)")
     _integer(cfg, "steps", 1)
     _integer(cfg, "seed", 0)
     eps = cfg.eps
@@ -105,9 +107,33 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("probes", cfg.probes, "must be a list, e.g. probes=[spectrum]")
     for name in cfg.probes:
         _choice("probes", name, PROBES)
+    _probe_settings(cfg)
     if predictor_names(cfg) and cfg.weight_decay != 0:
         raise ConfigError(
             "weight_decay", cfg.weight_decay, "the predictors model 0 only (or use predictor=none)"
+        )
+
+
+def _integers(cfg: DictConfig, key: str, low: int) -> None:
+    value = OmegaConf.select(cfg, key)
+    ok = OmegaConf.is_list(value) and len(value) > 0
+    if not ok or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in value):
+        shown = list(value) if OmegaConf.is_list(value) else value
+        raise ConfigError(key, shown, f"must be a non-empty list of integers >= {low}")
+
+
+def _probe_settings(cfg: DictConfig) -> None:
+    """The settings of the probes a run asks for."""
+    probes = set(cfg.probes)
+    if probes & {"spectrum", "projection"}:
+        _integers(cfg, "probe.sizes", 1)
+    if "projection" in probes:
+        _integers(cfg, "probe.dims", 1)
+    if "clustering" in probes:
+        _integer(cfg, "probe.components", 1)
+    if "weight_function" in probes and cfg.weight_decay != 0:
+        raise ConfigError(
+            "weight_decay", cfg.weight_decay, "the weight_function probe models 0 only"
         )
 
 

@@ -8,18 +8,17 @@ those of `python -m ttbench.run`. For exact, trace, every projection and the sub
 prints the build time, fine-tune / predict cost ratio, Theta's relative Frobenius error and
 top-eigenvalue ratio against the exact one (Fig. 4 centre), and the T_eps error of the MSE
 prediction against real fine-tuning; then the power law of the spectrum of Theta / N on subsets
-of growing size (Fig. 4 right). --csv writes both tables and the spectra.
+of growing size and the whole task (Fig. 4 right; ttbench.probes). --csv writes both tables
+and the spectra.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from hydra import compose, initialize_config_dir
 
 from ttbench import build
@@ -27,11 +26,13 @@ from ttbench.cli import CONF_DIR
 from ttbench.core.dynamics import closed_form
 from ttbench.core.linearize import linearize
 from ttbench.core.sketch import Sketch
-from ttbench.core.spectrum import fit_power_law
 from ttbench.core.timing import DEFAULT_EPS, t_eps_grid
 from ttbench.data.task import sample_task
 from ttbench.models.classifier import finetune_model
 from ttbench.predict import subset_prediction
+from ttbench.probes.common import timed
+from ttbench.probes.projection import compare
+from ttbench.probes.spectrum import spectrum_frame
 from ttbench.train import finetune
 from ttbench.validate import validate
 
@@ -61,9 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         return finetune_model(pretrained, task.n_classes, cfg.model.head_init_std, cfg.seed)
 
     kw = {"lr": cfg.lr, "momentum": cfg.momentum, "steps": cfg.steps}
-    start = time.perf_counter()
-    real = finetune(model(), x, y, loss="mse", **kw)
-    finetune_s = time.perf_counter() - start
+    real, finetune_s = timed(lambda: finetune(model(), x, y, loss="mse", **kw), x.device)
     real_t = t_eps_grid(real.loss, DEFAULT_EPS)
     print(f"N={len(y)} C={task.n_classes}; fine-tuning {finetune_s:.1f} s; real T_eps {real_t}")
 
@@ -80,28 +79,20 @@ def main(argv: list[str] | None = None) -> None:
             "within_13": within,
         }
         if theta is not None and exact is not None:
-            row["frob_err"] = ((theta - exact).norm() / exact.norm()).item()
-            row["top_eig_ratio"] = (
-                torch.linalg.eigvalsh(theta)[-1] / torch.linalg.eigvalsh(exact)[-1]
-            ).item()
+            row["frob_err"], row["top_eig_ratio"] = compare(theta, exact)
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
 
-    def timed(fn):
-        start = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - start
-
     m = model()
-    lin, s = timed(lambda: linearize(m, x))
+    lin, s = timed(lambda: linearize(m, x), x.device)
     add("exact", None, s, lin.theta, closed_form(lin.theta, lin.f0, y, **kw).curves.loss, lin.theta)
     exact = lin.theta
-    tr, s = timed(lambda: linearize(m, x, "trace"))
+    tr, s = timed(lambda: linearize(m, x, "trace"), x.device)
     add("trace", None, s, tr.full_theta(), closed_form(tr.theta, tr.f0, y, **kw).curves.loss, exact)
     for kind in a.sketches.split(","):
         for dim in map(int, a.dims.split(",")):
             sketch = Sketch(kind, dim, cfg.seed)
-            pr, s = timed(lambda sk=sketch: linearize(m, x, "projected", sketch=sk))
+            pr, s = timed(lambda sk=sketch: linearize(m, x, "projected", sketch=sk), x.device)
             add(
                 f"projected/{kind}",
                 dim,
@@ -111,27 +102,22 @@ def main(argv: list[str] | None = None) -> None:
                 exact,
             )
 
-    (curve, _), s = timed(lambda: subset_prediction(cfg, m, x, y))
+    (curve, _), s = timed(lambda: subset_prediction(cfg, m, x, y), x.device)
     add("subset", cfg.subset.n0, s, None, curve, None)
     table = pd.DataFrame(rows)
     print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
-    spectra, fits = [], []
-    for n in map(int, a.sizes.split(",")):
-        n = min(n, len(y))
-        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:n]
-        rates = torch.linalg.eigvalsh(linearize(m, x[idx]).theta).flip(0).clamp_min(0).numpy() / n
-        law = fit_power_law(rates, k_min=2, k_max=min(len(rates), 10 * n) // 2)
-        fits.append({"N": n, "c": law.c, "s": law.s, "lambda1_over_N": rates[0]})
-        spectra.append(
-            pd.DataFrame({"N": n, "k": np.arange(1, len(rates) + 1), "lambda_over_N": rates})
-        )
-    print("\npower law of the spectrum of Theta / N (fitted over the first half of the indices):")
-    print(pd.DataFrame(fits).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    # the spectrum probe's nested subsets (the whole task included) and power-law fits
+    spectra = spectrum_frame(m, x, y, map(int, a.sizes.split(",")), cfg.seed)
+    fits = spectra.groupby("n", sort=True).agg(
+        c=("c", "first"), s=("s", "first"), lambda1_over_N=("eigenvalue", "first")
+    )
+    print("\npower law of the spectrum of Theta / N (fitted over 2 <= k <= half the indices):")
+    print(fits.rename_axis("N").reset_index().to_string(index=False, float_format="{:.4g}".format))
     if a.csv:
         a.csv.mkdir(parents=True, exist_ok=True)
         table.to_csv(a.csv / "modes.csv", index=False)
-        pd.concat(spectra).to_csv(a.csv / "spectra.csv", index=False)
+        spectra.to_csv(a.csv / "spectra.csv", index=False)
         print(f"wrote {a.csv}/modes.csv and spectra.csv")
 
 

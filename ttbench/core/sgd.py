@@ -96,11 +96,21 @@ class PathPrediction:
     paths_loss: np.ndarray  # (R, T+1)
     paths_error: np.ndarray  # (R, T+1)
     final: torch.Tensor  # (R, N, C) outputs after the last step
+    outputs: torch.Tensor | None = None  # (R, T+1, N, C) at every step, when asked for
 
     @property
     def curves(self) -> Curves:
         loss = self.paths_loss.mean(0)
         return Curves(loss, self.paths_error.mean(0), diverged=not np.all(np.isfinite(loss)))
+
+
+def batch_grad_f(f: torch.Tensor, y: torch.Tensor, loss: str, batch: torch.Tensor) -> torch.Tensor:
+    """grad_f L_B(f) of each path's batch mean loss: (1/B) grad_{f_i} l_i on the batch's rows
+    (counted with multiplicity), zero elsewhere. f (R, N, C), batch (R, B) indices."""
+    paths, b = batch.shape
+    counts = torch.zeros(paths, f.shape[1], dtype=f.dtype, device=f.device)
+    counts.scatter_add_(1, batch, torch.ones(paths, b, dtype=f.dtype, device=f.device))
+    return _sample_grads(f, y, loss) * (counts / b).unsqueeze(-1)
 
 
 def _record(fs_loss: list, fs_err: list, f: torch.Tensor, y: torch.Tensor, loss: str) -> None:
@@ -123,24 +133,25 @@ def exact_sgd(
     momentum: float,
     loss: str,
     batches: torch.Tensor,
+    keep_outputs: bool = False,
 ) -> PathPrediction:
-    """SGD of the linearised model along given batch sequences (R, steps, B)."""
-    paths, steps, b = batches.shape
+    """SGD of the linearised model along given batch sequences (R, steps, B); `keep_outputs`
+    also returns the outputs at every step."""
+    paths, steps, _ = batches.shape
     theta, f, y = _prepare(theta, f0, y, paths)
-    n = f.shape[1]
     batches = batches.to(theta.device)
     u = torch.zeros_like(f)
-    out_loss, out_err = [], []
+    out_loss, out_err, outputs = [], [], []
     for t in range(steps + 1):
         _record(out_loss, out_err, f, y, loss)
+        if keep_outputs:
+            outputs.append(f)
         if t == steps:
             break
-        counts = torch.zeros(paths, n, dtype=f.dtype, device=f.device)
-        counts.scatter_add_(1, batches[:, t], torch.ones(paths, b, dtype=f.dtype, device=f.device))
-        g = _sample_grads(f, y, loss) * (counts / b).unsqueeze(-1)
-        u = momentum * u + _apply(theta, g)
+        u = momentum * u + _apply(theta, batch_grad_f(f, y, loss, batches[:, t]))
         f = f - lr * u
-    return PathPrediction(np.stack(out_loss, 1), np.stack(out_err, 1), f)
+    kept = torch.stack(outputs, 1) if keep_outputs else None
+    return PathPrediction(np.stack(out_loss, 1), np.stack(out_err, 1), f, kept)
 
 
 def noise_factor(cov: torch.Tensor) -> torch.Tensor:

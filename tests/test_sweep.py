@@ -1,0 +1,78 @@
+"""A sweep killed half-way and started again: nothing lost, duplicated or corrupt, and the run
+killed mid-fine-tuning resumes from its checkpoint to the record of an uninterrupted sweep."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import TINY, run_cli
+from ttbench.collect import collect
+from ttbench.run import STATE
+
+SWEEP = [*TINY[:-1], "steps=400", "checkpoint_s=0", "predictor=discrete", "seed=0,1,2"]
+
+
+def _run_dir(out: Path, seed: int) -> Path:
+    (run,) = [p for p in (out / "runs").iterdir() if f"seed={seed}" in p.name]
+    return run
+
+
+def _kill_when_resumable(out: Path, cwd: Path, cache: Path) -> None:
+    """Start the sweep and SIGKILL it once seed 1 has a checkpoint past step 50."""
+    env = {**os.environ, "TTBENCH_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "ttbench.run", "-m", *SWEEP, f"out_root={out}"]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = next((out / "runs").glob(f"*seed=1*/{STATE}"), None)
+            if state is not None and torch.load(state, weights_only=True)["t"] > 50:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the sweep ended before seed 1 had a checkpoint to resume from")
+
+
+@pytest.mark.slow
+def test_killed_sweep_restarts_without_loss_duplication_or_corruption(tmp_path, cache_dir):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    done = run_cli("ttbench.run", "-m", *SWEEP, f"out_root={ref}", cwd=tmp_path, cache=cache_dir)
+    assert done.returncode == 0, done.stderr
+
+    _kill_when_resumable(out, tmp_path, cache_dir)
+    first = _run_dir(out, 0)
+    assert (first / "done").is_file() and not (_run_dir(out, 1) / "done").exists()
+    assert not list((out / "runs").glob("*seed=2*"))
+    before = (first / "result.json").stat().st_mtime_ns
+
+    again = run_cli("ttbench.run", "-m", *SWEEP, f"out_root={out}", cwd=tmp_path, cache=cache_dir)
+    assert again.returncode == 0, again.stderr
+    assert (first / "result.json").stat().st_mtime_ns == before  # complete run not repeated
+    results, _, problems = collect([out])
+    assert problems == [] and results["run"].nunique() == 3  # none lost, none corrupt
+    for seed in (0, 1, 2):
+        run, want = _run_dir(out, seed), _run_dir(ref, seed)
+        got, exp = (json.loads((d / "result.json").read_text()) for d in (run, want))
+        assert not (run / STATE).exists()
+        if seed != 1:
+            assert got["real"]["resumed_at"] is None
+        else:
+            assert 50 < got["real"]["resumed_at"] < 400
+        assert got["real"]["t_eps"] == exp["real"]["t_eps"]
+        assert got["predictors"]["discrete"]["t_eps"] == exp["predictors"]["discrete"]["t_eps"]
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(run / "curves.parquet"), pd.read_parquet(want / "curves.parquet")
+        )
