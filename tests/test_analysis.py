@@ -1,0 +1,470 @@
+"""ttbench.analysis: every figure from a synthetic table with known numbers, Table 1 and the
+report against direct pandas computations, skipping without data, and (slow) the whole chain
+from a real sweep of the embedded default to the figures and notebooks."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, TINY, run_cli
+from ttbench import analysis
+from ttbench.analysis import tables as tb
+from ttbench.analysis.__main__ import main
+from ttbench.analysis.report import build_report, report_numbers
+
+EPS = (0.01, 0.02, 0.1, 0.4)
+# The ODE's relative errors cycle through these, so 2/4 points are within 13%, 3/4 within 20%.
+ODE_REL = (0.0, 0.1, 0.15, 0.3)
+FINETUNE_S, PREDICT_S = {"gd": 12.0, "sgd": 30.0}, {"ode": 0.4, "discrete": 0.3, "sde": 3.0}
+
+
+def _run_rows(run: str, cfg: dict, predictors: list[str], **task) -> list[dict]:
+    """A run's rows: real T_eps 100 * (1 - eps) + seed; predicted with known offsets."""
+    rows = []
+    for i, (name, kind, e) in enumerate(product(predictors, ("loss", "error"), EPS)):
+        t_real = round(100 * (1 - e)) + cfg["cfg.seed"]
+        rel = ODE_REL[i % len(ODE_REL)] if name == "ode" else 0.05
+        t_pred = round(t_real * (1 + rel))
+        if name == "discrete" and e == 0.4:
+            t_pred = None  # a predicted curve that never gets within eps
+        stochastic = name in tb.STOCHASTIC
+        rows.append(
+            {
+                "run": run,
+                **cfg,
+                "dataset": task.get("dataset", "alpha"),
+                "classes": "0,1,2",
+                "N": task.get("N", 30),
+                "C": 3,
+                "D": 1000,
+                "device": task.get("device", "cpu"),
+                "finetune_s": FINETUNE_S[cfg["cfg.optim.name"]],
+                "real_diverged": task.get("diverged", False),
+                "predictor": name,
+                "kind": kind,
+                "eps": e,
+                "t_real": None if task.get("diverged") else t_real,
+                "t_pred": t_pred,
+                "abs_err": None if t_pred is None else abs(t_pred - t_real),
+                "rel_err": None if t_pred is None else abs(t_pred - t_real) / t_real,
+                "q05": t_pred - 5 if stochastic else None,
+                "q50": t_pred if stochastic else None,
+                "q95": t_pred + 5 if stochastic else None,
+                # every other point of a stochastic predictor is covered: coverage 50%
+                "covered": (i % 2 == 0) if stochastic else None,
+                "predict_s": PREDICT_S.get(name, 1.0),
+            }
+        )
+    return rows
+
+
+def _curves(run: str, predictors: list[str], rate: float) -> pd.DataFrame:
+    steps = np.arange(51)
+    frames = []
+    for name in ["real", *predictors]:
+        loss = np.exp(-rate * steps * (1.0 if name == "real" else 1.1)) + 0.01
+        err = np.clip(loss - 0.05, 0, 1)
+        frames.append(pd.DataFrame({"curve": name, "step": steps, "loss": loss, "error": err}))
+        if name in tb.STOCHASTIC:
+            for q, f in (("q05", 0.8), ("q95", 1.25)):
+                frames.append(
+                    pd.DataFrame({"curve": f"{name}:{q}", "step": steps, "loss": loss * f}).assign(
+                        error=err * f
+                    )
+                )
+    return pd.concat(frames, ignore_index=True).assign(run=run)
+
+
+def _cfg(optim: str, lr: float, seed: int, momentum: float = 0.0, **kw) -> dict:
+    return {
+        "cfg.preset": kw.get("preset"),
+        "cfg.seed": seed,
+        "cfg.lr": lr,
+        "cfg.momentum": momentum,
+        "cfg.loss": kw.get("loss", "ce"),
+        "cfg.steps": 50,
+        "cfg.optim.name": optim,
+        "cfg.optim.batch_size": kw.get("batch") if optim == "sgd" else None,
+        "cfg.task.n": 10,
+        "cfg.task.k": 3,
+        "cfg.stochastic.schedule": "grad_norm",
+        "cfg.subset.n0": 10,
+        "cfg.theta.mode": kw.get("theta", "exact"),
+        "cfg.theta.dim": 4096,
+    }
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> analysis.Tables:
+    rows, curves = [], []
+    gd = ["ode", "discrete"]
+    for ds, lr, seed in product(("alpha", "beta"), (0.001, 0.005), (0, 1)):
+        run = f"gd/{ds}/lr={lr}/seed={seed}"
+        rows += _run_rows(run, _cfg("gd", lr, seed), gd, dataset=ds)
+        curves.append(_curves(run, gd, rate=lr * 20))
+    for lr, m in ((0.0005, 0.5), (0.0025, 0.5)):  # same effective lr as 0.001 and 0.005 above
+        run = f"gd/alpha/lr={lr},m={m}/seed=0"
+        rows += _run_rows(run, _cfg("gd", lr, 0, m), gd)
+        curves.append(_curves(run, gd, rate=lr / (1 - m) * 20))
+    rows += _run_rows("gd/diverged", _cfg("gd", 0.005, 2), gd, diverged=True)
+    run = "gd/alpha/lr=0.001/seed=0/projected"  # Fig. 4 left: the same task on a sketched Theta
+    rows += _run_rows(run, _cfg("gd", 0.001, 0, theta="projected"), ["ode"])
+    curves.append(_curves(run, ["ode"], rate=0.025))
+    for batch, n, device in product((10, 25), (30, 60), ("cpu", "cuda")):
+        run = f"sgd/B={batch}/N={n}/{device}"
+        sgd = ["ode", "sde", "exact_sgd"]
+        rows += _run_rows(run, _cfg("sgd", 0.003, 0, batch=batch), sgd, N=n, device=device)
+        curves.append(_curves(run, sgd, rate=0.05))
+    run = "gd/mse/subset"
+    rows += _run_rows(run, _cfg("gd", 0.003, 0, loss="mse"), ["closed_form", "subset"], N=30)
+    curves.append(_curves(run, ["closed_form", "subset"], rate=0.05))
+    k = np.arange(1, 31)
+    spectra = pd.DataFrame(
+        [
+            {"run": run, "series": s, "k": int(i), "value": float(v)}
+            for s, vals in (
+                ("rates_subset", 1 / k[:10]),
+                ("p_subset", 1 / k[:10] ** 2),
+                ("rates", 1 / k),
+                ("p_k", 1 / k**2),
+            )
+            for i, v in zip(k, vals, strict=False)
+        ]
+    )
+    spectrum = pd.concat(
+        [
+            pd.DataFrame(
+                {"n": n, "k": np.arange(1, n + 1), "eigenvalue": 1 / np.arange(1, n + 1)}
+            ).assign(projection=lambda f: f["eigenvalue"] ** 2, c=1.0, s=1.0)
+            for n in (10, 20, 30)
+        ]
+    ).assign(run=run)
+    projection = pd.DataFrame(
+        [
+            {
+                "run": run,
+                "n": n,
+                "method": m,
+                "dim": d,
+                "build_s": 0.01 * n * (1 if m == "exact" else d / 256),
+                "rel_error": 0.0 if m == "exact" else 1 / np.sqrt(d),
+                "top_eig_ratio": 1.0,
+                "stored_bytes": n * 3 * d * 8,
+            }
+            for n in (10, 30)
+            for m, d in [("exact", 1000), *[("countsketch", d) for d in (16, 64, 256)]]
+        ]
+    )
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 12)
+    centres = rng.normal(size=(3, 5)) * 4
+    clustering = pd.DataFrame(
+        {
+            "run": run,
+            "sample": np.arange(36),
+            "label": labels,
+            "t_eps": rng.integers(5, 50, 36).astype(float),
+            **{f"grad_pc{i}": centres[labels, i - 1] + rng.normal(size=36) for i in range(1, 6)},
+            **{f"feat_pc{i}": rng.normal(size=36) for i in range(1, 6)},
+            **{f"loss_t{t}": np.exp(-0.1 * t * (labels + 1)) for t in range(0, 40, 5)},
+        }
+    )
+    weights = pd.DataFrame(
+        [
+            {"run": run, "step": t, "weight_rel_error": 0.5 + 0.01 * t, "output_rel_error": 0.05}
+            for t in range(1, 51)
+        ]
+    )
+    extra = {
+        "spectra_subset": spectra,
+        "probe_spectrum": spectrum,
+        "probe_projection": projection,
+        "probe_clustering": clustering,
+        "probe_weight_function": weights,
+    }
+    return analysis.Tables(
+        pd.DataFrame(rows), pd.concat(curves, ignore_index=True), extra, Path("synthetic")
+    )
+
+
+@pytest.mark.parametrize("name", [a.name for a in analysis.ARTEFACTS])
+def test_each_artefact_is_written_from_the_synthetic_table(synthetic, tmp_path, name):
+    status, line = analysis.render(name, synthetic, tmp_path)
+    assert status == "wrote", line
+    for suffix in analysis.artefact(name).suffixes:
+        path = tmp_path / f"{name}{suffix}"
+        assert path.stat().st_size > 0, path
+        magic = {".png": b"\x89PNG", ".pdf": b"%PDF"}.get(suffix)
+        if magic:
+            assert path.read_bytes()[:4] == magic
+
+
+def _direct_points(results: pd.DataFrame) -> pd.DataFrame:
+    """Scorable points, spelled out in pandas independently of tables.valid."""
+    return results[results["t_real"].notna() & ~results["real_diverged"]]
+
+
+def test_table1_equals_a_direct_pandas_computation(synthetic):
+    r = synthetic.results
+    keep = (
+        (r["cfg.optim.name"] == "gd")
+        & (r["predictor"] == "ode")
+        & (r["kind"] == "loss")
+        & r["eps"].isin([0.01, 0.1, 0.4])
+        & r["abs_err"].notna()
+    )
+    direct = _direct_points(r[keep]).groupby(["dataset", "eps", "cfg.lr"])["abs_err"].mean()
+    got = tb.table1(r).stack(["eps", "cfg.lr"], future_stack=True).dropna()
+    pd.testing.assert_series_equal(
+        got.sort_index(), direct.sort_index(), check_names=False, check_index_type=False
+    )
+    assert list(got.index.get_level_values("eps").unique()) == [0.01, 0.1, 0.4]
+    md, tex = tb.table1_markdown(tb.table1(r)), tb.table1_latex(tb.table1(r))
+    assert "lr 0.005 (high)" in md and "lr 0.001 (low)" in md
+    first = f"{direct[('alpha', 0.01, 0.001)]:.1f}"
+    assert f"| alpha | {first} |" in md and f"alpha & {first} &" in tex
+    # the regime threshold is a parameter: with 0.01 both learning rates are "low"
+    assert "(high)" not in tb.table1_markdown(tb.table1(r), high_lr=0.01)
+
+
+def test_report_numbers_equal_direct_pandas_computations(synthetic):
+    r = synthetic.results
+    num = report_numbers(r)
+    points = _direct_points(r[r["kind"] == "loss"])
+    for optim, predictor in (("gd", "ode"), ("gd", "discrete"), ("sgd", "sde")):
+        p = points[(points["cfg.optim.name"] == optim) & (points["predictor"] == predictor)]
+        gap = (p["t_pred"] - p["t_real"]).abs()
+        row = num["shares"].set_index(["optim", "predictor"]).loc[(optim, predictor)]
+        for tol in (13, 20):
+            inside = p["t_pred"].notna() & (gap <= tol / 100 * p["t_real"] + 1e-9)
+            assert row[f"within_{tol}"] == pytest.approx(inside.mean())
+        assert row["n"] == len(p)
+    # the known numbers of the synthetic table: 2/4 and 3/4 of the ODE's points, none diverged
+    gd_ode = num["shares"].set_index(["optim", "predictor"]).loc[("gd", "ode")]
+    assert (gd_ode["within_13"], gd_ode["within_20"], gd_ode["n"]) == (0.5, 0.75, 44)
+    costs = num["costs"].set_index(["device", "predictor"])
+    per_run = r.drop_duplicates(["run", "predictor"])
+    ratio = (per_run["finetune_s"] / per_run["predict_s"]).groupby(
+        [per_run["device"], per_run["predictor"]]
+    )
+    assert costs["ratio"].to_dict() == pytest.approx(ratio.median().to_dict())
+    assert costs.loc[("cuda", "sde"), "ratio"] == pytest.approx(30 / 3)
+    cov = num["coverage"].set_index(["predictor", "kind"])
+    direct_cov = (
+        _direct_points(r).dropna(subset=["covered"]).groupby(["predictor", "kind"])["covered"]
+    )
+    assert cov["coverage"].to_dict() == pytest.approx(direct_cov.mean().astype(float).to_dict())
+    per = num["per_dataset"].set_index(["dataset", "optim", "predictor"])
+    direct_mae = points.groupby(["dataset", "cfg.optim.name", "predictor"])["abs_err"].mean()
+    assert per["mae_steps"].to_numpy() == pytest.approx(direct_mae.to_numpy())
+
+    text = build_report(synthetic)
+    assert "- GD, ODE: 50% of 44 predicted T_eps within 13%" in text
+    assert "- cuda, SDE:" in text and "fine-tuning / prediction = 10 " in text
+    assert "| sde | loss | 50% | 32 |" in text
+
+
+def test_diverged_and_missing_predictions(synthetic):
+    r = synthetic.results
+    assert "gd/diverged" not in set(tb.valid(r)["run"])
+    p = r[(r["predictor"] == "discrete") & (r["eps"] == 0.4)]
+    assert not tb.within(tb.valid(p), 10.0).any()  # no predicted time: outside every band
+
+
+def test_presets_are_preferred_and_fall_back(synthetic):
+    r = synthetic.results
+    assert tb.preset_rows(r, "fig1_gd", tb.optim_rows("gd"))["cfg.optim.name"].eq("gd").all()
+    tagged = r.assign(**{"cfg.preset": np.where(r["run"].str.startswith("sgd/B=10"), "x", None)})
+    assert set(tb.preset_rows(tagged, "x")["run"]) == {
+        "sgd/B=10/N=30/cpu",
+        "sgd/B=10/N=30/cuda",
+        "sgd/B=10/N=60/cpu",
+        "sgd/B=10/N=60/cuda",
+    }
+
+
+def test_figures_pick_their_runs(synthetic):
+    from ttbench.analysis import curves, probe_figures
+
+    exact, projected = probe_figures.projection_pair(synthetic)
+    assert (exact["run"], projected["run"]) == (
+        "gd/alpha/lr=0.001/seed=0",
+        "gd/alpha/lr=0.001/seed=0/projected",
+    )
+    picked = curves.fig8_runs(synthetic)
+    assert list(picked["cfg.optim.name"]) == ["gd", "sgd"]
+    # with fig8_noise runs: the GD run, then one SGD run per noise schedule
+    r = synthetic.results
+    noise = r["run"].str.startswith("sgd/B=25/N=30")
+    r = r.assign(
+        **{
+            "cfg.preset": np.where(noise, "fig8_noise", None),
+            "cfg.stochastic.schedule": np.where(
+                r["run"].str.endswith("cuda"), "constant", "grad_norm"
+            ),
+        }
+    )
+    picked = curves.fig8_runs(analysis.Tables(r, synthetic.curves))
+    assert list(picked["cfg.optim.name"]) == ["gd", "sgd", "sgd"]
+    assert set(picked["cfg.stochastic.schedule"][1:]) == {"constant", "grad_norm"}
+    assert len(curves.elr_tasks(synthetic.results)) == 1  # the one task with shared elr
+
+
+def test_mean_ci_is_the_student_t_interval():
+    frame = pd.DataFrame({"g": [1, 1, 1, 2], "abs_err": [1.0, 2.0, 6.0, 4.0]})
+    ci = tb.mean_ci(frame, ["g"]).set_index("g")
+    half = 4.302652729911275 * np.std([1, 2, 6], ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert ci.loc[1, "mean"] == 3 and ci.loc[1, "hi"] == pytest.approx(3 + half)
+    assert ci.loc[2, "n"] == 1 and np.isnan(ci.loc[2, "lo"])
+
+
+def test_absent_rows_or_tables_skip_with_a_reason(synthetic, tmp_path, capsys):
+    empty = analysis.Tables(pd.DataFrame(), pd.DataFrame())
+    for art in analysis.ARTEFACTS:
+        with pytest.raises(analysis.Skip):
+            art.make(empty, tmp_path / art.name)
+    status = analysis.render_all(empty, tmp_path)
+    assert set(status.values()) == {"skipped"} and not list(tmp_path.iterdir())
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(analysis.ARTEFACTS) + 1
+    assert all(": skipped (" in line for line in lines)
+    # results without SGD, probes or subset rows: those figures skip, the others are written
+    gd_only = analysis.Tables(
+        synthetic.results[synthetic.results["cfg.optim.name"] == "gd"].query(
+            "predictor != 'subset' and `cfg.theta.mode` == 'exact'"
+        ),
+        synthetic.curves,
+    )
+    absent = {"fig3_clustering", "fig4_projection", "fig7_subset", "fig9_weight_function"}
+    status = analysis.render_all(
+        gd_only, tmp_path / "gd", only=[*absent, "fig1_scatter"], echo=lambda _: None
+    )
+    assert status == {**dict.fromkeys(absent, "skipped"), "fig1_scatter": "wrote"}
+
+
+def test_cli_regenerates_everything_from_a_table_dir(synthetic, tmp_path, capsys):
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    synthetic.results.to_parquet(tables_dir / "results.parquet")
+    synthetic.curves.to_parquet(tables_dir / "curves.parquet")
+    for name, frame in synthetic.extra.items():
+        frame.to_parquet(tables_dir / f"{name}.parquet")
+    loaded = analysis.load(tables_dir)
+    assert set(loaded.extra) == set(synthetic.extra)
+    # every artefact is written by the per-artefact test above; here the command line
+    only = ["fig1_scatter", "table1_mae", "report"]
+    assert main([str(tables_dir), "--out", str(tmp_path / "figs"), "--only", *only]) == 0
+    out = capsys.readouterr().out
+    assert "3 written, 0 skipped, 0 failed" in out and len(out.splitlines()) == 5
+    report = (tmp_path / "figs" / "report.md").read_text()
+    assert "[fig1_scatter.png](fig1_scatter.png)" in report
+    assert main([str(tmp_path / "nowhere")]) == 2
+
+
+NOTEBOOKS = sorted((REPO / "analysis").glob("*.py"))
+RUN_NOTEBOOKS = """import runpy, sys
+for path in sys.argv[1:]:
+    print("==", path, flush=True)
+    runpy.run_path(path, run_name="__main__")
+"""
+
+
+def test_every_notebook_is_a_thin_percent_script():
+    assert {p.stem for p in NOTEBOOKS} >= {"accuracy", "cost", "curves", "probes", "report"}
+    for nb in NOTEBOOKS:
+        text = nb.read_text()
+        assert text.count("# %%") >= 2 and "TTBENCH_TABLES" in text, nb
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@pytest.mark.slow
+def test_sweep_collect_analysis_and_notebooks(tmp_path, cache_dir):
+    """The whole chain on the embedded default (TINY): a GD sweep with CE and MSE (so the
+    subset predictor runs) and one SGD run, with every probe when the probes are there."""
+    start, cpu = time.perf_counter(), _children_cpu()
+    out = tmp_path / "out"
+    base = [*TINY, f"out_root={out}", "predictor=all"]
+    gd = run_cli(
+        "ttbench.run", "-m", *base, "seed=0,1", "loss=ce,mse", cwd=tmp_path, cache=cache_dir
+    )
+    assert gd.returncode == 0, gd.stderr[-3000:]
+    stages = {"gd sweep": time.perf_counter() - start}
+    from ttbench.probes import PROBES
+
+    # the probes of Figs. 3, 4 (spectrum half) and 9 ride on the SGD run; the projection probe
+    # costs more than the rest of the test and its panels are drawn from the synthetic table
+    cheap = sorted(set(PROBES) - {"projection"})
+    probes = [f"probes=[{','.join(cheap)}]", "probe.sizes=[10]"]
+    sgd = run_cli(
+        "ttbench.run",
+        *base,
+        "optim=sgd",
+        "optim.batch_size=10",
+        *(probes if PROBES else []),
+        cwd=tmp_path,
+        cache=cache_dir,
+    )
+    assert sgd.returncode == 0, sgd.stderr[-3000:]
+    stages["sgd run"] = time.perf_counter() - start - sum(stages.values())
+    tables = tmp_path / "tables"
+    col = run_cli("ttbench.collect", str(out), "--out", str(tables), cwd=tmp_path, cache=cache_dir)
+    assert col.returncode == 0, col.stderr[-3000:]
+    stages["collect"] = time.perf_counter() - start - sum(stages.values())
+    # the notebooks run as scripts, one after the other in one interpreter (imports are most
+    # of their cost), alongside the analysis command
+    env = {**os.environ, "TTBENCH_TABLES": str(tables), "TTBENCH_FIGURES": str(tmp_path / "nb")}
+    notebooks = subprocess.Popen(
+        [sys.executable, "-c", RUN_NOTEBOOKS, *map(str, NOTEBOOKS)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    figs = tmp_path / "figs"
+    ana = run_cli(
+        "ttbench.analysis", str(tables), "--out", str(figs), cwd=tmp_path, cache=cache_dir
+    )
+    text, _ = notebooks.communicate(timeout=300)
+    stages["analysis and notebooks"] = time.perf_counter() - start - sum(stages.values())
+    assert ana.returncode == 0, ana.stdout + ana.stderr[-3000:]
+    lines = ana.stdout.splitlines()
+    written = ["fig1_scatter", "table1_mae", "fig2_elr", "fig5_cost", "fig6_sensitivity"]
+    written += ["fig7_subset", "fig8_curves", "report"]
+    if PROBES:
+        written += ["fig3_clustering", "fig4_projection", "fig9_weight_function"]
+    for name in written:
+        assert any(line.startswith(f"{name}: {figs}") for line in lines), ana.stdout
+    assert (figs / "fig1_scatter.pdf").stat().st_size > 0
+    # the report's headline is the table's number
+    results = pd.read_parquet(tables / "results.parquet")
+    p = results[
+        (results["cfg.optim.name"] == "gd")
+        & (results["predictor"] == "ode")
+        & (results["kind"] == "loss")
+        & results["t_real"].notna()
+    ]
+    share = p["t_pred"].notna() & ((p["t_pred"] - p["t_real"]).abs() <= 0.13 * p["t_real"])
+    report = (figs / "report.md").read_text()
+    assert f"- GD, ODE: {share.mean():.0%} of {len(p)} predicted" in report
+
+    assert notebooks.returncode == 0, text[-3000:]
+    assert text.count("== ") == len(NOTEBOOKS) and "FAILED" not in text, text
+    for name in written:
+        assert f"{name}: {tmp_path / 'nb'}" in text, text
+    cpu = _children_cpu() - cpu
+    print(", ".join(f"{k} {v:.1f} s" for k, v in stages.items()) + f"; child CPU {cpu:.1f} s")

@@ -1,0 +1,44 @@
+"""`python -m ttbench.analysis TABLE_DIR --out FIG_DIR`: every figure and table of the paper,
+and the report, from the tables of `python -m ttbench.collect`; one line per artefact."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ttbench.analysis import ARTEFACTS, REPORT, load, render_all
+from ttbench.analysis.tables import HIGH_LR
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("tables", type=Path, nargs="?", default=Path("outputs/tables"))
+    p.add_argument("--out", type=Path, default=Path("outputs/figures"))
+    names = [a.name for a in ARTEFACTS] + [REPORT]
+    p.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=", ".join(names))
+    p.add_argument(
+        "--high-lr",
+        type=float,
+        default=HIGH_LR,
+        help="Table 1: a learning rate at or above this is the 'high' regime (paper: 0.005)",
+    )
+    a = p.parse_args(argv)
+    if not (a.tables / "results.parquet").is_file():
+        print(f"no results.parquet in {a.tables}: run python -m ttbench.collect first")
+        return 2
+    start = time.perf_counter()
+    tables = load(a.tables)
+    print(f"{a.tables}: {tables.results['run'].nunique()} runs, {len(tables.results)} rows")
+    status = render_all(tables, a.out, a.only, a.high_lr)
+    counts = {s: list(status.values()).count(s) for s in ("wrote", "skipped", "failed")}
+    print(
+        f"{counts['wrote']} written, {counts['skipped']} skipped, {counts['failed']} failed "
+        f"-> {a.out} ({time.perf_counter() - start:.1f} s)"
+    )
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

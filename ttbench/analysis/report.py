@@ -1,0 +1,121 @@
+"""The one-page markdown report: the paper's headline numbers recomputed from the results
+table (shares within 13% / 20%, cost ratio, per-dataset table, band coverage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ttbench.analysis import tables as tb
+from ttbench.analysis.accuracy import fig1_rows
+from ttbench.analysis.style import label, require
+
+# The predictor whose numbers the paper quotes for each optimiser (Fig. 1 a and b).
+HEADLINE = {"gd": ("ode", 0.13), "sgd": ("sde", 0.20)}
+
+
+def report_numbers(results: pd.DataFrame, kind: str = "loss") -> dict[str, pd.DataFrame]:
+    """Every number of the report, as frames: shares within tolerance per optimiser and
+    predictor (Fig. 1's points), cost summary, band coverage, per-dataset table."""
+    parts = []
+    for optim in ("gd", "sgd"):
+        rows = fig1_rows(results, optim, kind)
+        if len(rows):
+            parts.append(tb.share_within(rows).assign(optim=optim))
+    shares = (
+        pd.concat(parts, ignore_index=True)[["optim", "predictor", "within_13", "within_20", "n"]]
+        if parts
+        else pd.DataFrame(columns=["optim", "predictor", "within_13", "within_20", "n"])
+    )
+    return {
+        "shares": shares,
+        "costs": tb.cost_summary(results),
+        "coverage": tb.coverage(results),
+        "per_dataset": tb.per_dataset(results, kind),
+    }
+
+
+def headline_lines(shares: pd.DataFrame) -> list[str]:
+    lines = []
+    for optim, (name, tol) in HEADLINE.items():
+        row = shares[(shares["optim"] == optim) & (shares["predictor"] == name)]
+        if not len(row):
+            lines.append(f"- {optim.upper()}: no {label(name)} points.")
+            continue
+        r = row.iloc[0]
+        lines.append(
+            f"- {optim.upper()}, {label(name)}: {r[f'within_{round(tol * 100)}']:.0%} of "
+            f"{int(r['n'])} predicted T_eps within {tol:.0%} of the real one "
+            f"(paper: 95% within {tol:.0%}); within 13%: {r['within_13']:.0%}, "
+            f"within 20%: {r['within_20']:.0%}."
+        )
+    return lines
+
+
+def cost_lines(costs: pd.DataFrame) -> list[str]:
+    lines = []
+    for _, r in costs.iterrows():
+        lines.append(
+            f"- {r['device']}, {label(r['predictor'])}: prediction {r['predict_s']:.3g} s vs "
+            f"fine-tuning {r['finetune_s']:.3g} s; fine-tuning / prediction = {r['ratio']:.3g} "
+            f"(medians over {int(r['runs'])} run(s); paper: 30-40)."
+        )
+    return lines
+
+
+def build_report(tables: tb.Tables, artefacts: list[str] | None = None, kind: str = "loss"):
+    """The report's markdown text."""
+    results = tables.results
+    require(results, "results table", ("t_real", "t_pred", "predictor"))
+    num = report_numbers(results, kind)
+    runs = results["run"].nunique()
+    datasets = ", ".join(sorted(results["dataset"].astype(str).unique()))
+    devices = ", ".join(sorted(results["device"].astype(str).unique()))
+    out = [
+        "# ttbench results report",
+        "",
+        f"Source: `{tables.source}`: {runs} runs, {len(results)} rows; datasets {datasets}; "
+        f"devices {devices}. T_eps of the {kind} curve unless stated; a prediction is within "
+        "r when |t_pred - t_real| <= r * t_real, a missing prediction never is; runs whose "
+        "real fine-tuning diverged are left out.",
+        "",
+        "## Headline",
+        "",
+        *headline_lines(num["shares"]),
+        "",
+        "Share of points within the paper's tolerances (Fig. 1's points):",
+        "",
+        tb.markdown(num["shares"], percent=("within_13", "within_20")),
+        "## Cost",
+        "",
+        *(cost_lines(num["costs"]) or ["- no runs with wall-clock."]),
+        "",
+        "## Band coverage of the stochastic predictors",
+        "",
+        "Share of points whose real T_eps lies inside the predictor's 5-95% band:",
+        "",
+        tb.markdown(num["coverage"], percent=("coverage",))
+        if len(num["coverage"])
+        else "No stochastic predictor in the table.\n",
+        "## Per dataset",
+        "",
+        "Mean absolute error in steps, median relative error, and shares within 13% / 20%:",
+        "",
+        tb.markdown(num["per_dataset"], ".3g", percent=("median_rel", "within_13", "within_20")),
+    ]
+    if artefacts:
+        stems = dict.fromkeys(Path(a).stem for a in artefacts)
+        links = [
+            f"- {stem}: " + ", ".join(f"[{a}]({a})" for a in artefacts if Path(a).stem == stem)
+            for stem in stems
+        ]
+        out += ["## Artefacts", "", *links, ""]
+    return "\n".join(out)
+
+
+def write_report(tables: tb.Tables, out_path: Path, artefacts: list[str] | None = None) -> None:
+    """report.md; artefacts (file names beside it) are linked at the end."""
+    out = Path(out_path).with_suffix(".md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build_report(tables, artefacts))
