@@ -31,7 +31,7 @@ from ttbench.models.zoo import WeightsNotFound
 from ttbench.plots import plot_curves
 from ttbench.predict import band_curves, quantile_entry, run_predictors
 from ttbench.probes import PROBES
-from ttbench.train import finetune, load_state, sgd_batches
+from ttbench.train import finetune_as_configured, load_state
 from ttbench.validate import ConfigError, check_classes
 
 log = logging.getLogger("ttbench.run")
@@ -45,7 +45,6 @@ _NOT_STATE = ("device", "out_root", "cache_dir", "checkpoint_s")
 def _finetune(cfg: DictConfig, model, x, y, state_file: Path) -> Curves:
     """Real fine-tuning with progress, resumable from `state_file`; SGD batches are drawn
     from the run's seed."""
-    batches = sgd_batches(cfg, len(y))
     every = max(1, cfg.steps // 10)
     with tqdm(total=cfg.steps + 1, desc="fine-tune", disable=not sys.stderr.isatty()) as bar:
 
@@ -54,17 +53,11 @@ def _finetune(cfg: DictConfig, model, x, y, state_file: Path) -> Curves:
             if t % every == 0 or t == cfg.steps:
                 log.info("fine-tune step %d/%d: loss %.5g", t, cfg.steps, value)
 
-        return finetune(
+        return finetune_as_configured(
+            cfg,
             model,
             x,
             y,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            steps=cfg.steps,
-            loss=cfg.loss,
-            weight_decay=cfg.weight_decay,
-            batches=batches,
-            eval_every=cfg.optim.eval_every,
             on_step=on_step,
             state_file=state_file,
             save_every_s=cfg.checkpoint_s,

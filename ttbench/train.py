@@ -131,3 +131,23 @@ def sgd_batches(cfg: DictConfig, n: int) -> torch.Tensor | None:
         return None
     gen = torch.Generator().manual_seed(cfg.seed)
     return batch_indices(n, cfg.optim.batch_size, cfg.steps, cfg.optim.sampling, gen)
+
+
+def finetune_as_configured(
+    cfg: DictConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: Any
+) -> Curves:
+    """`finetune` with a run config's optimiser, budget, loss and SGD batches (from its seed):
+    the run and the probes that fine-tune train identically. `kw` adds the other options."""
+    return finetune(
+        model,
+        x,
+        y,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        steps=cfg.steps,
+        loss=cfg.loss,
+        weight_decay=cfg.weight_decay,
+        batches=sgd_batches(cfg, len(y)),
+        eval_every=cfg.optim.eval_every,
+        **kw,
+    )

@@ -26,16 +26,8 @@ if [[ -z ${SLURM_CI_LOCKED:-} ]]; then
     flock 9
 fi
 
-# Same liveness rule as up.sh: zombies (reaped late by PID 1) and reused PIDs do not count.
-alive() { # pid name
-    local stat
-    [[ -n $1 ]] && stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]] || return 1
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z ]]
-}
-recorded() { cat "$BASE/pids/$1.pid" 2>/dev/null || true; }
-ours_alive() { alive "$(recorded "$1")" "$1"; }
+# shellcheck source=common.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 
 # --- jobs ---------------------------------------------------------------------------------
 # Cancel through slurmctld while slurmd still runs: a job whose slurmd is gone stays RUNNING

@@ -6,7 +6,7 @@ batches, heavy-ball momentum) moves its weights by w_t^lin - w0 = J^T a_t, J the
 with g_s = grad_f L(f_s^lin) (the batch loss for SGD), U_s = m U_{s-1} + g_s and
 a_{t+1} = a_t - lr U_t, since every update is J^T of a function-space vector. f_t^lin comes from
 core.dynamics' exact discrete map (core.sgd.exact_sgd for SGD), and f_t^lin = f0 + Theta a_t.
-The real model is then fine-tuned as the run does (ttbench.train.finetune), and at every
+The real model is then fine-tuned as the run does (train.finetune_as_configured), and at every
 recorded step its weights and outputs are compared with w0 + J^T a_t (one vector-Jacobian
 product at w0) and f_t^lin, without ever storing a weight trajectory.
 """
@@ -25,7 +25,7 @@ from ttbench.core import losses
 from ttbench.core.dynamics import discrete
 from ttbench.core.linearize import linearize
 from ttbench.core.sgd import batch_grad_f, exact_sgd
-from ttbench.train import finetune, sgd_batches
+from ttbench.train import finetune_as_configured, sgd_batches
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +131,7 @@ def weight_function_frame(
         )
 
     log.info("weight_function probe: linearised trajectory done, fine-tuning")
-    finetune(
-        model,
-        x,
-        y,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        steps=cfg.steps,
-        loss=cfg.loss,
-        weight_decay=cfg.weight_decay,
-        batches=batches,
-        eval_every=cfg.optim.eval_every,
-        on_step=on_step,
-    )
+    finetune_as_configured(cfg, model, x, y, on_step=on_step)
     return pd.DataFrame(rows)  # t = 0 is always recorded
 
 
