@@ -27,8 +27,7 @@ def run_dirs(roots: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-def _rows(run: Path, result: dict) -> list[dict]:
-    cfg = pd.json_normalize(result["config"], sep=".").iloc[0].to_dict()
+def _rows(run: Path, result: dict, cfg: dict) -> list[dict]:
     base = {"run": str(run), **{f"cfg.{k}": v for k, v in cfg.items()}, **result["task"]}
     base["classes"] = ",".join(map(str, base["classes"]))
     base["device"] = result["device"]
@@ -79,8 +78,7 @@ def _extra_files(run: Path, result: dict) -> dict[str, str]:
     return files
 
 
-def _run_columns(run: Path, result: dict) -> dict:
-    cfg = pd.json_normalize(result["config"], sep=".").iloc[0].to_dict()
+def _run_columns(run: Path, cfg: dict) -> dict:
     return {"run": str(run), **{f"cfg.{k}": cfg.get(k) for k in RUN_COLUMNS}}
 
 
@@ -94,13 +92,14 @@ def gather(roots: list[Path]) -> Collected:
             continue
         try:
             result = record.read_result(run / record.RESULT)
-            rows.extend(_rows(run, result))
+            cfg = pd.json_normalize(result["config"], sep=".").iloc[0].to_dict()  # dotted keys
+            rows.extend(_rows(run, result, cfg))
             frame = pd.read_parquet(run / record.CURVES)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             problems.append(f"{run}: corrupt ({type(e).__name__}: {e})")
             continue
         curves.append(frame.assign(run=str(run)))
-        columns = _run_columns(run, result)
+        columns = _run_columns(run, cfg)
         for stem, name in _extra_files(run, result).items():
             if not (run / name).is_file():
                 problems.append(f"{run}: missing {name} (the run's other tables are kept)")
