@@ -1,7 +1,9 @@
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_cfg
+from ttbench.build import cpu_threads
 from ttbench.cli import CONF_DIR
 from ttbench.validate import ConfigError, config_groups, predictor_names, validate
 
@@ -69,3 +71,15 @@ def test_all_predictors_skip_closed_form_under_cross_entropy():
         "sde",
         "exact_sgd",
     ]
+
+
+def test_a_slurm_job_uses_only_its_cpus(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+        assert cpu_threads() == 1 == torch.get_num_threads()
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+        torch.set_num_threads(before)
+        assert cpu_threads() == before  # outside SLURM torch's own choice stands
+    finally:
+        torch.set_num_threads(before)

@@ -90,7 +90,7 @@ def _record(out: Path, seed: int) -> tuple[dict, pd.DataFrame]:
 def test_sweep_cancel_and_requeue_on_a_real_scheduler(slurm, tmp_path, cache_dir):
     # a 2-job sweep (one job array): both records land
     sweep = tmp_path / "sweep"
-    proc = _launch(sweep, cache_dir, "steps=400", "seed=0,1")
+    proc = _launch(sweep, cache_dir, "steps=1000", "seed=0,1")
     log = proc.communicate(timeout=400)[0]
     assert proc.returncode == 0, log
     results, _, problems = collect([sweep])
@@ -100,7 +100,7 @@ def test_sweep_cancel_and_requeue_on_a_real_scheduler(slurm, tmp_path, cache_dir
     # SIGTERM then USR2) after a checkpoint, which submitit requeues and which resumes
     cancel, requeue = tmp_path / "cancel", tmp_path / "requeue"
     doomed = _launch(cancel, cache_dir, "steps=20000", "seed=2")
-    resumed = _launch(requeue, cache_dir, "steps=400", "seed=1")
+    resumed = _launch(requeue, cache_dir, "steps=1000", "seed=1")
     job = _wait_for("the requeue job's checkpoint", lambda: _progress(requeue) > 100 and (
         _job_id(requeue)))  # fmt: skip
     for sig in ("SIGTERM", "USR2"):
@@ -120,7 +120,8 @@ def test_sweep_cancel_and_requeue_on_a_real_scheduler(slurm, tmp_path, cache_dir
     assert resumed.returncode == 0, log
     got, got_curves = _record(requeue, 1)
     want, want_curves = _record(sweep, 1)
-    assert 100 < got["real"]["resumed_at"] < 400
+    assert 100 < got["real"]["resumed_at"] < 1000
+    assert got["cpu_threads"] == 1  # the job's one CPU (cluster=localhost), not the node's
     assert got["real"]["t_eps"] == want["real"]["t_eps"]
     assert got["predictors"]["discrete"]["t_eps"] == want["predictors"]["discrete"]["t_eps"]
     pd.testing.assert_frame_equal(got_curves, want_curves)

@@ -19,6 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+# No `import torch` here: submitit pickles this __main__ module's functions by value, and a
+# global torch module does not pickle ("cannot pickle '_Classes' object").
 from ttbench import build, record
 from ttbench.cli import CONF_DIR, fail, guarded, validated
 from ttbench.core.timing import Curves
@@ -73,6 +75,8 @@ def _state_meta(cfg: DictConfig) -> dict[str, Any]:
 def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Compose and execute one run, write its record into out_dir, and return the record."""
     device = build.device(cfg.device)
+    threads = build.cpu_threads()
+    log.info("device %s, %d CPU threads", device, threads)
     stages = Stages(device)
     with stages("data"):
         data = build.dataset(cfg)
@@ -123,6 +127,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         "seed": cfg.seed,
         "versions": record.versions(),
         "device": str(device),
+        "cpu_threads": threads,
         "task": {
             "dataset": cfg.dataset.name,
             "classes": list(task.classes),
