@@ -95,7 +95,7 @@ def test_resume_from_saved_state_reproduces_the_uninterrupted_run(tmp_path, sgd)
     assert saved["t"] == 14
     assert load_state(state, {"lr": 0.2}) is None
     model = _tiny()  # a fresh process: weights back at w0
-    resumed = finetune(model, x, y, **kw, state_file=state, save_every_s=0)
+    resumed = finetune(model, x, y, **kw, state_file=state, save_every_s=0, resume=saved)
     np.testing.assert_array_equal(resumed.loss, ref.loss)
     np.testing.assert_array_equal(resumed.error, ref.error)
     for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):

@@ -44,9 +44,9 @@ STATE = "finetune.state"  # fine-tuning checkpoint inside the run directory, gon
 _NOT_STATE = ("device", "out_root", "cache_dir", "checkpoint_s")
 
 
-def _finetune(cfg: DictConfig, model, x, y, state_file: Path) -> Curves:
-    """Real fine-tuning with progress, resumable from `state_file`; SGD batches are drawn
-    from the run's seed."""
+def _finetune(cfg: DictConfig, model, x, y, state_file: Path, resume: dict | None) -> Curves:
+    """Real fine-tuning with progress, saving its state into `state_file` and continuing
+    from `resume` (a saved state) when given; SGD batches are drawn from the run's seed."""
     every = max(1, cfg.steps // 10)
     with tqdm(total=cfg.steps + 1, desc="fine-tune", disable=not sys.stderr.isatty()) as bar:
 
@@ -64,6 +64,7 @@ def _finetune(cfg: DictConfig, model, x, y, state_file: Path) -> Curves:
             state_file=state_file,
             save_every_s=cfg.checkpoint_s,
             meta=_state_meta(cfg),
+            resume=resume,
         )
 
 
@@ -104,7 +105,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     state = load_state(out_dir / STATE, _state_meta(cfg))
     resumed_at = None if state is None else state["t"]
     with stages("finetune"):
-        real = _finetune(cfg, model, x, y, out_dir / STATE)
+        real = _finetune(cfg, model, x, y, out_dir / STATE, state)
     if real.diverged:
         log.warning("fine-tuning diverged: the loss became non-finite")
 

@@ -6,9 +6,10 @@ error on the whole task are recorded every `eval_every` steps t = 0..T, before t
 update. A non-finite loss stops the run, which is then marked diverged.
 
 With a `state_file`, the whole fine-tuning state (step, weights, optimiser buffers, curves so
-far) is saved there atomically at most every `save_every_s` seconds, and a later call with the
-same file and the same `meta` resumes from it: the batches are fixed in advance and nothing
-else is random, so a resumed run reproduces the uninterrupted one exactly.
+far) is saved there atomically at most every `save_every_s` seconds, tagged with `meta`; a later
+call given that state (`resume=load_state(state_file, meta)`) continues from it: the batches
+are fixed in advance and nothing else is random, so a resumed run reproduces the uninterrupted
+one exactly.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def finetune(
     state_file: Path | None = None,
     save_every_s: float = 60.0,
     meta: dict[str, Any] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> Curves:
     """Fine-tune `model` in place for `steps` steps; `batches` (steps, B) selects SGD.
     Returns curves with steps // eval_every + 1 points."""
@@ -60,14 +62,12 @@ def finetune(
     error_curve = np.full(points, np.nan)
     diverged = False
     start = 0
-    if state_file is not None:
-        state = load_state(state_file, meta)
-        if state is not None:
-            start = state["t"]
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            loss_curve[:], error_curve[:] = state["loss"].numpy(), state["error"].numpy()
-            log.info("fine-tuning resumed at step %d from %s", start, state_file)
+    if resume is not None:
+        start = resume["t"]
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt"])
+        loss_curve[:], error_curve[:] = resume["loss"].numpy(), resume["error"].numpy()
+        log.info("fine-tuning resumed at step %d", start)
     saved = time.monotonic()
     for t in range(start, steps + 1):
         if state_file is not None and t > start and time.monotonic() - saved >= save_every_s:
