@@ -16,20 +16,20 @@
 #
 # Reads the tables of `python -m ttbench.collect` from `$TTBENCH_TABLES` (default
 # `outputs/tables`) and writes the figures into `$TTBENCH_FIGURES` (default
-# `outputs/figures`). The logic lives in `ttbench.analysis`; this notebook only calls it.
+# `outputs/figures`). The logic lives in `ttbench.figures`; this notebook only calls it.
 # Open it in Jupyter with jupytext, or run it as a script: `python analysis/accuracy.py`.
 
 # %%
 import os
 from pathlib import Path
 
-from ttbench import analysis
-from ttbench.analysis import accuracy
-from ttbench.analysis import tables as tb
+from ttbench import figures
+from ttbench.figures import accuracy
+from ttbench.figures import tables as tb
 
 TABLES = Path(os.environ.get("TTBENCH_TABLES", "outputs/tables"))
 FIGURES = Path(os.environ.get("TTBENCH_FIGURES", "outputs/figures"))
-tables = analysis.load(TABLES)
+tables = figures.load(TABLES)
 print(f"{TABLES}: {len(tables.results)} result rows")
 
 # %% [markdown]
@@ -39,7 +39,7 @@ print(f"{TABLES}: {len(tables.results)} result rows")
 # bisector, the +/-13% and +/-20% bands, and per predictor the share of points inside them.
 
 # %%
-analysis.draw("fig1_scatter", tables, FIGURES)
+figures.draw("fig1_scatter", tables, FIGURES)
 for optim in ("gd", "sgd"):
     rows = accuracy.fig1_rows(tables.results, optim) if len(tables.results) else tables.results
     if len(rows):
@@ -52,7 +52,7 @@ for optim in ("gd", "sgd"):
 # (the paper's high learning rate, 0.005).
 
 # %%
-analysis.draw("table1_mae", tables, FIGURES)
+figures.draw("table1_mae", tables, FIGURES)
 if len(tables.results):
     print(tb.table1_markdown(tb.table1(tables.results)))
 
@@ -60,4 +60,4 @@ if len(tables.results):
 # ## Fig. 6: error vs learning rate, batch size and task size (mean, 95% CI)
 
 # %%
-analysis.draw("fig6_sensitivity", tables, FIGURES)
+figures.draw("fig6_sensitivity", tables, FIGURES)

@@ -22,12 +22,12 @@
 import os
 from pathlib import Path
 
-from ttbench import analysis
-from ttbench.analysis import tables as tb
+from ttbench import figures
+from ttbench.figures import tables as tb
 
 TABLES = Path(os.environ.get("TTBENCH_TABLES", "outputs/tables"))
 FIGURES = Path(os.environ.get("TTBENCH_FIGURES", "outputs/figures"))
-tables = analysis.load(TABLES)
+tables = figures.load(TABLES)
 print(f"{TABLES}: {len(tables.results)} result rows")
 
 # %% [markdown]
@@ -42,4 +42,4 @@ if len(tables.results):
 # ## Fig. 5
 
 # %%
-analysis.draw("fig5_cost", tables, FIGURES)
+figures.draw("fig5_cost", tables, FIGURES)

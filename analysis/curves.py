@@ -23,12 +23,12 @@
 import os
 from pathlib import Path
 
-from ttbench import analysis
-from ttbench.analysis import curves
+from ttbench import figures
+from ttbench.figures import curves
 
 TABLES = Path(os.environ.get("TTBENCH_TABLES", "outputs/tables"))
 FIGURES = Path(os.environ.get("TTBENCH_FIGURES", "outputs/figures"))
-tables = analysis.load(TABLES)
+tables = figures.load(TABLES)
 print(f"{TABLES}: {len(tables.results)} result rows, {len(tables.curves)} curve rows")
 
 # %% [markdown]
@@ -40,7 +40,7 @@ print(f"{TABLES}: {len(tables.results)} result rows, {len(tables.curves)} curve 
 if len(tables.results):
     for task in curves.elr_tasks(tables.results):
         print(task[["dataset", "cfg.seed", "cfg.lr", "cfg.momentum"]].to_string(index=False))
-analysis.draw("fig2_elr", tables, FIGURES)
+figures.draw("fig2_elr", tables, FIGURES)
 
 # %% [markdown]
 # ## Figs. 8 and 10: real vs predicted loss and error curves, stochastic bands, T_eps per eps
@@ -51,10 +51,10 @@ analysis.draw("fig2_elr", tables, FIGURES)
 # %%
 if len(tables.results) and len(tables.curves):
     print(curves.fig8_runs(tables)["run"].to_string(index=False))
-analysis.draw("fig8_curves", tables, FIGURES)
+figures.draw("fig8_curves", tables, FIGURES)
 
 # %% [markdown]
 # ## Figs. 7 and 11: from a subset of N0 samples to all N (MSE, Appendix D)
 
 # %%
-analysis.draw("fig7_subset", tables, FIGURES)
+figures.draw("fig7_subset", tables, FIGURES)

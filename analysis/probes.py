@@ -23,27 +23,27 @@
 import os
 from pathlib import Path
 
-from ttbench import analysis
+from ttbench import figures
 
 TABLES = Path(os.environ.get("TTBENCH_TABLES", "outputs/tables"))
 FIGURES = Path(os.environ.get("TTBENCH_FIGURES", "outputs/figures"))
-tables = analysis.load(TABLES)
+tables = figures.load(TABLES)
 print(f"{TABLES}: tables {sorted(tables.extra) or 'none'} beside results and curves")
 
 # %% [markdown]
 # ## Fig. 4: projected Theta (error and build time vs D0) and the spectrum of Theta vs n
 
 # %%
-analysis.draw("fig4_projection", tables, FIGURES)
+figures.draw("fig4_projection", tables, FIGURES)
 
 # %% [markdown]
 # ## Fig. 3: t-SNE of per-sample gradients vs features, and of predicted trajectories
 
 # %%
-analysis.draw("fig3_clustering", tables, FIGURES)
+figures.draw("fig3_clustering", tables, FIGURES)
 
 # %% [markdown]
 # ## Fig. 9: prediction error in weight space vs function space over time
 
 # %%
-analysis.draw("fig9_weight_function", tables, FIGURES)
+figures.draw("fig9_weight_function", tables, FIGURES)

@@ -22,12 +22,12 @@
 import os
 from pathlib import Path
 
-from ttbench import analysis
-from ttbench.analysis.report import build_report, report_numbers, write_report
+from ttbench import figures
+from ttbench.figures.report import build_report, report_numbers, write_report
 
 TABLES = Path(os.environ.get("TTBENCH_TABLES", "outputs/tables"))
 FIGURES = Path(os.environ.get("TTBENCH_FIGURES", "outputs/figures"))
-tables = analysis.load(TABLES)
+tables = figures.load(TABLES)
 print(f"{TABLES}: {len(tables.results)} result rows")
 
 # %% [markdown]

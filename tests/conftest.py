@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from ttbench.cli import CONF_DIR
+from ttbench import record
+from ttbench.build import pretrained_model
+from ttbench.config import compose
 from ttbench.core.linearize import linearize
 from ttbench.models.small_resnet import small_resnet
+from ttbench.run import task
+from ttbench.spec import RunSpec
+from ttbench.validate import validate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,28 +23,48 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["model.width=4", "model.pretrain.epochs=1", "task.n=6", "steps=4"]
 
 
-def compose_cfg(overrides: list[str] | None = None):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=overrides or [])
+def compose_cfg(overrides: list[str] | None = None, hydra: bool = False):
+    return compose(overrides or [], hydra=hydra)
+
+
+def spec_of(overrides: list[str] | None = None) -> RunSpec:
+    return validate(compose_cfg(overrides))
+
+
+def run_in_process(overrides: list[str], out: Path, cache: Path) -> record.Record:
+    """One run as `python -m ttbench.run <overrides>` does it, in this process: compose, then
+    the task function (validation, run, record, summary) into `out`."""
+    return task(compose_cfg([*overrides, f"cache_dir={cache}"]), out, list(overrides))
 
 
 def run_cli(
-    module: str, *args: str, cwd: Path, cache: Path, env: dict | None = None
+    module: str, *args: str, cwd: Path, cache: Path, env: dict | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TTBENCH_CACHE": str(cache), **(env or {})}
+    """A command as a user types it, for tests where the process boundary is the point."""
+    env = {**os.environ, "TTBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A cache shared by the whole session, holding the TINY pretrained checkpoint, so that
+    no test pays for pretraining it again."""
+    d = tmp_path_factory.mktemp("cache")
+    pretrained_model(spec_of([*TINY, f"cache_dir={d}"]))
+    return d
+
+
 @pytest.fixture
-def cache_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "cache"
+def fresh_cache(tmp_path: Path) -> Path:
+    """An empty cache, for tests about what happens on first use."""
+    d = tmp_path / "fresh-cache"
     d.mkdir()
     return d
 

@@ -1,13 +1,10 @@
-"""ttbench.analysis: every figure from a synthetic table with known numbers, Table 1 and the
+"""ttbench.figures: every figure from a synthetic table with known numbers, Table 1 and the
 report against direct pandas computations, skipping without data, and (slow) the whole chain
 from a real sweep of the embedded default to the figures and notebooks."""
 
 from __future__ import annotations
 
-import os
-import resource
-import subprocess
-import sys
+import runpy
 import time
 from itertools import product
 from pathlib import Path
@@ -16,11 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY, run_cli
-from ttbench import analysis
-from ttbench.analysis import tables as tb
-from ttbench.analysis.__main__ import main
-from ttbench.analysis.report import build_report, report_numbers
+from tests.conftest import REPO, TINY, run_in_process
+from ttbench import figures
+from ttbench.collect import main as collect_main
+from ttbench.config import run_name
+from ttbench.figures import tables as tb
+from ttbench.figures.__main__ import main
+from ttbench.figures.report import build_report, report_numbers
+from ttbench.predictors import stochastic as stochastic_predictor
+from ttbench.probes import PROBES
 
 EPS = (0.01, 0.02, 0.1, 0.4)
 # The ODE's relative errors cycle through these, so 2/4 points are within 13%, 3/4 within 20%.
@@ -37,7 +38,7 @@ def _run_rows(run: str, cfg: dict, predictors: list[str], **task) -> list[dict]:
         t_pred = round(t_real * (1 + rel))
         if name == "discrete" and e == 0.4:
             t_pred = None  # a predicted curve that never gets within eps
-        stochastic = name in tb.STOCHASTIC
+        stochastic = stochastic_predictor(name)
         rows.append(
             {
                 "run": run,
@@ -68,20 +69,26 @@ def _run_rows(run: str, cfg: dict, predictors: list[str], **task) -> list[dict]:
     return rows
 
 
-def _curves(run: str, predictors: list[str], rate: float) -> pd.DataFrame:
+def _curves(run: str, names: list[str], rate: float) -> pd.DataFrame:
+    """Curves in curves.parquet's layout, the stochastic ones with their 5-95% bands."""
     steps = np.arange(51)
     frames = []
-    for name in ["real", *predictors]:
+    for name in ["real", *names]:
         loss = np.exp(-rate * steps * (1.0 if name == "real" else 1.1)) + 0.01
         err = np.clip(loss - 0.05, 0, 1)
-        frames.append(pd.DataFrame({"curve": name, "step": steps, "loss": loss, "error": err}))
-        if name in tb.STOCHASTIC:
-            for q, f in (("q05", 0.8), ("q95", 1.25)):
-                frames.append(
-                    pd.DataFrame({"curve": f"{name}:{q}", "step": steps, "loss": loss * f}).assign(
-                        error=err * f
-                    )
+        bands = ((np.nan, 1.0), (0.05, 0.8), (0.95, 1.25)) if stochastic_predictor(name) else ()
+        for q, f in bands or ((np.nan, 1.0),):
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "curve": name,
+                        "quantile": q,
+                        "step": steps,
+                        "loss": loss * f,
+                        "error": err * f,
+                    }
                 )
+            )
     return pd.concat(frames, ignore_index=True).assign(run=run)
 
 
@@ -105,7 +112,7 @@ def _cfg(optim: str, lr: float, seed: int, momentum: float = 0.0, **kw) -> dict:
 
 
 @pytest.fixture(scope="module")
-def synthetic() -> analysis.Tables:
+def synthetic() -> figures.Tables:
     rows, curves = [], []
     gd = ["ode", "discrete"]
     for ds, lr, seed in product(("alpha", "beta"), (0.001, 0.005), (0, 1)):
@@ -192,16 +199,16 @@ def synthetic() -> analysis.Tables:
         "probe_clustering": clustering,
         "probe_weight_function": weights,
     }
-    return analysis.Tables(
+    return figures.Tables(
         pd.DataFrame(rows), pd.concat(curves, ignore_index=True), extra, Path("synthetic")
     )
 
 
-@pytest.mark.parametrize("name", [a.name for a in analysis.ARTEFACTS])
+@pytest.mark.parametrize("name", [a.name for a in figures.ARTEFACTS])
 def test_each_artefact_is_written_from_the_synthetic_table(synthetic, tmp_path, name):
-    status, line = analysis.render(name, synthetic, tmp_path)
+    status, line = figures.render(name, synthetic, tmp_path)
     assert status == "wrote", line
-    for suffix in analysis.artefact(name).suffixes:
+    for suffix in figures.artefact(name).suffixes:
         path = tmp_path / f"{name}{suffix}"
         assert path.stat().st_size > 0, path
         magic = {".png": b"\x89PNG", ".pdf": b"%PDF"}.get(suffix)
@@ -294,7 +301,7 @@ def test_presets_are_preferred_and_fall_back(synthetic):
 
 
 def test_figures_pick_their_runs(synthetic):
-    from ttbench.analysis import curves, probe_figures
+    from ttbench.figures import curves, probe_figures
 
     exact, projected = probe_figures.projection_pair(synthetic)
     assert (exact["run"], projected["run"]) == (
@@ -314,7 +321,7 @@ def test_figures_pick_their_runs(synthetic):
             ),
         }
     )
-    picked = curves.fig8_runs(analysis.Tables(r, synthetic.curves))
+    picked = curves.fig8_runs(figures.Tables(r, synthetic.curves))
     assert list(picked["cfg.optim.name"]) == ["gd", "sgd", "sgd"]
     assert set(picked["cfg.stochastic.schedule"][1:]) == {"constant", "grad_norm"}
     assert len(curves.elr_tasks(synthetic.results)) == 1  # the one task with shared elr
@@ -329,24 +336,24 @@ def test_mean_ci_is_the_student_t_interval():
 
 
 def test_absent_rows_or_tables_skip_with_a_reason(synthetic, tmp_path, capsys):
-    empty = analysis.Tables(pd.DataFrame(), pd.DataFrame())
-    for art in analysis.ARTEFACTS:
-        with pytest.raises(analysis.Skip):
+    empty = figures.Tables(pd.DataFrame(), pd.DataFrame())
+    for art in figures.ARTEFACTS:
+        with pytest.raises(figures.Skip):
             art.make(empty, tmp_path / art.name)
-    status = analysis.render_all(empty, tmp_path)
+    status = figures.render_all(empty, tmp_path)
     assert set(status.values()) == {"skipped"} and not list(tmp_path.iterdir())
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(analysis.ARTEFACTS) + 1
+    assert len(lines) == len(figures.ARTEFACTS) + 1
     assert all(": skipped (" in line for line in lines)
     # results without SGD, probes or subset rows: those figures skip, the others are written
-    gd_only = analysis.Tables(
+    gd_only = figures.Tables(
         synthetic.results[synthetic.results["cfg.optim.name"] == "gd"].query(
             "predictor != 'subset' and `cfg.theta.mode` == 'exact'"
         ),
         synthetic.curves,
     )
     absent = {"fig3_clustering", "fig4_projection", "fig7_subset", "fig9_weight_function"}
-    status = analysis.render_all(
+    status = figures.render_all(
         gd_only, tmp_path / "gd", only=[*absent, "fig1_scatter"], echo=lambda _: None
     )
     assert status == {**dict.fromkeys(absent, "skipped"), "fig1_scatter": "wrote"}
@@ -359,7 +366,7 @@ def test_cli_regenerates_everything_from_a_table_dir(synthetic, tmp_path, capsys
     synthetic.curves.to_parquet(tables_dir / "curves.parquet")
     for name, frame in synthetic.extra.items():
         frame.to_parquet(tables_dir / f"{name}.parquet")
-    loaded = analysis.load(tables_dir)
+    loaded = figures.load(tables_dir)
     assert set(loaded.extra) == set(synthetic.extra)
     # every artefact is written by the per-artefact test above; here the command line
     only = ["fig1_scatter", "table1_mae", "report"]
@@ -372,11 +379,6 @@ def test_cli_regenerates_everything_from_a_table_dir(synthetic, tmp_path, capsys
 
 
 NOTEBOOKS = sorted((REPO / "analysis").glob("*.py"))
-RUN_NOTEBOOKS = """import runpy, sys
-for path in sys.argv[1:]:
-    print("==", path, flush=True)
-    runpy.run_path(path, run_name="__main__")
-"""
 
 
 def test_every_notebook_is_a_thin_percent_script():
@@ -386,69 +388,34 @@ def test_every_notebook_is_a_thin_percent_script():
         assert text.count("# %%") >= 2 and "TTBENCH_TABLES" in text, nb
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 @pytest.mark.slow
-def test_sweep_collect_analysis_and_notebooks(tmp_path, cache_dir):
-    """The whole chain on the embedded default (TINY): a GD sweep with CE and MSE (so the
-    subset predictor runs) and one SGD run, with every probe when the probes are there."""
-    start, cpu = time.perf_counter(), _children_cpu()
-    out = tmp_path / "out"
-    base = [*TINY, f"out_root={out}", "predictor=all"]
-    gd = run_cli(
-        "ttbench.run", "-m", *base, "seed=0,1", "loss=ce,mse", cwd=tmp_path, cache=cache_dir
-    )
-    assert gd.returncode == 0, gd.stderr[-3000:]
-    stages = {"gd sweep": time.perf_counter() - start}
-    from ttbench.probes import PROBES
-
+def test_runs_collect_analysis_and_notebooks(tmp_path, cache_dir, monkeypatch, capsys):
+    """The whole chain on the embedded default (TINY), in this process: GD runs with CE and
+    MSE (so the subset predictor runs) and one SGD run with the cheap probes, collected, then
+    the analysis command and every notebook."""
+    start = time.perf_counter()
+    runs = tmp_path / "out" / "runs"
+    base = [*TINY, "predictor=all"]
+    jobs = [[*base, f"seed={s}", f"loss={loss}"] for s in (0, 1) for loss in ("ce", "mse")]
     # the probes of Figs. 3, 4 (spectrum half) and 9 ride on the SGD run; the projection probe
     # costs more than the rest of the test and its panels are drawn from the synthetic table
     cheap = sorted(set(PROBES) - {"projection"})
-    probes = [f"probes=[{','.join(cheap)}]", "probe.sizes=[10]"]
-    sgd = run_cli(
-        "ttbench.run",
-        *base,
-        "optim=sgd",
-        "optim.batch_size=10",
-        *(probes if PROBES else []),
-        cwd=tmp_path,
-        cache=cache_dir,
-    )
-    assert sgd.returncode == 0, sgd.stderr[-3000:]
-    stages["sgd run"] = time.perf_counter() - start - sum(stages.values())
+    jobs.append([*base, "optim=sgd", "optim.batch_size=10", f"probes=[{','.join(cheap)}]"])
+    for job in jobs:
+        run_in_process([*job, "probe.sizes=[10]"], runs / run_name(job), cache_dir)
+    stages = {"runs": time.perf_counter() - start}
     tables = tmp_path / "tables"
-    col = run_cli("ttbench.collect", str(out), "--out", str(tables), cwd=tmp_path, cache=cache_dir)
-    assert col.returncode == 0, col.stderr[-3000:]
+    collect_main([str(runs), "--out", str(tables)])
     stages["collect"] = time.perf_counter() - start - sum(stages.values())
-    # the notebooks run as scripts, one after the other in one interpreter (imports are most
-    # of their cost), alongside the analysis command
-    env = {**os.environ, "TTBENCH_TABLES": str(tables), "TTBENCH_FIGURES": str(tmp_path / "nb")}
-    notebooks = subprocess.Popen(
-        [sys.executable, "-c", RUN_NOTEBOOKS, *map(str, NOTEBOOKS)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    capsys.readouterr()
     figs = tmp_path / "figs"
-    ana = run_cli(
-        "ttbench.analysis", str(tables), "--out", str(figs), cwd=tmp_path, cache=cache_dir
-    )
-    text, _ = notebooks.communicate(timeout=300)
-    stages["analysis and notebooks"] = time.perf_counter() - start - sum(stages.values())
-    assert ana.returncode == 0, ana.stdout + ana.stderr[-3000:]
-    lines = ana.stdout.splitlines()
+    assert main([str(tables), "--out", str(figs)]) == 0
+    lines = capsys.readouterr().out.splitlines()
     written = ["fig1_scatter", "table1_mae", "fig2_elr", "fig5_cost", "fig6_sensitivity"]
     written += ["fig7_subset", "fig8_curves", "report"]
-    if PROBES:
-        written += ["fig3_clustering", "fig4_projection", "fig9_weight_function"]
+    written += ["fig3_clustering", "fig4_projection", "fig9_weight_function"]
     for name in written:
-        assert any(line.startswith(f"{name}: {figs}") for line in lines), ana.stdout
+        assert any(line.startswith(f"{name}: {figs}") for line in lines), lines
     assert (figs / "fig1_scatter.pdf").stat().st_size > 0
     # the report's headline is the table's number
     results = pd.read_parquet(tables / "results.parquet")
@@ -461,10 +428,15 @@ def test_sweep_collect_analysis_and_notebooks(tmp_path, cache_dir):
     share = p["t_pred"].notna() & ((p["t_pred"] - p["t_real"]).abs() <= 0.13 * p["t_real"])
     report = (figs / "report.md").read_text()
     assert f"- GD, ODE: {share.mean():.0%} of {len(p)} predicted" in report
+    stages["analysis"] = time.perf_counter() - start - sum(stages.values())
 
-    assert notebooks.returncode == 0, text[-3000:]
-    assert text.count("== ") == len(NOTEBOOKS) and "FAILED" not in text, text
+    monkeypatch.setenv("TTBENCH_TABLES", str(tables))
+    monkeypatch.setenv("TTBENCH_FIGURES", str(tmp_path / "nb"))
+    for path in NOTEBOOKS:
+        runpy.run_path(str(path), run_name="__main__")
+    text = capsys.readouterr().out
+    assert "FAILED" not in text, text
     for name in written:
         assert f"{name}: {tmp_path / 'nb'}" in text, text
-    cpu = _children_cpu() - cpu
-    print(", ".join(f"{k} {v:.1f} s" for k, v in stages.items()) + f"; child CPU {cpu:.1f} s")
+    stages["notebooks"] = time.perf_counter() - start - sum(stages.values())
+    print(", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))

@@ -4,7 +4,7 @@ from ttbench.bench import engine, modes, theta
 from ttbench.bench import sgd as sgd_bench
 
 
-def test_theta_benchmark_runs_and_reports(tmp_path, capsys):
+def test_theta_benchmark_runs_and_reports(cache_dir, capsys):
     theta.main(
         [
             "task.n=3",
@@ -12,7 +12,7 @@ def test_theta_benchmark_runs_and_reports(tmp_path, capsys):
             "model.width=4",
             "model.pretrain.epochs=1",
             "loss=mse",
-            f"cache_dir={tmp_path}",
+            f"cache_dir={cache_dir}",
         ]
     )
     out = capsys.readouterr().out
@@ -36,7 +36,7 @@ def test_engine_benchmark_runs(capsys):
     assert all(float(line.split()[-1]) < 1e-5 for line in lines)  # engine == torch.func
 
 
-def test_modes_benchmark_runs(tmp_path, capsys):
+def test_modes_benchmark_runs(cache_dir, tmp_path, capsys):
     modes.main(
         [
             "task.n=8",
@@ -45,7 +45,7 @@ def test_modes_benchmark_runs(tmp_path, capsys):
             "model.pretrain.epochs=1",
             "subset.n0=20",
             "subset.k0=10",
-            f"cache_dir={tmp_path}",
+            f"cache_dir={cache_dir}",
             "--dims",
             "16",
             "--sketches",

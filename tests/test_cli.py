@@ -1,88 +1,93 @@
-"""The command line as a user types it, in a subprocess."""
-
-import json
+"""`python -m ttbench.run` and `python -m ttbench.pretrain`, in-process: compose as Hydra does,
+then the task function; bad input gives one line and exit status 2."""
 
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, compose_cfg, run_in_process
+from ttbench import cli, pretrain, record
+from ttbench.run import task
+from ttbench.validate import check_cli
 
 
-def test_run_writes_record_curves_and_figure(tmp_path, cache_dir):
+def test_run_writes_record_curves_and_figure(tmp_path, cache_dir, capsys):
     out = tmp_path / "run"
-    proc = run_cli(
-        "ttbench.run",
-        *TINY,
-        "seed=3",
-        "predictor=all",
-        "loss=mse",
-        f"hydra.run.dir={out}",
-        cwd=tmp_path,
-        cache=cache_dir,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((out / "result.json").read_text())
-    assert result["task"]["N"] == 30 and result["task"]["C"] == 5
-    assert result["config"]["seed"] == 3 and "seed=3" in result["overrides"]
-    assert set(result["stages"]) >= {"data", "model", "jacobian", "theta", "finetune"}
-    assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in result["stages"].values())
-    assert set(result["real"]["t_eps"]["loss"]) == {"0.01", "0.02", "0.05", "0.1", "0.2", "0.4"}
-    assert set(result["predictors"]) == {"ode", "discrete", "closed_form", "subset"}
-    for name, pred in result["predictors"].items():
-        assert set(pred["t_eps"]["loss"]) == set(result["real"]["t_eps"]["loss"])
-        assert pred["timing"]["total_s"] > 0 and pred["timing"]["total_s"] == pytest.approx(
-            sum(v for k, v in pred["timing"].items() if k.endswith("_s") and k != "total_s")
+    rec = run_in_process([*TINY, "seed=3", "predictor=all", "loss=mse"], out, cache_dir)
+    assert rec == record.read(out) and record.is_done(out)
+    assert rec.task.N == 30 and rec.task.C == 5
+    assert rec.config["seed"] == 3 and "seed=3" in rec.overrides
+    assert set(rec.stages) >= {"data", "model", "jacobian", "theta", "finetune"}
+    assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in rec.stages.values())
+    assert rec.eps == (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+    assert list(rec.predictors) == ["ode", "discrete", "closed_form", "subset"]
+    for name, pred in rec.predictors.items():
+        assert pred.kind == "deterministic" and len(pred.t_eps["loss"]) == 6
+        timing = rec.timing(name)
+        assert timing["total_s"] > 0 and timing["total_s"] == pytest.approx(
+            sum(v for k, v in timing.items() if k.endswith("_s") and k != "total_s")
         )
-        assert ("subset_s" in pred["timing"]) == (name == "subset")
-        for e, t_real in result["real"]["t_eps"]["loss"].items():
-            assert pred["errors"]["loss"][e]["abs"] == abs(pred["t_eps"]["loss"][e] - t_real)
+        assert ("theta_s" in timing) == (name != "subset")  # subset builds its own Theta
+        for (a, _), p, r in zip(
+            rec.errors(name, "loss"), pred.t_eps["loss"], rec.real.t_eps["loss"], strict=True
+        ):
+            assert a == abs(p - r)
     curves = pd.read_parquet(out / "curves.parquet")
     assert sorted(curves.curve.unique()) == ["closed_form", "discrete", "ode", "real", "subset"]
-    assert (curves.groupby("curve").size() == 5).all()
+    assert (curves.groupby("curve").size() == 5).all() and curves["quantile"].isna().all()
     assert (out / "curves.png").stat().st_size > 0
-    assert "T_eps of the loss curve" in proc.stdout and "closed_form err" in proc.stdout
-    assert "pretraining" in proc.stdout + proc.stderr  # first use says so
+    printed = capsys.readouterr().out
+    assert "T_eps of the loss curve" in printed and "closed_form err" in printed
 
 
-def test_sgd_run_reports_quantiles_and_coverage(tmp_path, cache_dir):
+def test_a_complete_run_is_skipped_and_its_summary_printed(tmp_path, cache_dir, capsys):
+    out = tmp_path / "run"
+    first = run_in_process(TINY, out, cache_dir)
+    mtime = (out / record.RESULT).stat().st_mtime_ns
+    capsys.readouterr()
+    again = run_in_process(TINY, out, cache_dir)
+    assert again == first and (out / record.RESULT).stat().st_mtime_ns == mtime
+    assert "T_eps of the loss curve" in capsys.readouterr().out
+
+
+def test_sgd_run_reports_quantiles_and_coverage(tmp_path, cache_dir, capsys):
     out = tmp_path / "sgd"
-    proc = run_cli(
-        "ttbench.run",
-        *TINY,
-        "steps=6",
-        "optim=sgd",
-        "optim.batch_size=5",
-        "optim.eval_every=2",
-        "optim.smooth=3",
-        "predictor=all",
-        "stochastic.paths=4",
-        f"hydra.run.dir={out}",
-        cwd=tmp_path,
-        cache=cache_dir,
+    sgd = ["optim=sgd", "optim.batch_size=5", "optim.eval_every=2", "optim.smooth=3"]
+    rec = run_in_process(
+        [*TINY, "steps=6", *sgd, "predictor=all", "stochastic.paths=4"], out, cache_dir
     )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((out / "result.json").read_text())
-    assert set(result["predictors"]) == {"ode", "discrete", "sde", "exact_sgd"}
-    assert "noise" in result["stages"]
+    assert list(rec.predictors) == ["ode", "discrete", "sde", "exact_sgd"]
+    assert "noise" in rec.stages and "noise_s" in rec.timing("sde")
     for name in ("sde", "exact_sgd"):
-        pred = result["predictors"][name]
-        assert pred["paths"] == 4
-        for q in pred["quantiles"]["loss"].values():
-            assert q["q05"] <= q["q50"] <= q["q95"]
-            assert isinstance(q["covered"], bool)
+        pred = rec.predictors[name]
+        assert pred.kind == "stochastic" and pred.paths == 4
+        for q, t in zip(pred.quantiles["loss"], rec.real.t_eps["loss"], strict=True):
+            assert q.q05 <= q.q50 <= q.q95
+            assert isinstance(q.covers(t), bool)
     curves = pd.read_parquet(out / "curves.parquet")
     real = curves[curves.curve == "real"]
     assert real.step.tolist() == [0, 2, 4, 6]
-    assert {"sde:q05", "sde:q95", "exact_sgd:q05"} <= set(curves.curve)
-    assert "sde 5-95%" in proc.stdout
+    bands = curves[curves["quantile"].notna()]
+    assert set(zip(bands.curve, bands["quantile"], strict=True)) == {
+        (n, q) for n in ("sde", "exact_sgd") for q in (0.05, 0.95)
+    }
+    assert "sde 5-95%" in capsys.readouterr().out
 
 
-def test_pretrain_entry_point_fills_the_cache(tmp_path, cache_dir):
-    proc = run_cli(
-        "ttbench.pretrain", *TINY, f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path, cache=cache_dir
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert len(list(cache_dir.glob("small_resnet_w4_digits_*.pt"))) == 1
+def test_pretrain_entry_point_fills_the_cache(fresh_cache):
+    pretrain.app(compose_cfg([*TINY, f"cache_dir={fresh_cache}"]))
+    assert len(list(fresh_cache.glob("small_resnet_w4_digits_*.pt"))) == 1
+
+
+def _cli_error(args: list[str], tmp_path, capsys) -> str:
+    """What the entry point prints for `python -m ttbench.run <args>`: its one line."""
+    with pytest.raises(SystemExit) as e, cli.one_line_errors():
+        check_cli(args, str(tmp_path / "outputs"))
+        task(compose_cfg(args), tmp_path / "run", args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -116,12 +121,8 @@ def test_pretrain_entry_point_fills_the_cache(tmp_path, cache_dir):
         ),
     ],
 )
-def test_bad_input_fails_with_one_line(tmp_path, cache_dir, args, expected):
-    proc = run_cli("ttbench.run", *TINY, *args, cwd=tmp_path, cache=cache_dir)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert expected in lines[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
+def test_bad_input_fails_with_one_line(tmp_path, cache_dir, capsys, args, expected):
+    line = _cli_error([*TINY, f"cache_dir={cache_dir}", *args], tmp_path, capsys)
+    assert expected in line
     if "memory_gb" not in args[0]:  # the memory check needs the model, so it comes later
-        assert not list(cache_dir.iterdir())  # nothing was computed
+        assert not (tmp_path / "run").exists()  # nothing was computed

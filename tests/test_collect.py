@@ -1,24 +1,21 @@
 """Deterministic run directories, skipping complete runs, and the results table."""
 
-import json
 import shutil
 
 import pandas as pd
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_in_process
+from ttbench import record
 from ttbench.collect import collect, gather, main
+from ttbench.config import run_name
 
 
-def test_runs_are_keyed_by_overrides_skipped_when_complete_and_collected(tmp_path, cache_dir):
+def test_records_are_collected_and_bad_directories_listed(tmp_path, cache_dir):
     out = tmp_path / "out"
-    args = ["-m", *TINY, "predictor=all", "seed=1,2", f"out_root={out}"]
-    first = run_cli("ttbench.run", *args, cwd=tmp_path, cache=cache_dir)
-    assert first.returncode == 0, first.stderr
-    runs = sorted(p.name for p in (out / "runs").iterdir() if p.is_dir())
-    assert len(runs) == 2 and all("seed=" in r and "model.width=4" in r for r in runs)
-    again = run_cli("ttbench.run", *args, cwd=tmp_path, cache=cache_dir)
-    assert again.returncode == 0 and (again.stdout + again.stderr).count("skipped") == 2
-
+    for seed in (1, 2):
+        args = [*TINY, "predictor=all", f"seed={seed}"]
+        run_in_process(args, out / "runs" / run_name(args), cache_dir)
+    runs = sorted(p.name for p in (out / "runs").iterdir())
     good = out / "runs" / runs[0]
     shutil.copytree(good, out / "runs" / "truncated")
     text = (out / "runs" / "truncated" / "result.json").read_text()
@@ -31,26 +28,26 @@ def test_runs_are_keyed_by_overrides_skipped_when_complete_and_collected(tmp_pat
     assert results["run"].nunique() == 2
     assert set(results.predictor) == {"ode", "discrete"} and set(results.kind) == {"loss", "error"}
     assert len(results) == 2 * 2 * 2 * 6
-    record = json.loads((good / "result.json").read_text())
-    row = results[
-        (results.run == str(good)) & (results.predictor == "ode") & (results.kind == "loss")
-    ]
-    for _, r in row.iterrows():
-        e = f"{r.eps:g}" if f"{r.eps:g}" in record["real"]["t_eps"]["loss"] else str(r.eps)
-        assert r.t_real == record["real"]["t_eps"]["loss"][e]
-        assert r.t_pred == record["predictors"]["ode"]["t_eps"]["loss"][e]
-        assert r["cfg.seed"] == record["config"]["seed"] and r["cfg.lr"] == record["config"]["lr"]
+    rec = record.read(good)
+    for kind in record.KINDS:
+        rows = results[
+            (results.run == str(good)) & (results.predictor == "ode") & (results.kind == kind)
+        ]
+        assert tuple(rows.eps) == rec.eps
+        assert tuple(rows.t_real) == rec.real.t_eps[kind]
+        assert tuple(rows.t_pred) == rec.predictors["ode"].t_eps[kind]
+        assert (rows["cfg.seed"] == rec.config["seed"]).all()
+        assert (rows["cfg.lr"] == rec.config["lr"]).all()
     assert set(curves.run) == set(results.run)
-    assert isinstance(curves, pd.DataFrame) and {"curve", "step", "loss", "error"} <= set(curves)
+    assert {"curve", "quantile", "step", "loss", "error"} <= set(curves)
 
 
 def test_probe_and_spectra_tables_are_collected_and_bad_files_listed(tmp_path, cache_dir, capsys):
     out = tmp_path / "out"
     args = [*TINY, "predictor=subset", "loss=mse", "subset.n0=10", "subset.k0=5"]
-    probes = ["probes=[spectrum,clustering]", "probe.sizes=[10]", f"out_root={out}"]
-    proc = run_cli("ttbench.run", *args, *probes, cwd=tmp_path, cache=cache_dir)
-    assert proc.returncode == 0, proc.stderr
-    (good,) = [p for p in (out / "runs").iterdir() if p.is_dir()]
+    probes = ["probes=[spectrum,clustering]", "probe.sizes=[10]"]
+    good = out / "runs" / "probed"
+    run_in_process([*args, *probes], good, cache_dir)
     shutil.copytree(good, out / "runs" / "no_clustering")
     (out / "runs" / "no_clustering" / "probe_clustering.parquet").unlink()
     shutil.copytree(good, out / "runs" / "bad_spectrum")

@@ -2,14 +2,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, spec_of
 from ttbench.build import cpu_threads
-from ttbench.cli import CONF_DIR
-from ttbench.validate import ConfigError, config_groups, predictor_names, validate
+from ttbench.config import config_groups, run_name
+from ttbench.spec import NOT_IDENTITY, RunSpec
+from ttbench.sweep import subdir_override
+from ttbench.validate import ConfigError, predictor_names, validate
 
 
 def test_every_config_group_option_composes_and_validates():
-    groups = config_groups(CONF_DIR)
+    groups = config_groups()
     assert {"dataset", "model", "optim", "predictor"} <= set(groups)
     for group, options in groups.items():
         for option in options:
@@ -22,8 +24,9 @@ def test_every_config_group_option_composes_and_validates():
             if group == "model" and option != "small_resnet":
                 extra += ["dataset=cifar10"]
             cfg = compose_cfg([f"{group}={option}", *extra])
-            validate(cfg)
-            assert OmegaConf.to_container(cfg, resolve=True)
+            spec = validate(cfg)
+            assert isinstance(spec, RunSpec)
+            assert spec.config == OmegaConf.to_container(cfg, resolve=True)
 
 
 @pytest.mark.parametrize(
@@ -83,3 +86,40 @@ def test_a_slurm_job_uses_only_its_cpus(monkeypatch):
         assert cpu_threads() == before  # outside SLURM torch's own choice stands
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_spec_holds_the_configs_values_typed():
+    spec = spec_of(
+        ["lr=0.01", "momentum=0.5", "optim=sgd", "optim.batch_size=10", "seed=4", "eps=[0.1,0.2]"]
+    )
+    t = spec.train
+    assert (t.optimizer, t.lr, t.momentum, t.batch_size, t.sampling) == (
+        "sgd",
+        0.01,
+        0.5,
+        10,
+        "with_replacement",
+    )
+    assert t.dynamics == {"lr": 0.01, "momentum": 0.5, "steps": 150, "loss": "ce"}
+    assert spec.seed == 4 and spec.eps == (0.1, 0.2) and spec.predictors == ("ode",)
+    assert spec.dataset.name == "digits" and spec.dataset.options["split_seed"] == 0
+    assert spec.model.width == 48 and spec.model.pretrain.epochs == 15
+    assert spec_of([]).train.batch_size is None  # GD has no batches
+
+
+def test_one_list_decides_a_runs_identity(tmp_path):
+    """The directory name, the checkpoint's identity and the sweeper all leave out exactly
+    NOT_IDENTITY."""
+    assert set(NOT_IDENTITY) == {"out_root", "device", "checkpoint_s", "cache_dir", "cluster"}
+    ignored = ["device=cpu", f"cache_dir={tmp_path}", "checkpoint_s=5", f"out_root={tmp_path}"]
+    name = run_name(["seed=2", "lr=0.01", *ignored])
+    assert name == "lr=0.01,seed=2" == run_name(["lr=0.01", "seed=2"])
+    assert run_name([]) == "default" and run_name(["dataset.root=/a/b"]) == "dataset.root=_a_b"
+    long = run_name([f"probe.sizes=[{','.join(['1234'] * 60)}]"])
+    assert len(long) < 200 and long == run_name([f"probe.sizes=[{','.join(['1234'] * 60)}]"])
+    cfg = compose_cfg(["seed=2", "lr=0.01", *ignored], hydra=True)
+    assert cfg.hydra.run.dir == f"{tmp_path}/runs/{name}"
+    assert subdir_override(["seed=2", "lr=0.01", *ignored]) == f"hydra.sweep.subdir='{name}'"
+    a, b = spec_of(["seed=2"]), spec_of(["seed=2", *ignored])
+    assert a.identity() == b.identity() and a.identity() != spec_of(["seed=3"]).identity()
+    assert not set(a.identity()) & set(NOT_IDENTITY)

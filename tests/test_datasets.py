@@ -8,11 +8,14 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from tests.conftest import run_cli
+from tests.conftest import compose_cfg, run_in_process
+from ttbench import cli, record
 from ttbench.data.cifar import Cifar
 from ttbench.data.finegrained import cub200, fgvc_aircraft, minc2500, stanford_cars
 from ttbench.data.images import DataNotFound, image_folder, mit67
 from ttbench.models.zoo import WEIGHT_FILES, WeightsNotFound, imagenet_resnet
+from ttbench.run import task
+from ttbench.validate import check_cli
 
 RNG = np.random.default_rng(0)
 
@@ -189,30 +192,19 @@ def test_imagenet_weights_load_from_a_local_file_only(tmp_path, monkeypatch):
     assert imagenet_resnet("resnet34", pretrained=False).head.in_features == 512
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(WRITERS))
 def test_cli_runs_each_dataset_with_a_resnet(tmp_path, cache_dir, name):
     root = tmp_path / "data"
     WRITERS[name](root)
     extra = ["dataset.verify=false"] if name.startswith("cifar") else []
     out = tmp_path / "run"
-    proc = run_cli(
-        "ttbench.run",
-        f"dataset={name}",
-        f"dataset.root={root}",
-        "dataset.resolution=16",
-        *extra,
-        "model=resnet18",
-        "model.pretrained=false",
-        "task.k=2",
-        "task.n=2",
-        "steps=2",
-        f"hydra.run.dir={out}",
-        cwd=tmp_path,
-        cache=cache_dir,
+    data = [f"dataset={name}", f"dataset.root={root}", "dataset.resolution=16", *extra]
+    small = ["task.k=2", "task.n=2", "steps=2"]
+    rec = run_in_process(
+        [*data, "model=resnet18", "model.pretrained=false", *small], out, cache_dir
     )
-    assert proc.returncode == 0, proc.stderr
-    assert (out / "result.json").is_file()
+    assert rec.task.dataset == name and rec.task.C == 2 and 2 <= rec.task.N <= 4
+    assert record.is_done(out)
 
 
 @pytest.mark.parametrize(
@@ -230,11 +222,14 @@ def test_cli_runs_each_dataset_with_a_resnet(tmp_path, cache_dir, name):
         ),
     ],
 )
-def test_dataset_and_model_errors_are_one_line(tmp_path, cache_dir, args, expected):
-    proc = run_cli("ttbench.run", *args, cwd=tmp_path, cache=cache_dir)
-    assert proc.returncode == 2
-    assert expected in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+def test_dataset_and_model_errors_are_one_line(tmp_path, cache_dir, capsys, args, expected):
+    args = [*args, f"cache_dir={cache_dir}"]
+    with pytest.raises(SystemExit) as e, cli.one_line_errors():
+        check_cli(args, str(tmp_path))
+        task(compose_cfg(args), tmp_path / "run", args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_task_images_are_decoded_once(tmp_path):
@@ -278,9 +273,8 @@ def test_timm_resnet_loads_named_local_weights(tmp_path):
         imagenet_resnet("resnet18", weights=str(path), source="timm")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "source"), [("resnet34", "torchvision"), ("resnet18", "timm")])
-def test_cli_loads_local_imagenet_weights(tmp_path, cache_dir, arch, source):
+def test_cli_loads_local_imagenet_weights(tmp_path, cache_dir, monkeypatch, arch, source):
     import timm
     import torchvision
 
@@ -294,22 +288,10 @@ def test_cli_loads_local_imagenet_weights(tmp_path, cache_dir, arch, source):
         weights.parent.mkdir(parents=True)
         torch.save(getattr(torchvision.models, arch)(weights=None).state_dict(), weights)
         extra = []
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     out = tmp_path / "run"
-    proc = run_cli(
-        "ttbench.run",
-        "dataset=imagefolder",
-        f"dataset.root={tmp_path / 'own'}",
-        "dataset.resolution=16",
-        f"model={arch}",
-        f"model.source={source}",
-        *extra,
-        "task.k=2",
-        "task.n=2",
-        "steps=2",
-        f"hydra.run.dir={out}",
-        cwd=tmp_path,
-        cache=cache_dir,
-        env={"TORCH_HOME": str(tmp_path / "torch")},
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert (out / "result.json").is_file()
+    data = ["dataset=imagefolder", f"dataset.root={tmp_path / 'own'}", "dataset.resolution=16"]
+    model = [f"model={arch}", f"model.source={source}", *extra]
+    rec = run_in_process([*data, *model, "task.k=2", "task.n=2", "steps=2"], out, cache_dir)
+    body = imagenet_resnet(arch, pretrained=False).body
+    assert sum(p.numel() for p in body.parameters()) + 2 * (512 + 1) == rec.task.D

@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from ttbench import predict
 from ttbench.core import dynamics
 from ttbench.core.linearize import LinearizedModel, linearize
+from ttbench.core.spectrum import spectrum
 from ttbench.train import finetune
 
 
@@ -67,14 +69,14 @@ def test_trace_kernel_equals_its_kronecker_expansion(problem):
     tr = linearize(model, x, mode="trace")
     kw = {"lr": 0.3, "momentum": 0.0, "steps": 30}
     for method, loss in [("ode", "ce"), ("discrete", "ce"), ("closed_form", "mse")]:
-        a = dynamics.predict(method, tr.theta, tr.f0, y, loss=loss, **kw)
-        b = dynamics.predict(method, tr.full_theta(), tr.f0, y, loss=loss, **kw)
+        a = predict(method, tr.theta, tr.f0, y, loss=loss, **kw)
+        b = predict(method, tr.full_theta(), tr.f0, y, loss=loss, **kw)
         assert _rel(a.curves.loss, b.curves.loss) <= 1e-6, method
 
 
 def test_spectrum_projections_sum_to_residual_norm(problem):
     _, _, y, lin = problem
-    s = dynamics.spectrum(lin.theta, lin.f0, y)
+    s = spectrum(lin.theta, lin.f0, y)
     assert torch.all(s.lambdas[:-1] >= s.lambdas[1:]) and torch.all(s.lambdas >= 0)
     assert torch.isclose(s.p_k.sum(), (s.residual**2).sum(), rtol=1e-10)
     # eq. 5 at t = 0 and the trace of Theta

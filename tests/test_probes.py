@@ -1,7 +1,6 @@
 """The probes of Figs. 3, 4 and 9: real numbers against independent routes, and the CLI."""
 
 import copy
-import json
 
 import numpy as np
 import pandas as pd
@@ -11,14 +10,14 @@ from sklearn.decomposition import PCA
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from tests.conftest import TINY, compose_cfg, run_cli
+from tests.conftest import TINY, compose_cfg, run_in_process, spec_of
 from ttbench.core import losses
 from ttbench.core.linearize import linearize
 from ttbench.models.classifier import Classifier
 from ttbench.probes import PROBES, clustering_frame, projection_frame, spectrum_frame
 from ttbench.probes.clustering import _signed, head_inputs
-from ttbench.probes.common import nested_subsets
 from ttbench.probes.spectrum import fit_spectrum
+from ttbench.probes.subsets import nested_subsets
 from ttbench.probes.weights import linear_trajectory, weight_function_frame
 from ttbench.validate import ConfigError, validate
 
@@ -131,8 +130,8 @@ def test_weight_function_is_exact_for_a_model_linear_in_its_weights(optim, loss)
     x = torch.randn(20, 6, dtype=torch.float64)
     y = torch.arange(20) % 3
     model = Classifier(nn.Identity(), nn.Linear(6, 3)).double().eval()
-    cfg = compose_cfg(["lr=0.2", "momentum=0.5", "steps=20", f"loss={loss}", *optim])
-    frame = weight_function_frame(model, x, y, cfg)
+    spec = spec_of(["lr=0.2", "momentum=0.5", "steps=20", f"loss={loss}", *optim])
+    frame = weight_function_frame(model, x, y, spec)
     every = 2 if optim else 1
     assert list(frame.step) == list(range(0, 21, every))
     first, rest = frame.iloc[0], frame.iloc[1:]
@@ -144,8 +143,8 @@ def test_weight_function_is_exact_for_a_model_linear_in_its_weights(optim, loss)
 
 def test_weight_function_of_a_network_drifts_from_its_linearisation(problem):
     model, x, y, _ = problem
-    cfg = compose_cfg(["lr=0.1", "steps=8"])
-    frame = weight_function_frame(copy.deepcopy(model), x, y, cfg)
+    spec = spec_of(["lr=0.1", "steps=8"])
+    frame = weight_function_frame(copy.deepcopy(model), x, y, spec)
     assert frame.weight_rel_error.iloc[1] < 1e-10  # the first step is J^T of the same gradient
     assert frame.weight_rel_error.iloc[-1] > 1e-3 and frame.output_rel_error.iloc[1] > 1e-3
 
@@ -169,20 +168,10 @@ def test_probe_settings_are_validated(overrides, key):
 def test_probes_run_from_the_command_line(tmp_path, cache_dir):
     out = tmp_path / "run"
     names = ["spectrum", "projection", "clustering", "weight_function"]
-    proc = run_cli(
-        "ttbench.run",
-        *TINY,
-        f"probes=[{','.join(names)}]",
-        "probe.sizes=[10,30]",
-        "probe.dims=[16,64]",
-        f"hydra.run.dir={out}",
-        cwd=tmp_path,
-        cache=cache_dir,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((out / "result.json").read_text())
-    assert result["probes"] == {n: f"probe_{n}.parquet" for n in names}
-    assert {f"probe_{n}" for n in names} <= set(result["stages"])
+    probes = [f"probes=[{','.join(names)}]", "probe.sizes=[10,30]", "probe.dims=[16,64]"]
+    rec = run_in_process([*TINY, *probes], out, cache_dir)
+    assert rec.probes == {n: f"probe_{n}.parquet" for n in names}
+    assert {f"probe_{n}" for n in names} <= set(rec.stages)
     tables = {n: pd.read_parquet(out / f"probe_{n}.parquet") for n in names}
     assert sorted(tables["spectrum"].n.unique()) == [10, 30]
     assert len(tables["spectrum"]) == 10 * 5 + 30 * 5

@@ -1,46 +1,169 @@
+"""The typed record: one writer, one reader, format 2 round trips and format 1 still reads."""
+
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ttbench import record
-from ttbench.core.timing import Curves
+from ttbench.core.curves import Curves
 
 
-def test_curves_round_trip(tmp_path):
+def _record(**kw) -> record.Record:
+    eps = (0.4, 0.1)
+    real = record.Real({"loss": (2, 4), "error": (1, 3)}, diverged=False)
+    ode = record.PredictorRecord(
+        "deterministic", {"loss": (3, 4), "error": (1, None)}, False, ("theta", "solve_ode")
+    )
+    q = record.Quantiles
+    sde = record.PredictorRecord(
+        "stochastic",
+        {"loss": (2, 5), "error": (0, 3)},
+        False,
+        ("theta", "solve_sde"),
+        paths=8,
+        quantiles={
+            "loss": (q(1.0, 2.0, 3.0), q(6.0, 7.0, 9.0)),
+            "error": (q(None, None, None), q(3.0, 3.0, 3.0)),
+        },
+    )
+    base = {
+        "config": {"seed": 3, "lr": 0.1, "momentum": 0.0, "steps": 5, "loss": "ce"},
+        "overrides": ("seed=3",),
+        "versions": {"torch": "x"},
+        "device": "cpu",
+        "cpu_threads": 2,
+        "task": record.TaskInfo("digits", (1, 2), 10, 2, 100),
+        "stages": {
+            s: {"wall_s": w, "peak_rss_mb": 1.0, "start_rss_mb": 0.5}
+            for s, w in (("theta", 1.0), ("solve_ode", 0.5), ("solve_sde", 3.0), ("finetune", 6.0))
+        },
+        "eps": eps,
+        "real": real,
+        "predictors": {"ode": ode, "sde": sde},
+    }
+    return record.Record(**(base | kw))
+
+
+def test_derived_numbers():
+    rec = _record()
+    assert rec.seed == 3
+    assert rec.errors("ode", "loss") == [(1, 0.5), (0, 0.0)]
+    assert rec.errors("ode", "error") == [(0, 0.0), (None, None)]
+    assert rec.timing("ode") == {
+        "theta_s": 1.0,
+        "solve_ode_s": 0.5,
+        "total_s": 1.5,
+        "finetune_over_predict": 4.0,
+    }
+    rows = pd.DataFrame(rec.rows())
+    assert len(rows) == 2 * 2 * 2
+    sde = rows[(rows.predictor == "sde") & (rows.kind == "loss")]
+    assert list(sde.covered) == [True, False] and list(sde.q95) == [3.0, 9.0]
+    err = rows[(rows.predictor == "sde") & (rows.kind == "error")]
+    assert err.covered.iloc[0] is None and bool(err.covered.iloc[1]) is True
+    assert set(rows.predict_s) == {1.5, 4.0} and set(rows.finetune_s) == {6.0}
+
+
+def test_write_read_round_trip_and_marker(tmp_path):
+    rec = _record()
     curves = {
         "real": Curves(np.array([1.0, 0.5, 0.25]), np.array([0.8, 0.2, 0.0])),
         "ode": Curves(np.array([1.0, 0.6, np.nan]), np.array([0.8, 0.3, np.nan]), diverged=True),
-        "sgd": Curves(np.array([1.0, 0.7]), np.array([0.5, 0.4]), interval=5),
+        "sde": Curves(np.array([1.0, 0.7]), np.array([0.5, 0.4]), interval=5),
     }
-    path = tmp_path / record.CURVES
-    record.write_curves(path, curves)
-    back = record.read_curves(path, {"ode": True})
-    assert list(back) == ["real", "ode", "sgd"]
-    assert back["sgd"].interval == 5 and back["sgd"].steps == 5
+    bands = {"sde": {0.05: Curves(np.array([0.9, 0.6]), np.array([0.4, 0.3]), interval=5)}}
+    assert not record.is_done(tmp_path)
+    record.write(tmp_path, rec, curves, bands)
+    assert record.is_done(tmp_path)
+    assert record.read(tmp_path) == rec
+    back, back_bands = record.read_curves(tmp_path / record.CURVES, {"ode": True})
+    assert list(back) == ["real", "ode", "sde"] and list(back_bands) == ["sde"]
+    assert back["sde"].interval == 5 and back["sde"].steps == 5
     for name, c in curves.items():
         np.testing.assert_array_equal(back[name].loss, c.loss)
         np.testing.assert_array_equal(back[name].error, c.error)
         assert back[name].diverged == c.diverged
+    np.testing.assert_array_equal(back_bands["sde"][0.05].loss, [0.9, 0.6])
+    text = json.loads((tmp_path / record.RESULT).read_text())
+    assert text["format_version"] == 2 and text["real"]["t_eps"]["loss"] == [2, 4]
+    assert text["predictors"]["ode"]["errors"]["loss"][0] == {"abs": 1, "rel": 0.5}
+    assert text["predictors"]["sde"]["quantiles"]["loss"][1]["covered"] is False
 
 
-def test_json_round_trip_and_atomicity(tmp_path):
-    obj = {"a": [1, 2.5, None], "b": {"0.01": 3}}
-    path = tmp_path / "result.json"
-    record.write_json(path, obj)
-    assert record.read_result(path) == obj
-    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp file left behind
+def test_format_1_records_and_curves_are_read(tmp_path):
+    """Format 1 keyed T_eps by eps as strings and named bands "<name>:qXX"."""
+    v1 = {
+        "format_version": 1,
+        "config": {"seed": 3},
+        "overrides": ["seed=3"],
+        "seed": 3,
+        "versions": {},
+        "device": "cpu",
+        "cpu_threads": 2,
+        "task": {"dataset": "digits", "classes": [1, 2], "N": 10, "C": 2, "D": 100},
+        "stages": {"theta": {"wall_s": 1.0}, "solve_sde": {"wall_s": 2.0}},
+        "eps": [0.4, 0.1],
+        "real": {"diverged": False, "resumed_at": 7, "t_eps": {"loss": {"0.4": 2, "0.1": 4}}},
+        "predictors": {
+            "sde": {
+                "diverged": False,
+                "t_eps": {"loss": {"0.4": 2, "0.1": None}},
+                "timing": {"theta_s": 1.0, "solve_sde_s": 2.0, "total_s": 3.0},
+                "paths": 4,
+                "quantiles": {
+                    "loss": {
+                        "0.4": {"q05": 1.0, "q50": 2.0, "q95": 3.0, "covered": True},
+                        "0.1": {"q05": None, "q50": None, "q95": None, "covered": None},
+                    }
+                },
+            }
+        },
+    }
+    (tmp_path / record.RESULT).write_text(json.dumps(v1))
+    rec = record.read(tmp_path)
+    assert rec.format_version == 1 and rec.real.t_eps["loss"] == (2, 4) and rec.real.resumed_at == 7
+    sde = rec.predictors["sde"]
+    assert sde.kind == "stochastic" and sde.t_eps["loss"] == (2, None)
+    assert sde.stages == ("theta", "solve_sde") and rec.timing("sde")["total_s"] == 3.0
+    assert sde.quantiles["loss"][0] == record.Quantiles(1.0, 2.0, 3.0)
+
+    old = pd.DataFrame(
+        {
+            "curve": ["real", "real", "sde", "sde", "sde:q05", "sde:q05"],
+            "step": [0, 1] * 3,
+            "loss": [1.0, 0.5, 1.0, 0.6, 0.9, 0.4],
+            "error": [0.5] * 6,
+        }
+    )
+    old.to_parquet(tmp_path / record.CURVES)
+    curves, bands = record.read_curves(tmp_path / record.CURVES)
+    assert list(curves) == ["real", "sde"] and list(bands["sde"]) == [0.05]
+    np.testing.assert_array_equal(bands["sde"][0.05].loss, [0.9, 0.4])
+
+
+@pytest.mark.parametrize(
+    "text", ["{", '{"format_version": 9}', '{"format_version": 2, "eps": []}', "[]"]
+)
+def test_unreadable_records_raise_value_error(tmp_path, text):
+    (tmp_path / record.RESULT).write_text(text)
     with pytest.raises(ValueError):
-        record.write_json(path, {"x": float("nan")})
-    assert record.read_result(path) == obj  # a failed write leaves the old record intact
+        record.read(tmp_path)
 
 
-def test_t_eps_and_error_entries():
+def test_write_is_atomic_and_refuses_nan(tmp_path):
+    rec = _record()
+    curves = {"real": Curves(np.array([1.0, 0.5]), np.array([0.5, 0.0]))}
+    record.write(tmp_path, rec, curves)
+    before = (tmp_path / record.RESULT).read_text()
+    bad = _record(config={"seed": float("nan")})
+    with pytest.raises(ValueError):
+        record.write(tmp_path / "x", bad, curves)
+    assert (tmp_path / record.RESULT).read_text() == before
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary file left behind
+
+
+def test_t_eps_of_both_kinds():
     real = Curves(np.array([10.0, 6, 3, 2, 1.5, 1]), np.array([0.8, 0.4, 0.2, 0.1, 0, 0]))
-    pred = Curves(np.array([10.0, 8, 6, 3, 1.5, 1]), np.array([0.8, 0.8, 0.4, 0.2, 0.1, 0]))
-    r = record.t_eps_entry(real, [0.4, 0.1])
-    p = record.t_eps_entry(pred, [0.4, 0.1])
-    assert r["loss"] == {"0.4": 2, "0.1": 4}
-    err = record.error_entry(p, r)
-    assert err["loss"]["0.4"] == {"abs": 1, "rel": 0.5}
-    json.dumps(err)
+    assert record.t_eps(real, [0.4, 0.1]) == {"loss": (2, 4), "error": (2, 4)}

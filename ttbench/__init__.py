@@ -7,13 +7,16 @@ The Python API, for a model in eval mode, inputs x and labels y:
     ttbench.t_eps(pred.curves.loss, 0.1)                    # predicted steps to within 10%
 """
 
-from ttbench.core.dynamics import Prediction, closed_form, discrete, elr, ode, predict, spectrum
+from ttbench.core.curves import Curves, t_eps, t_eps_grid
+from ttbench.core.dynamics import Prediction, closed_form, discrete, elr, ode
 from ttbench.core.linearize import Linearization, LinearizedModel, linearize
 from ttbench.core.sgd import batch_paths, exact_sgd, sde
-from ttbench.core.timing import Curves, t_eps, t_eps_grid
+from ttbench.core.spectrum import spectrum
+from ttbench.predictors import PREDICTORS, predict
 
 __version__ = "0.1.0"
 __all__ = [
+    "PREDICTORS",
     "Curves",
     "Linearization",
     "LinearizedModel",

@@ -1,17 +1,23 @@
-"""From a validated config to the objects of a run: device, dataset, pretrained model."""
+"""From a run spec to the objects of a run: device, dataset, task and the model at w0. The one
+path that the run and the benchmarks take (`setup`)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from omegaconf import DictConfig
 
+from ttbench.data.cache import cached_task
 from ttbench.data.registry import get_dataset
-from ttbench.models.classifier import Classifier
+from ttbench.data.task import Task, sample_task
+from ttbench.models.classifier import Classifier, finetune_model
 from ttbench.models.pretrain import PretrainSpec, load_or_pretrain
 from ttbench.models.zoo import WEIGHT_FILES, imagenet_resnet
+from ttbench.spec import RunSpec
+from ttbench.stages import Stages
+from ttbench.validate import check_classes
 
 
 def cpu_threads() -> int:
@@ -30,18 +36,17 @@ def device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def dataset(cfg: DictConfig):
-    options = {k: v for k, v in cfg.dataset.items() if k != "name"}
-    return get_dataset(cfg.dataset.name, **options)
+def dataset(spec: RunSpec):
+    return get_dataset(spec.dataset.name, **spec.dataset.options)
 
 
-def pretrain_spec(cfg: DictConfig) -> PretrainSpec:
-    p = cfg.model.pretrain
+def pretrain_spec(spec: RunSpec) -> PretrainSpec:
+    p = spec.model.pretrain
     source = get_dataset(p.dataset)
     return PretrainSpec(
         dataset=p.dataset,
         in_channels=source.in_channels,
-        width=cfg.model.width,
+        width=spec.model.width,
         num_classes=source.num_classes,
         epochs=p.epochs,
         lr=p.lr,
@@ -51,12 +56,49 @@ def pretrain_spec(cfg: DictConfig) -> PretrainSpec:
     )
 
 
-def pretrained_model(cfg: DictConfig) -> Classifier:
+def pretrained_model(spec: RunSpec) -> Classifier:
     """The small ResNet pretrained (and cached) by ttbench, or an ImageNet ResNet from disk."""
-    if cfg.model.name in WEIGHT_FILES:
-        m = cfg.model
+    m = spec.model
+    if m.name in WEIGHT_FILES:
         return imagenet_resnet(m.name, m.pretrained, m.weights, m.source)
-    spec = pretrain_spec(cfg)
-    return load_or_pretrain(
-        spec, Path(cfg.cache_dir).expanduser(), get_dataset(spec.dataset).source
-    )
+    pre = pretrain_spec(spec)
+    return load_or_pretrain(pre, spec.cache_dir, get_dataset(pre.dataset).source)
+
+
+def task(spec: RunSpec, data) -> Task:
+    """The run's task, its images decoded once per sweep through the task cache."""
+    check_classes(spec.k, len(np.unique(data.labels())), spec.dataset.name)
+    if spec.dataset.name == "digits":  # in memory already: nothing to decode
+        return sample_task(data, spec.k, spec.n, spec.seed)
+    key = (spec.dataset.name, str(spec.dataset.root), spec.dataset.resolution)
+    return cached_task(data, spec.k, spec.n, spec.seed, spec.cache_dir, key)
+
+
+@dataclass
+class Setup:
+    """A run's device, task (on the device) and pretrained model."""
+
+    spec: RunSpec
+    device: torch.device
+    task: Task
+    x: torch.Tensor
+    y: torch.Tensor
+    pretrained: Classifier
+
+    def model(self) -> Classifier:
+        """A fresh fine-tuning model at w0: the pretrained body, the seed's k-way head."""
+        head_std = self.spec.model.head_init_std
+        model = finetune_model(self.pretrained, self.task.n_classes, head_std, self.spec.seed)
+        return model.to(self.device)
+
+
+def setup(spec: RunSpec, stages: Stages | None = None) -> Setup:
+    """Device, task and pretrained model of a run (timed as the stages data and model)."""
+    dev = device(spec.device)
+    stages = stages or Stages(dev)
+    with stages("data"):
+        t = task(spec, dataset(spec))
+        x, y = t.x.to(dev), t.y.to(dev)
+    with stages("model"):
+        pretrained = pretrained_model(spec)
+    return Setup(spec, dev, t, x, y, pretrained)

@@ -1,29 +1,21 @@
-"""What the Hydra entry points share: where the configs live, and one-line errors."""
+"""What the Hydra entry points share: the checks before Hydra starts, and the errors a user can
+cause, printed as one line with exit status 2 instead of a traceback."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from ttbench.validate import ConfigError, check_cli, validate
+from ttbench.config import CONF_DIR, register_resolvers
+from ttbench.data.images import DataNotFound
+from ttbench.models.zoo import WeightsNotFound
+from ttbench.validate import ConfigError, check_cli
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def run_name(overrides: str) -> str:
-    """A run directory's name from its overrides (Hydra's override_dirname): deterministic, so
-    a run started again finds its own record; 'default' for none, hashed when too long."""
-    name = overrides.replace("/", "_") or "default"
-    if len(name) > 200:
-        name = f"{name[:150]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
-    return name
-
-
-OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+# Bad input, found before or during a run: the message is one line for the user.
+USER_ERRORS = (ConfigError, DataNotFound, WeightsNotFound)
 
 
 def fail(error: Exception) -> None:
@@ -31,19 +23,18 @@ def fail(error: Exception) -> None:
     raise SystemExit(2)
 
 
-def validated(cfg: DictConfig) -> None:
-    """Validate a composed config, or fail with its one-line message."""
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn a user's error (USER_ERRORS) into its one line and exit status 2."""
     try:
-        validate(cfg)
-    except ConfigError as e:
+        yield
+    except USER_ERRORS as e:
         fail(e)
 
 
-def guarded(app: Callable[[], None]) -> None:
-    """Check the command line, then run the Hydra app (which validates its config itself)."""
-    try:
-        default_out = OmegaConf.load(CONF_DIR / "config.yaml").out_root
-        check_cli(sys.argv[1:], CONF_DIR, default_out)
-    except ConfigError as e:
-        fail(e)
+def main(app: Callable[[], None]) -> None:
+    """Run a Hydra app from the command line: resolvers known, the command line checked."""
+    register_resolvers()
+    with one_line_errors():
+        check_cli(sys.argv[1:], OmegaConf.load(CONF_DIR / "config.yaml").out_root)
     app()

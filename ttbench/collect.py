@@ -9,55 +9,12 @@ unreadable probe and spectra files, are listed, never fatal.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ttbench import record
-
-
-def run_dirs(roots: list[Path]) -> list[Path]:
-    """Run directories below the roots: those Hydra made (.hydra) or holding a record."""
-    found = set()
-    for root in roots:
-        for marker in (".hydra", record.RESULT):
-            found.update(p.parent for p in Path(root).rglob(marker))
-    return sorted(found)
-
-
-def _rows(run: Path, result: dict, cfg: dict) -> list[dict]:
-    base = {"run": str(run), **{f"cfg.{k}": v for k, v in cfg.items()}, **result["task"]}
-    base["classes"] = ",".join(map(str, base["classes"]))
-    base["device"] = result["device"]
-    base["finetune_s"] = result["stages"]["finetune"]["wall_s"]
-    base["real_diverged"] = result["real"]["diverged"]
-    rows = []
-    for name, pred in result["predictors"].items():
-        for kind, by_eps in result["real"]["t_eps"].items():
-            for e, t_real in by_eps.items():
-                err = pred["errors"][kind][e]
-                q = pred.get("quantiles", {}).get(kind, {}).get(e, {})
-                rows.append(
-                    {
-                        **base,
-                        "predictor": name,
-                        "kind": kind,
-                        "eps": float(e),
-                        "t_real": t_real,
-                        "t_pred": pred["t_eps"][kind][e],
-                        "abs_err": err["abs"],
-                        "rel_err": err["rel"],
-                        "q05": q.get("q05"),
-                        "q50": q.get("q50"),
-                        "q95": q.get("q95"),
-                        "covered": q.get("covered"),
-                        "predict_s": pred["timing"]["total_s"],
-                    }
-                )
-    return rows
-
 
 # The settings that tell a probe's or spectra table's runs apart, copied onto its rows.
 RUN_COLUMNS = ("dataset.name", "seed", "lr", "momentum", "task.n", "preset")
@@ -71,9 +28,9 @@ class Collected:
     problems: list[str] = field(default_factory=list)
 
 
-def _extra_files(run: Path, result: dict) -> dict[str, str]:
+def _extra_files(run: Path, rec: record.Record) -> dict[str, str]:
     """{stem: file name} of a run's probe tables (as its record lists them) and spectra."""
-    files = {f"probe_{name}": file for name, file in result.get("probes", {}).items()}
+    files = {f"probe_{name}": file for name, file in rec.probes.items()}
     files.update({p.stem: p.name for p in sorted(run.glob("spectra_*.parquet"))})
     return files
 
@@ -86,21 +43,23 @@ def gather(roots: list[Path]) -> Collected:
     """Every table of every run directory below the roots, and the problems met."""
     rows, curves, problems = [], [], []
     extra: dict[str, list[pd.DataFrame]] = {}
-    for run in run_dirs(roots):
+    for run in record.run_dirs(roots):
         if not record.is_done(run):
             problems.append(f"{run}: incomplete (no done marker)")
             continue
         try:
-            result = record.read_result(run / record.RESULT)
-            cfg = pd.json_normalize(result["config"], sep=".").iloc[0].to_dict()  # dotted keys
-            rows.extend(_rows(run, result, cfg))
-            frame = pd.read_parquet(run / record.CURVES)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            rec = record.read(run)
+            cfg = pd.json_normalize(rec.config, sep=".").iloc[0].to_dict()  # dotted keys
+            base = {"run": str(run), **{f"cfg.{k}": v for k, v in cfg.items()}}
+            run_rows = [base | row for row in rec.rows()]
+            frame = record.normalise_curves(pd.read_parquet(run / record.CURVES))
+        except (OSError, ValueError) as e:
             problems.append(f"{run}: corrupt ({type(e).__name__}: {e})")
             continue
+        rows.extend(run_rows)
         curves.append(frame.assign(run=str(run)))
         columns = _run_columns(run, cfg)
-        for stem, name in _extra_files(run, result).items():
+        for stem, name in _extra_files(run, rec).items():
             if not (run / name).is_file():
                 problems.append(f"{run}: missing {name} (the run's other tables are kept)")
                 continue

@@ -11,19 +11,21 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from ttbench import build
-from ttbench.cli import CONF_DIR, guarded, validated
+from ttbench import build, cli
+from ttbench.config import CONF_DIR
+from ttbench.validate import validate
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    validated(cfg)
-    build.pretrained_model(cfg)
-    spec = build.pretrain_spec(cfg)
-    log.info("pretrained model ready: %s", spec.filename())
+    with cli.one_line_errors():
+        spec = validate(cfg)
+        build.pretrained_model(spec)
+    if spec.model.pretrain is not None:
+        log.info("pretrained model ready: %s", build.pretrain_spec(spec).filename())
 
 
 if __name__ == "__main__":
-    guarded(app)
+    cli.main(app)

@@ -1,18 +1,22 @@
-"""The record of one run: result.json and curves.parquet, written atomically.
+"""The record of one run, typed: `Record` (result.json) and its curves (curves.parquet), with the
+one writer (`write`) and the one reader (`read`, `read_curves`) that run, collect, the figures
+and the notebooks use.
 
-curves.parquet is long-format, one row per (curve, step) with columns curve ("real" or a
-predictor name), step, loss, error. result.json follows, then the empty `done` marker, so a
-run directory with `done` holds a complete record.
+result.json (format 2) holds per curve kind a list of T_eps aligned with `eps`; format 1 (eps as
+string keys) is still read. curves.parquet is long-format, one row per (curve, quantile, step):
+`curve` ("real" or a predictor), `quantile` (NaN for the curve itself, 0.05 / 0.95 for a
+stochastic predictor's per-step band), `step`, `loss`, `error`; format 1's band names
+("sde:q05") are read into the same layout. result.json is written after the curves, then the
+empty `done` marker, so a run directory with `done` holds a complete record.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import platform
-import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,54 +24,344 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ttbench.core.timing import Curves, relative_error
+from ttbench.core.curves import Curves, relative_error
+from ttbench.files import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 RESULT = "result.json"
 CURVES = "curves.parquet"
 DONE = "done"  # written last: its presence means the record is complete
+KINDS = ("loss", "error")
+BAND = (0.05, 0.95)  # the per-step band of a stochastic predictor's sample paths
+QUANTILES = (0.05, 0.5, 0.95)  # of the sample paths' T_eps
+
+Times = dict[str, tuple[int | None, ...]]  # curve kind -> T_eps per eps, in steps
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@dataclass(frozen=True)
+class Quantiles:
+    """5/50/95% quantiles of the sample paths' T_eps (None when every path diverged)."""
+
+    q05: float | None
+    q50: float | None
+    q95: float | None
+
+    def covers(self, t: int | None) -> bool | None:
+        if t is None or self.q05 is None:
+            return None
+        return bool(self.q05 <= t <= self.q95)
+
+
+@dataclass(frozen=True)
+class PredictorRecord:
+    kind: str  # deterministic | stochastic (ttbench.predictors)
+    t_eps: Times
+    diverged: bool
+    stages: tuple[str, ...]  # the stages whose wall-clock this prediction cost
+    paths: int | None = None
+    quantiles: dict[str, tuple[Quantiles, ...]] | None = None  # kind -> per eps
+
+
+@dataclass(frozen=True)
+class Real:
+    t_eps: Times
+    diverged: bool
+    resumed_at: int | None = None  # the step fine-tuning resumed from, after preemption
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    dataset: str
+    classes: tuple[int, ...]
+    N: int
+    C: int
+    D: int  # trainable weights
+
+
+@dataclass(frozen=True)
+class Record:
+    config: dict[str, Any]
+    overrides: tuple[str, ...]
+    versions: dict[str, str]
+    device: str
+    cpu_threads: int
+    task: TaskInfo
+    stages: dict[str, dict[str, float]]  # stage -> wall_s, peak_rss_mb, start_rss_mb[, cuda]
+    eps: tuple[float, ...]
+    real: Real
+    predictors: dict[str, PredictorRecord]
+    probes: dict[str, str] = field(default_factory=dict)  # probe -> its table's file name
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    def timing(self, name: str) -> dict[str, float]:
+        """A predictor's cost: wall-clock of each of its stages, their total, and fine-tuning
+        over that total."""
+        out = {f"{s}_s": self.stages[s]["wall_s"] for s in self.predictors[name].stages}
+        total = sum(out.values())
+        out["total_s"] = total
+        finetune = self.stages.get("finetune", {}).get("wall_s")
+        out["finetune_over_predict"] = finetune / total if finetune and total else None
+        return out
+
+    def errors(self, name: str, kind: str) -> list[tuple[int | None, float | None]]:
+        """Per eps: |t_pred - t_real| in steps and relative to t_real (None when undefined)."""
+        pred, real = self.predictors[name].t_eps[kind], self.real.t_eps[kind]
+        return [
+            (None if p is None or r is None else abs(p - r), relative_error(p, r))
+            for p, r in zip(pred, real, strict=True)
+        ]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One results-table row per (predictor, curve kind, eps); config values are left to
+        the caller (see ttbench.collect)."""
+        t = self.task
+        base = {
+            "dataset": t.dataset,
+            "classes": ",".join(map(str, t.classes)),
+            "N": t.N,
+            "C": t.C,
+            "D": t.D,
+            "device": self.device,
+            "finetune_s": self.stages["finetune"]["wall_s"],
+            "real_diverged": self.real.diverged,
+        }
+        rows = []
+        for name, pred in self.predictors.items():
+            predict_s = self.timing(name)["total_s"]
+            for kind in KINDS:
+                errors = self.errors(name, kind)
+                for i, e in enumerate(self.eps):
+                    q = pred.quantiles[kind][i] if pred.quantiles else Quantiles(None, None, None)
+                    rows.append(
+                        {
+                            **base,
+                            "predictor": name,
+                            "kind": kind,
+                            "eps": e,
+                            "t_real": self.real.t_eps[kind][i],
+                            "t_pred": pred.t_eps[kind][i],
+                            "abs_err": errors[i][0],
+                            "rel_err": errors[i][1],
+                            "q05": q.q05,
+                            "q50": q.q50,
+                            "q95": q.q95,
+                            "covered": q.covers(self.real.t_eps[kind][i]),
+                            "predict_s": predict_s,
+                        }
+                    )
+        return rows
+
+
+def t_eps(curves: Curves, eps: Iterable[float], window: int = 1) -> Times:
+    """T_eps of both curve kinds, per eps, in steps."""
+    eps = list(eps)
+    return {kind: tuple(curves.t_eps(kind, eps, window).values()) for kind in KINDS}
+
+
+# --- JSON -----------------------------------------------------------------------------------
+
+
+def _to_json(rec: Record) -> dict[str, Any]:
+    """result.json's content; errors, timing and coverage are derived, for readers of the file."""
+    out: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "config": rec.config,
+        "overrides": list(rec.overrides),
+        "seed": rec.seed,
+        "versions": rec.versions,
+        "device": rec.device,
+        "cpu_threads": rec.cpu_threads,
+        "task": {**rec.task.__dict__, "classes": list(rec.task.classes)},
+        "stages": rec.stages,
+        "eps": list(rec.eps),
+        "curves_file": CURVES,
+        "real": {
+            "diverged": rec.real.diverged,
+            "resumed_at": rec.real.resumed_at,
+            "t_eps": {k: list(v) for k, v in rec.real.t_eps.items()},
+        },
+        "predictors": {},
+        "probes": rec.probes,
+    }
+    for name, p in rec.predictors.items():
+        entry: dict[str, Any] = {
+            "kind": p.kind,
+            "diverged": p.diverged,
+            "t_eps": {k: list(v) for k, v in p.t_eps.items()},
+            "errors": {k: [{"abs": a, "rel": r} for a, r in rec.errors(name, k)] for k in KINDS},
+            "stages": list(p.stages),
+            "timing": rec.timing(name),
+        }
+        if p.quantiles is not None:
+            entry["paths"] = p.paths
+            entry["quantiles"] = {
+                k: [
+                    {**q.__dict__, "covered": q.covers(t)}
+                    for q, t in zip(qs, rec.real.t_eps[k], strict=True)
+                ]
+                for k, qs in p.quantiles.items()
+            }
+        out["predictors"][name] = entry
+    return out
+
+
+def _times(d: Mapping[str, Any], eps: list[str] | None) -> Times:
+    """Format 2: lists per kind; format 1: {eps as str: T_eps} per kind, in `eps`' order."""
+    if eps is None:
+        return {k: tuple(v) for k, v in d.items()}
+    return {k: tuple(v[e] for e in eps) for k, v in d.items()}
+
+
+def _quantiles(d: Mapping[str, Any], eps: list[str] | None) -> dict[str, tuple[Quantiles, ...]]:
+    out = {}
+    for kind, by_eps in d.items():
+        entries = by_eps if eps is None else [by_eps[e] for e in eps]
+        out[kind] = tuple(Quantiles(q["q05"], q["q50"], q["q95"]) for q in entries)
+    return out
+
+
+def _stages_v1(timing: Mapping[str, Any]) -> tuple[str, ...]:
+    skip = ("total_s", "finetune_over_predict")
+    return tuple(k[: -len("_s")] for k in timing if k not in skip)
+
+
+def from_json(d: Mapping[str, Any]) -> Record:
+    """A Record from result.json's content, format 1 or 2."""
+    version = d.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise ValueError(f"unknown record format version {version!r}")
+    eps = [str(e) for e in d["eps"]] if version == 1 else None
+    predictors = {}
+    for name, p in d["predictors"].items():
+        quantiles = p.get("quantiles")
+        predictors[name] = PredictorRecord(
+            kind=p.get("kind", "stochastic" if quantiles else "deterministic"),
+            t_eps=_times(p["t_eps"], eps),
+            diverged=p["diverged"],
+            stages=tuple(p["stages"]) if "stages" in p else _stages_v1(p["timing"]),
+            paths=p.get("paths"),
+            quantiles=None if quantiles is None else _quantiles(quantiles, eps),
+        )
+    t = d["task"]
+    return Record(
+        config=d["config"],
+        overrides=tuple(d["overrides"]),
+        versions=d["versions"],
+        device=d["device"],
+        cpu_threads=d.get("cpu_threads", 0),
+        task=TaskInfo(t["dataset"], tuple(t["classes"]), t["N"], t["C"], t["D"]),
+        stages=d["stages"],
+        eps=tuple(float(e) for e in d["eps"]),
+        real=Real(_times(d["real"]["t_eps"], eps), d["real"]["diverged"], d["real"]["resumed_at"]),
+        predictors=predictors,
+        probes=d.get("probes", {}),
+        format_version=version,
+    )
+
+
+# --- curves ---------------------------------------------------------------------------------
+
+
+def curves_frame(
+    curves: Mapping[str, Curves], bands: Mapping[str, Mapping[float, Curves]] | None = None
+) -> pd.DataFrame:
+    """The long-format curves table of a run (module docstring)."""
+    items = [(name, np.nan, c) for name, c in curves.items()]
+    items += [(name, q, c) for name, by_q in (bands or {}).items() for q, c in by_q.items()]
+    frames = [
+        pd.DataFrame(
+            {
+                "curve": name,
+                "quantile": q,
+                "step": np.arange(len(c.loss)) * c.interval,
+                "loss": c.loss,
+                "error": c.error,
+            }
+        )
+        for name, q, c in items
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def normalise_curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """A curves table of either format in format 2's layout (a `quantile` column)."""
+    if "quantile" in frame:
+        return frame
+    split = frame["curve"].str.extract(r"^(?P<name>.*?)(?::q(?P<q>\d+))?$")
+    out = frame.assign(curve=split["name"], quantile=split["q"].astype(float) / 100)
+    return out[["curve", "quantile", *[c for c in frame if c != "curve"]]]
+
+
+def _curves_of(frame: pd.DataFrame, diverged: Mapping[str, bool]) -> dict[str, Curves]:
+    out = {}
+    for name, part in frame.groupby("curve", sort=False):
+        part = part.sort_values("step")
+        steps = part["step"].to_numpy()
+        interval = int(steps[1] - steps[0]) if len(steps) > 1 else 1
+        flag = bool(diverged.get(str(name), False))
+        out[str(name)] = Curves(part["loss"].to_numpy(), part["error"].to_numpy(), flag, interval)
+    return out
+
+
+def read_curves(
+    path: Path, diverged: Mapping[str, bool] | None = None
+) -> tuple[dict[str, Curves], dict[str, dict[float, Curves]]]:
+    """(curves by name, bands by name and quantile) of a curves.parquet of either format."""
+    frame = normalise_curves(pd.read_parquet(path))
+    main = frame[frame["quantile"].isna()]
+    curves = _curves_of(main, diverged or {})
+    bands: dict[str, dict[float, Curves]] = {}
+    for (name, q), part in frame[frame["quantile"].notna()].groupby(["curve", "quantile"]):
+        bands.setdefault(str(name), {})[float(q)] = _curves_of(part, {})[str(name)]
+    return curves, bands
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def write_table(path: Path, frame: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write(path, buf.getvalue())
+
+
+def write(
+    run_dir: Path,
+    rec: Record,
+    curves: Mapping[str, Curves],
+    bands: Mapping[str, Mapping[float, Curves]] | None = None,
+) -> None:
+    """The run's curves, then result.json, then the `done` marker, each atomically."""
+    run_dir = Path(run_dir)
+    write_table(run_dir / CURVES, curves_frame(curves, bands))
+    text = json.dumps(_to_json(rec), indent=2, allow_nan=False) + "\n"
+    atomic_write(run_dir / RESULT, text.encode())
+    atomic_write(run_dir / DONE, b"")
+
+
+def read(run_dir: Path) -> Record:
+    """The run's Record; OSError or ValueError (incl. a JSON error) when it cannot be read."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def mark_done(run_dir: Path) -> None:
-    atomic_write(Path(run_dir) / DONE, b"")
+        return from_json(json.loads((Path(run_dir) / RESULT).read_text()))
+    except (KeyError, TypeError, AttributeError) as e:  # a record missing what format 1/2 hold
+        raise ValueError(f"malformed record ({type(e).__name__}: {e})") from e
 
 
 def is_done(run_dir: Path) -> bool:
     return (Path(run_dir) / DONE).is_file()
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
-
-
-def curves_frame(curves: Mapping[str, Curves]) -> pd.DataFrame:
-    frames = [
-        pd.DataFrame(
-            {
-                "curve": name,
-                "step": np.arange(len(c.loss)) * c.interval,
-                "loss": c.loss,
-                "error": c.error,
-            }
-        )
-        for name, c in curves.items()
-    ]
-    return pd.concat(frames, ignore_index=True)
+def run_dirs(roots: Iterable[Path]) -> list[Path]:
+    """Run directories below the roots: those Hydra made (.hydra) or holding a record."""
+    found = set()
+    for root in roots:
+        for marker in (".hydra", RESULT):
+            found.update(p.parent for p in Path(root).rglob(marker))
+    return sorted(found)
 
 
 def spectra_frame(spectra: Mapping[str, np.ndarray]) -> pd.DataFrame:
@@ -79,55 +373,6 @@ def spectra_frame(spectra: Mapping[str, np.ndarray]) -> pd.DataFrame:
         ],
         ignore_index=True,
     )
-
-
-def write_table(path: Path, frame: pd.DataFrame) -> None:
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    atomic_write(path, buf.getvalue())
-
-
-def write_curves(path: Path, curves: Mapping[str, Curves]) -> None:
-    write_table(path, curves_frame(curves))
-
-
-def read_curves(path: Path, diverged: Mapping[str, bool] | None = None) -> dict[str, Curves]:
-    df = pd.read_parquet(path)
-    out = {}
-    for name, part in df.groupby("curve", sort=False):
-        part = part.sort_values("step")
-        flag = bool(diverged.get(name, False)) if diverged else False
-        steps = part["step"].to_numpy()
-        interval = int(steps[1] - steps[0]) if len(steps) > 1 else 1
-        out[str(name)] = Curves(part["loss"].to_numpy(), part["error"].to_numpy(), flag, interval)
-    return out
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
-
-
-def t_eps_entry(
-    curves: Curves, eps: Iterable[float], window: int = 1
-) -> dict[str, dict[str, int | None]]:
-    """{"loss"|"error": {eps: T_eps in steps}} with eps keys as strings (JSON)."""
-    eps = list(eps)
-    return {
-        kind: {str(e): t for e, t in curves.t_eps(kind, eps, window).items()}
-        for kind in ("loss", "error")
-    }
-
-
-def error_entry(pred: dict, real: dict) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Per curve kind and eps: |t_pred - t_real| in steps and relative to t_real."""
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for kind, by_eps in real.items():
-        out[kind] = {}
-        for e, t_real in by_eps.items():
-            t_pred = pred[kind][e]
-            absolute = None if t_pred is None or t_real is None else abs(t_pred - t_real)
-            out[kind][e] = {"abs": absolute, "rel": relative_error(t_pred, t_real)}
-    return out
 
 
 def versions() -> dict[str, str]:

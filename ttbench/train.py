@@ -14,7 +14,6 @@ one exactly.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -23,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from ttbench.core import losses
+from ttbench.core.curves import Curves
 from ttbench.core.sgd import batch_indices
-from ttbench.core.timing import Curves
-from ttbench.record import atomic_write
+from ttbench.files import atomic_save
+from ttbench.spec import RunSpec, Training
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def finetune(
         if state_file is not None and t > start and time.monotonic() - saved >= save_every_s:
             state = {"t": t, "meta": meta, "model": model.state_dict(), "opt": opt.state_dict()}
             curves = {"loss": torch.from_numpy(loss_curve), "error": torch.from_numpy(error_curve)}
-            _save(state_file, state | curves)
+            atomic_save(state_file, state | curves)
             saved = time.monotonic()
         opt.zero_grad(set_to_none=True)
         record = t % eval_every == 0
@@ -102,12 +101,6 @@ def finetune(
     return Curves(loss_curve, error_curve, diverged, interval=eval_every)
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
-
-
 def load_state(path: Path, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The saved fine-tuning state, or None when there is none, it is unreadable, or it was
     saved under other settings (`meta`), with a warning in the last two cases."""
@@ -124,30 +117,31 @@ def load_state(path: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]
     return state
 
 
-def sgd_batches(cfg: DictConfig, n: int) -> torch.Tensor | None:
+def sgd_batches(train: Training, n: int, seed: int) -> torch.Tensor | None:
     """A run's SGD batches (steps, B), drawn from its seed; None for full-batch GD. Shared by
     the run and the probes that fine-tune, so both see the same batches."""
-    if cfg.optim.name != "sgd":
+    if train.optimizer != "sgd":
         return None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return batch_indices(n, cfg.optim.batch_size, cfg.steps, cfg.optim.sampling, gen)
+    gen = torch.Generator().manual_seed(seed)
+    return batch_indices(n, train.batch_size, train.steps, train.sampling, gen)
 
 
-def finetune_as_configured(
-    cfg: DictConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: Any
+def finetune_run(
+    spec: RunSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: Any
 ) -> Curves:
-    """`finetune` with a run config's optimiser, budget, loss and SGD batches (from its seed):
-    the run and the probes that fine-tune train identically. `kw` adds the other options."""
+    """`finetune` with a run's optimiser, budget, loss and SGD batches (from its seed): the run
+    and the probes that fine-tune train identically. `kw` adds the other options."""
+    t = spec.train
     return finetune(
         model,
         x,
         y,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        steps=cfg.steps,
-        loss=cfg.loss,
-        weight_decay=cfg.weight_decay,
-        batches=sgd_batches(cfg, len(y)),
-        eval_every=cfg.optim.eval_every,
+        lr=t.lr,
+        momentum=t.momentum,
+        steps=t.steps,
+        loss=t.loss,
+        weight_decay=t.weight_decay,
+        batches=sgd_batches(t, len(y), spec.seed),
+        eval_every=t.eval_every,
         **kw,
     )

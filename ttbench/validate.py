@@ -1,4 +1,5 @@
-"""Every config value checked once, at the edge, before any computation.
+"""Every config value checked once, at the edge, before any computation, and the typed run
+specification built from them (`validate(cfg) -> RunSpec`).
 
 A bad value raises ConfigError, whose message is one line naming the key, the value given and
 what is allowed; the entry points print it and exit with status 2, without a traceback.
@@ -9,22 +10,36 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ttbench.core.dynamics import PREDICTORS
+from ttbench.config import config_groups
 from ttbench.core.linearize import MODES
 from ttbench.core.losses import LOSSES
 from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
 from ttbench.core.sketch import SKETCHES
 from ttbench.data.registry import DATASETS, NUM_CLASSES
+from ttbench.predictors import PREDICTORS, STOCHASTIC
 from ttbench.probes import PROBES
+from ttbench.spec import (
+    DataSpec,
+    ModelSpec,
+    PretrainSettings,
+    ProbeSpec,
+    RunSpec,
+    StochasticSpec,
+    SubsetSpec,
+    ThetaSpec,
+    Training,
+)
 
 
 class ConfigError(ValueError):
     def __init__(self, key: str, value: object, allowed: str) -> None:
         super().__init__(f"{key}={value!r} is invalid: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
 
 
 def _number(cfg: DictConfig, key: str) -> float:
@@ -47,8 +62,9 @@ def _choice(key: str, value: object, allowed: Iterable[str]) -> None:
         raise ConfigError(key, value, f"must be one of {', '.join(allowed)}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check a composed run config; raises ConfigError on the first bad value."""
+def validate(cfg: DictConfig) -> RunSpec:
+    """Check a composed run config and return its spec; raises ConfigError on the first bad
+    value."""
     if _number(cfg, "lr") <= 0:
         raise ConfigError("lr", cfg.lr, "must be > 0")
     if not 0 <= _number(cfg, "momentum") < 1:
@@ -91,15 +107,12 @@ def validate(cfg: DictConfig) -> None:
     _choice("theta.sketch", cfg.theta.sketch, SKETCHES)
     if _number(cfg, "theta.memory_gb") <= 0:
         raise ConfigError("theta.memory_gb", cfg.theta.memory_gb, "must be > 0")
-    for name in predictor_names(cfg, check=True):
-        reason = _inapplicable(cfg, name)
-        if reason:
-            raise ConfigError("predictor", name, reason)
-    if "subset" in predictor_names(cfg):
+    names = predictor_names(cfg)
+    if "subset" in names:
         _integer(cfg, "subset.n0", 2)
         _integer(cfg, "subset.k0", 1)
         _number(cfg, "subset.alpha")
-    if set(predictor_names(cfg)) & set(STOCHASTIC):
+    if any(PREDICTORS[n].kind == STOCHASTIC for n in names):
         _integer(cfg, "stochastic.paths", 1)
         _choice("stochastic.noise", cfg.stochastic.noise, NOISES)
         _choice("stochastic.schedule", cfg.stochastic.schedule, SCHEDULES)
@@ -108,10 +121,11 @@ def validate(cfg: DictConfig) -> None:
     for name in cfg.probes:
         _choice("probes", name, PROBES)
     _probe_settings(cfg)
-    if predictor_names(cfg) and cfg.weight_decay != 0:
+    if names and cfg.weight_decay != 0:
         raise ConfigError(
             "weight_decay", cfg.weight_decay, "the predictors model 0 only (or use predictor=none)"
         )
+    return spec_of(cfg, tuple(names))
 
 
 def _integers(cfg: DictConfig, key: str, low: int) -> None:
@@ -154,42 +168,28 @@ def _optim(cfg: DictConfig) -> None:
             )
 
 
-STOCHASTIC = ("sde", "exact_sgd")
-
-
-def _inapplicable(cfg: DictConfig, name: str) -> str | None:
-    if name in ("closed_form", "subset") and cfg.loss != "mse":
-        return f"{name} needs loss=mse"
-    if name in STOCHASTIC and cfg.optim.name != "sgd":
-        return f"{name} needs optim=sgd"
-    return None
-
-
-def predictor_names(cfg: DictConfig, check: bool = False) -> list[str]:
-    """The predictors a run asks for; where the predictor config allows it, those that do not
-    apply to the loss or optimiser are skipped."""
-    names = list(cfg.predictor.names)
-    if check:
-        for name in names:
-            _choice("predictor.names", name, (*PREDICTORS, *STOCHASTIC, "subset"))
-    if cfg.predictor.get("skip_inapplicable", False):
-        names = [n for n in names if _inapplicable(cfg, n) is None]
-    return names
+def predictor_names(cfg: DictConfig) -> list[str]:
+    """The predictors a run asks for (`all`: every registered one), each known and applicable
+    to the loss and optimiser; with predictor.skip_inapplicable those that do not apply are
+    dropped, otherwise they are refused."""
+    names = cfg.predictor.names
+    names = list(PREDICTORS) if names == "all" else list(names)
+    for name in names:
+        _choice("predictor.names", name, PREDICTORS)
+    kept = []
+    for name in names:
+        reason = PREDICTORS[name].applies(cfg.loss, cfg.optim.name)
+        if reason is None:
+            kept.append(name)
+        elif not cfg.predictor.get("skip_inapplicable", False):
+            raise ConfigError("predictor", name, reason)
+    return kept
 
 
 def check_classes(k: int, classes: int | None, dataset: str) -> None:
     """k classes per task must exist in the dataset (None: not known before reading it)."""
     if classes is not None and k > classes:
         raise ConfigError("task.k", k, f"must be <= {classes}, the classes of {dataset}")
-
-
-def config_groups(conf_dir: Path) -> dict[str, list[str]]:
-    """Options of each config group, from the files under conf/."""
-    return {
-        d.name: sorted(p.stem for p in d.glob("*.yaml"))
-        for d in sorted(Path(conf_dir).iterdir())
-        if d.is_dir()
-    }
 
 
 def _writable(path: Path) -> bool:
@@ -200,9 +200,9 @@ def _writable(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
-def check_cli(argv: Sequence[str], conf_dir: Path, default_out_root: str) -> None:
+def check_cli(argv: Sequence[str], default_out_root: str) -> None:
     """Checks Hydra cannot state in one line: config-group options and output directories."""
-    groups = config_groups(conf_dir)
+    groups = config_groups()
     dirs: dict[str, str] = {}
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
@@ -218,3 +218,59 @@ def check_cli(argv: Sequence[str], conf_dir: Path, default_out_root: str) -> Non
     for key, d in dirs.items():
         if "${" not in d and not _writable(Path(d)):
             raise ConfigError(key, d, "must be a writable directory")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _model(m: DictConfig) -> ModelSpec:
+    if m.name == "small_resnet":
+        return ModelSpec(
+            m.name, m.head_init_std, width=m.width, pretrain=PretrainSettings(**_plain(m.pretrain))
+        )
+    return ModelSpec(
+        m.name, m.head_init_std, source=m.source, pretrained=m.pretrained, weights=m.weights
+    )
+
+
+def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
+    """The spec of a validated config; `predictors` are the names that apply to it."""
+    o = cfg.optim
+    sgd = o.name == "sgd"
+    dataset = _plain(cfg.dataset)
+    return RunSpec(
+        seed=cfg.seed,
+        dataset=DataSpec(dataset.pop("name"), dataset),
+        model=_model(cfg.model),
+        k=cfg.task.k,
+        n=cfg.task.n,
+        train=Training(
+            o.name,
+            float(cfg.lr),
+            float(cfg.momentum),
+            float(cfg.weight_decay),
+            cfg.steps,
+            cfg.loss,
+            o.eval_every,
+            o.smooth,
+            o.batch_size if sgd else None,
+            o.sampling if sgd else None,
+        ),
+        eps=tuple(float(e) for e in cfg.eps),
+        predictors=predictors,
+        theta=ThetaSpec(**_plain(cfg.theta)),
+        subset=SubsetSpec(**_plain(cfg.subset)),
+        stochastic=StochasticSpec(**_plain(cfg.stochastic)),
+        probes=ProbeSpec(
+            tuple(cfg.probes),
+            tuple(cfg.probe.sizes),
+            tuple(cfg.probe.dims),
+            cfg.probe.components,
+        ),
+        device=cfg.device,
+        cache_dir=Path(cfg.cache_dir).expanduser(),
+        checkpoint_s=float(cfg.checkpoint_s),
+        preset=cfg.preset,
+        config=_plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])),
+    )

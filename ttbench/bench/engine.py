@@ -16,10 +16,10 @@ import argparse
 import torch
 from torch import nn
 
-from ttbench.bench.theta import func_theta
+from ttbench.bench.baseline import func_theta
 from ttbench.core.linearize import linearize
-from ttbench.measure import Stages
 from ttbench.models.small_resnet import small_resnet
+from ttbench.stages import Stages
 
 
 def _models(n_override: int | None) -> dict[str, tuple[nn.Module, torch.Tensor]]:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         line = (
             f"{name:8s} {len(x):5d} {theta.shape[0] // len(x):3d} "
             f"{sum(q.numel() for q in model.parameters()):10,d} "
-            f"{stages.stats['engine']['wall_s']:9.3f} {_added(stages, 'engine'):6.0f}"
+            f"{stages.stats['engine']['wall_s']:9.3f} {stages.added_mb('engine'):6.0f}"
         )
         if not a.no_baseline:
             with stages("func"):
@@ -83,15 +83,10 @@ def main(argv: list[str] | None = None) -> None:
             rel = ((theta - base).norm() / base.norm()).item()
             speed = stages.stats["func"]["wall_s"] / stages.stats["engine"]["wall_s"]
             line += (
-                f" {stages.stats['func']['wall_s']:8.3f} {_added(stages, 'func'):6.0f} "
+                f" {stages.stats['func']['wall_s']:8.3f} {stages.added_mb('func'):6.0f} "
                 f"{speed:7.1f}x {rel:9.1e}"
             )
         print(line, flush=True)
-
-
-def _added(stages: Stages, name: str) -> float:
-    st = stages.stats[name]
-    return st["peak_rss_mb"] - st["start_rss_mb"]
 
 
 if __name__ == "__main__":

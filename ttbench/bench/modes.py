@@ -19,21 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hydra import compose, initialize_config_dir
 
 from ttbench import build
-from ttbench.cli import CONF_DIR
+from ttbench.config import compose
+from ttbench.core.curves import DEFAULT_EPS, t_eps_grid
 from ttbench.core.dynamics import closed_form
 from ttbench.core.linearize import linearize
 from ttbench.core.sketch import Sketch
-from ttbench.core.timing import DEFAULT_EPS, t_eps_grid
-from ttbench.data.task import sample_task
-from ttbench.models.classifier import finetune_model
-from ttbench.predict import subset_prediction
-from ttbench.probes.common import timed
+from ttbench.predictors import subset_prediction
 from ttbench.probes.projection import compare
 from ttbench.probes.spectrum import spectrum_frame
-from ttbench.train import finetune
+from ttbench.stages import timed
+from ttbench.train import finetune_run
 from ttbench.validate import validate
 
 
@@ -51,20 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="50,100,200,400")
     p.add_argument("--csv", type=Path, default=None)
     a = p.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="config", overrides=["loss=mse", "task.n=90", *a.overrides])
-    validate(cfg)
-    task = sample_task(build.dataset(cfg), cfg.task.k, cfg.task.n, cfg.seed)
-    x, y = task.x, task.y
-    pretrained = build.pretrained_model(cfg)
-
-    def model():
-        return finetune_model(pretrained, task.n_classes, cfg.model.head_init_std, cfg.seed)
-
-    kw = {"lr": cfg.lr, "momentum": cfg.momentum, "steps": cfg.steps}
-    real, finetune_s = timed(lambda: finetune(model(), x, y, loss="mse", **kw), x.device)
+    spec = validate(compose(["loss=mse", "task.n=90", *a.overrides]))
+    s = build.setup(spec)
+    x, y = s.x, s.y
+    kw = spec.train.dynamics
+    real, finetune_s = timed(lambda: finetune_run(spec, s.model(), x, y), x.device)
     real_t = t_eps_grid(real.loss, DEFAULT_EPS)
-    print(f"N={len(y)} C={task.n_classes}; fine-tuning {finetune_s:.1f} s; real T_eps {real_t}")
+    print(f"N={len(y)} C={s.task.n_classes}; fine-tuning {finetune_s:.1f} s; real T_eps {real_t}")
 
     rows = []
 
@@ -83,32 +73,46 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
 
-    m = model()
-    lin, s = timed(lambda: linearize(m, x), x.device)
-    add("exact", None, s, lin.theta, closed_form(lin.theta, lin.f0, y, **kw).curves.loss, lin.theta)
+    m = s.model()
+    lin, sec = timed(lambda: linearize(m, x), x.device)
+    add(
+        "exact",
+        None,
+        sec,
+        lin.theta,
+        closed_form(lin.theta, lin.f0, y, **kw).curves.loss,
+        lin.theta,
+    )
     exact = lin.theta
-    tr, s = timed(lambda: linearize(m, x, "trace"), x.device)
-    add("trace", None, s, tr.full_theta(), closed_form(tr.theta, tr.f0, y, **kw).curves.loss, exact)
+    tr, sec = timed(lambda: linearize(m, x, "trace"), x.device)
+    add(
+        "trace",
+        None,
+        sec,
+        tr.full_theta(),
+        closed_form(tr.theta, tr.f0, y, **kw).curves.loss,
+        exact,
+    )
     for kind in a.sketches.split(","):
         for dim in map(int, a.dims.split(",")):
-            sketch = Sketch(kind, dim, cfg.seed)
-            pr, s = timed(lambda sk=sketch: linearize(m, x, "projected", sketch=sk), x.device)
+            sketch = Sketch(kind, dim, spec.seed)
+            pr, sec = timed(lambda sk=sketch: linearize(m, x, "projected", sketch=sk), x.device)
             add(
                 f"projected/{kind}",
                 dim,
-                s,
+                sec,
                 pr.theta,
                 closed_form(pr.theta, pr.f0, y, **kw).curves.loss,
                 exact,
             )
 
-    (curve, _), s = timed(lambda: subset_prediction(cfg, m, x, y), x.device)
-    add("subset", cfg.subset.n0, s, None, curve, None)
+    (curve, _), sec = timed(lambda: subset_prediction(spec, m, x, y), x.device)
+    add("subset", spec.subset.n0, sec, None, curve, None)
     table = pd.DataFrame(rows)
     print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
     # the spectrum probe's nested subsets (the whole task included) and power-law fits
-    spectra = spectrum_frame(m, x, y, map(int, a.sizes.split(",")), cfg.seed)
+    spectra = spectrum_frame(m, x, y, map(int, a.sizes.split(",")), spec.seed)
     fits = spectra.groupby("n", sort=True).agg(
         c=("c", "first"), s=("s", "first"), lambda1_over_N=("eigenvalue", "first")
     )

@@ -8,10 +8,10 @@ Theta is a random PSD matrix with the scale of a real one; only the cost is meas
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from ttbench import stages
 from ttbench.core import sgd
 
 
@@ -37,9 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     def timed(label, fn):
-        start = time.perf_counter()
-        fn()
-        print(f"{label:45s} {time.perf_counter() - start:7.2f} s")
+        print(f"{label:45s} {stages.timed(fn, theta.device)[1]:7.2f} s")
 
     batches = sgd.batch_paths(a.n, a.batch, a.steps, "with_replacement", a.paths, seed=0)
     timed("exact_sgd", lambda: sgd.exact_sgd(theta, f0, y, batches=batches, **kw))

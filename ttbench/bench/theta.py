@@ -14,34 +14,15 @@ import argparse
 import logging
 
 import torch
-from hydra import compose, initialize_config_dir
-from torch.func import functional_call, jacrev, vmap
 
 from ttbench import build
-from ttbench.cli import CONF_DIR
-from ttbench.core.dynamics import predict
+from ttbench.bench.baseline import func_theta
+from ttbench.config import compose
 from ttbench.core.linearize import gram, jacobian_factors
-from ttbench.data.task import sample_task
-from ttbench.measure import Stages
-from ttbench.models.classifier import finetune_model
-from ttbench.train import finetune
+from ttbench.predictors import predict
+from ttbench.stages import Stages
+from ttbench.train import finetune_run
 from ttbench.validate import validate
-
-
-def func_theta(model: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Baseline: per-sample Jacobians by vmap(jacrev) in chunks of samples, then J J^T."""
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = dict(model.named_buffers())
-
-    def f(p, xi):
-        return functional_call(model, (p, buffers), (xi.unsqueeze(0),)).squeeze(0)
-
-    blocks = []
-    for i in range(0, len(x), chunk):
-        jac = vmap(jacrev(f), in_dims=(None, 0))(params, x[i : i + chunk])
-        blocks.append(torch.cat([j.flatten(2) for j in jac.values()], dim=2).flatten(0, 1))
-    J = torch.cat(blocks)
-    return J @ J.T
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,49 +32,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-chunk", type=int, default=10)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="config", overrides=args.overrides)
-    validate(cfg)
-    device = build.device(cfg.device)
-    task = sample_task(build.dataset(cfg), cfg.task.k, cfg.task.n, cfg.seed)
-    x, y = task.x.to(device), task.y.to(device)
-    pretrained = build.pretrained_model(cfg)
-
-    def fresh():
-        return finetune_model(pretrained, task.n_classes, cfg.model.head_init_std, cfg.seed).to(
-            device
-        )
-
-    model = fresh()
+    spec = validate(compose(args.overrides))
+    s = build.setup(spec)
+    x, y = s.x, s.y
+    model = s.model()
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"task N={task.n_samples} C={task.n_classes} D={n_params:,}; device {device}; "
+        f"task N={s.task.n_samples} C={s.task.n_classes} D={n_params:,}; device {s.device}; "
         f"{torch.get_num_threads()} threads"
     )
-    stages = Stages(device)
+    stages = Stages(s.device)
     thetas = {}
     for mode, route in [("exact", "auto"), ("exact", "materialised"), ("trace", "auto")]:
         label = f"{mode}/{route}"
         with stages(f"jacobian [{label}]"):
             factors = jacobian_factors(model, x)
         with stages(f"theta [{label}]"):
-            thetas[label] = gram(factors, mode, route, cfg.theta.block)
+            thetas[label] = gram(factors, mode, route, spec.theta.block)
         f0 = factors.f0
     if not args.no_baseline:
         with stages("theta [torch.func vmap(jacrev) + J J^T]"):
             baseline = func_theta(model, x, args.baseline_chunk)
-    kw = {"lr": cfg.lr, "momentum": cfg.momentum, "steps": cfg.steps, "loss": cfg.loss}
-    methods = ["ode", "discrete"] + (["closed_form"] if cfg.loss == "mse" else [])
+    kw = spec.train.dynamics
+    methods = ["ode", "discrete"] + (["closed_form"] if spec.train.loss == "mse" else [])
     for method in methods:
         with stages(f"solve [{method}]"):
             predict(method, thetas["exact/auto"], f0, y, **kw)
     with stages("fine-tune"):
-        finetune(fresh(), x, y, weight_decay=cfg.weight_decay, **kw)
+        finetune_run(spec, s.model(), x, y)
 
     s = stages.stats
     print(f"\n{'stage':50s} {'wall s':>8s} {'peak RSS MB':>12s} {'added MB':>9s}")
     for name, st in s.items():
-        added = st["peak_rss_mb"] - st["start_rss_mb"]
+        added = stages.added_mb(name)
         print(f"{name:50s} {st['wall_s']:8.3f} {st['peak_rss_mb']:12.0f} {added:9.0f}")
     finetune_s = s["fine-tune"]["wall_s"]
     print()

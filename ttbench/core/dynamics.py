@@ -28,9 +28,8 @@ import torch
 from scipy.integrate import solve_ivp
 
 from ttbench.core import losses
-from ttbench.core.timing import Curves
-
-PREDICTORS = ("ode", "discrete", "closed_form")
+from ttbench.core.curves import Curves
+from ttbench.core.spectrum import spectrum
 
 
 def elr(lr: float, momentum: float) -> float:
@@ -143,26 +142,6 @@ def ode(
     return Prediction(_curves(fs.view(steps + 1, n, c), y_cpu, loss), fs.view(steps + 1, n, c))
 
 
-@dataclass(frozen=True)
-class Spectrum:
-    """Eigen-decomposition of Theta (descending) and the residual's projections on it."""
-
-    lambdas: torch.Tensor  # (K,)
-    vectors: torch.Tensor  # (rows, K)
-    p_k: torch.Tensor  # (K,): (v_k . r_0)^2, summed over classes for a trace kernel
-    residual: torch.Tensor  # r_0 = f0 - Y, (N, C)
-
-
-def spectrum(theta: torch.Tensor, f0: torch.Tensor, y: torch.Tensor) -> Spectrum:
-    theta, f0, y = _prepare(theta, f0, y)
-    lambdas, vectors = torch.linalg.eigh(theta)
-    lambdas, vectors = lambdas.flip(0).clamp_min(0), vectors.flip(1)  # PSD up to round-off
-    r0 = f0 - torch.nn.functional.one_hot(y, f0.shape[1]).to(f0.dtype)
-    coef = vectors.T @ (r0.reshape(-1) if theta.shape[0] == r0.numel() else r0)
-    p_k = coef**2 if coef.dim() == 1 else (coef**2).sum(1)
-    return Spectrum(lambdas, vectors, p_k, r0)
-
-
 def closed_form(
     theta: torch.Tensor,
     f0: torch.Tensor,
@@ -187,21 +166,3 @@ def closed_form(
         r = torch.einsum("tk,kc,ik->tic", decay, coef, s.vectors)
     fs = r.reshape(steps + 1, n, c) + torch.nn.functional.one_hot(y.to(r.device), c).to(r.dtype)
     return Prediction(_curves(fs, y.to(r.device), "mse"), fs)
-
-
-def predict(
-    method: str,
-    theta: torch.Tensor,
-    f0: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    lr: float,
-    momentum: float,
-    steps: int,
-    loss: str,
-) -> Prediction:
-    """Dispatch to one of PREDICTORS by name."""
-    fns = {"ode": ode, "discrete": discrete, "closed_form": closed_form}
-    if method not in fns:
-        raise ValueError(f"method must be one of {PREDICTORS}, got {method!r}")
-    return fns[method](theta, f0, y, lr=lr, momentum=momentum, steps=steps, loss=loss)

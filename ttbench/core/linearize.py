@@ -19,7 +19,7 @@ Theta ~ Theta_s (x) I_C; it costs about 1/C of the exact build.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -260,6 +260,21 @@ def jacobian_factors(model: nn.Module, x: torch.Tensor) -> JacobianFactors:
     return JacobianFactors(f0, layers)
 
 
+def _blocks(
+    factors: JacobianFactors, structured: Callable[[torch.Tensor, torch.Tensor], bool] | None = None
+) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """Every trainable layer's share of J, one piece at a time: materialised per-sample gradients
+    (n, C, d), or, for a weight matrix that `structured(A, D)` picks, its factors (A, D)."""
+    for layer in factors.layers:
+        pieces, weight = _factors(layer)
+        if weight is not None:
+            if structured is not None and structured(*weight):
+                yield weight
+            else:
+                pieces.append(_materialise(*weight))
+        yield from pieces
+
+
 def gram(
     factors: JacobianFactors, mode: str = "exact", route: str = "auto", block: int = 128
 ) -> torch.Tensor:
@@ -274,18 +289,17 @@ def gram(
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     n, C = factors.f0.shape
     acc = _Gram(n, C, mode, factors.f0)
+    chosen = {
+        "auto": _structured_is_cheaper,
+        "structured": lambda A, D: True,
+        "materialised": lambda A, D: False,
+    }[route]
     structured = []
-    for layer in factors.layers:
-        pieces, weight = _factors(layer)
-        if weight is not None:
-            A, D = weight
-            use = _structured_is_cheaper(A, D) if route == "auto" else route == "structured"
-            if use:
-                structured.append(_structured(A, D, mode, block))
-            else:
-                pieces.append(_materialise(A, D))
-        for p in pieces:
-            acc.add(p)
+    for piece in _blocks(factors, chosen):
+        if isinstance(piece, tuple):
+            structured.append(_structured(*piece, mode, block))
+        else:
+            acc.add(piece)
     acc.flush()
     theta = acc.theta
     for s in structured:
@@ -300,14 +314,9 @@ def diagonal_noise_gram(factors: JacobianFactors, sample_grads: torch.Tensor) ->
     n, C = factors.f0.shape
     acc = _Gram(n, C, "exact", factors.f0)
     s = sample_grads.to(factors.f0.dtype)
-    for layer in factors.layers:
-        pieces, weight = _factors(layer)
-        if weight is not None:
-            A, D = weight
-            pieces.append(_materialise(A, D))
-        for g in pieces:  # (n, C, d)
-            h = torch.einsum("ncd,nc->nd", g, s)
-            acc.add(g * h.var(0, unbiased=False).sqrt())
+    for g in _blocks(factors):  # (n, C, d)
+        h = torch.einsum("ncd,nc->nd", g, s)
+        acc.add(g * h.var(0, unbiased=False).sqrt())
     acc.flush()
     return acc.theta
 
@@ -322,15 +331,8 @@ def projected_features(
         factors = jacobian_factors(model, x[start : start + chunk])
         n, C = factors.f0.shape
         phi = torch.zeros(n * C, sketch.dim, dtype=factors.f0.dtype, device=factors.f0.device)
-        block = 0
-        for layer in factors.layers:
-            pieces, weight = _factors(layer)
-            if weight is not None:
-                A, D = weight
-                pieces.append(_materialise(A, D))
-            for g in pieces:
-                sketch.project_into(phi, block, g.reshape(n * C, -1))
-                block += 1
+        for block, g in enumerate(_blocks(factors)):
+            sketch.project_into(phi, block, g.reshape(n * C, -1))
         f0s.append(factors.f0)
         rows.append(phi)
     return torch.cat(f0s), torch.cat(rows)

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from ttbench.core import losses
+from ttbench.core.curves import Curves
 from ttbench.core.dynamics import elr
-from ttbench.core.timing import Curves
 
 SCHEMES = ("with_replacement", "epoch")
 NOISES = ("diagonal", "full")

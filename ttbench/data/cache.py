@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ttbench.data.task import Task, sample_positions
+from ttbench.files import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +43,7 @@ def cached_task(
             log.warning("task cache %s unreadable (%s); decoding again", path, e)
     if x is None:
         x = data.images(positions)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"x": x, "positions": torch.from_numpy(positions)}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save(path, {"x": x, "positions": torch.from_numpy(positions)})
     else:
         log.info("task images from cache %s", path.name)
     return Task(x, torch.from_numpy(y), classes, positions, seed)

@@ -11,14 +11,13 @@ import hashlib
 import itertools
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ttbench.files import atomic_save
 from ttbench.models.classifier import Classifier
 from ttbench.models.small_resnet import small_resnet
 
@@ -119,20 +118,12 @@ def load_checkpoint(path: Path, spec: PretrainSpec) -> Classifier:
 
 def save_checkpoint(path: Path, spec: PretrainSpec, model: Classifier) -> None:
     """Write atomically: a killed job never leaves a half-written checkpoint behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "format_version": FORMAT_VERSION,
         "spec": asdict(spec),
         "state_dict": model.state_dict(),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_save(path, blob)
 
 
 def load_or_pretrain(spec: PretrainSpec, cache_dir: Path, source) -> Classifier:

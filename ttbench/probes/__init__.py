@@ -1,6 +1,6 @@
 """Extra measurements of a run for the paper's Figs. 3, 4 and 9, chosen by `probes=[...]`.
 
-Each probe takes the fine-tuning model at w0 (its own copy), the task and the run config, and
+Each probe takes the fine-tuning model at w0 (its own copy), the task and the run spec, and
 returns one long-format table that run.py writes as probe_<name>.parquet:
 
 * spectrum (Fig. 4 right, Fig. 11): eigenvalues of Theta / n and residual projections on
@@ -20,21 +20,21 @@ from collections.abc import Callable
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from ttbench.probes.clustering import clustering_frame, clustering_probe
 from ttbench.probes.projection import projection_frame, projection_probe
 from ttbench.probes.spectrum import spectrum_frame, spectrum_probe
-from ttbench.probes.weights import weight_function_frame, weight_function_probe
+from ttbench.probes.weights import weight_function_frame
+from ttbench.spec import RunSpec
 
-Probe = Callable[[nn.Module, torch.Tensor, torch.Tensor, DictConfig], pd.DataFrame]
+Probe = Callable[[nn.Module, torch.Tensor, torch.Tensor, RunSpec], pd.DataFrame]
 
 PROBES: dict[str, Probe] = {
     "spectrum": spectrum_probe,
     "projection": projection_probe,
     "clustering": clustering_probe,
-    "weight_function": weight_function_probe,
+    "weight_function": weight_function_frame,
 }
 
 __all__ = [

@@ -20,13 +20,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from ttbench.core import losses
+from ttbench.core.curves import t_eps
 from ttbench.core.dynamics import discrete
 from ttbench.core.linearize import linearize
-from ttbench.core.timing import t_eps
+from ttbench.spec import RunSpec
 
 CLUSTER_EPS = 0.1
 TRAJECTORY_POINTS = 20
@@ -122,15 +122,12 @@ def clustering_frame(
 
 
 def clustering_probe(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
 ) -> pd.DataFrame:
     return clustering_frame(
         model,
         x,
         y,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        steps=cfg.steps,
-        loss=cfg.loss,
-        components=cfg.probe.components,
+        **spec.train.dynamics,
+        components=spec.probes.components,
     )

@@ -14,12 +14,13 @@ from collections.abc import Iterable
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from ttbench.core.linearize import linearize
 from ttbench.core.sketch import Sketch
-from ttbench.probes.common import nested_subsets, timed
+from ttbench.probes.subsets import nested_subsets
+from ttbench.spec import RunSpec
+from ttbench.stages import timed
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def projection_frame(
 
 
 def projection_probe(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
 ) -> pd.DataFrame:
-    p, th = cfg.probe, cfg.theta
-    return projection_frame(model, x, p.sizes, p.dims, th.sketch, cfg.seed, th.chunk)
+    p, th = spec.probes, spec.theta
+    return projection_frame(model, x, p.sizes, p.dims, th.sketch, spec.seed, th.chunk)

@@ -12,13 +12,12 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
-from ttbench.core.dynamics import spectrum
 from ttbench.core.linearize import linearize
-from ttbench.core.spectrum import PowerLaw, fit_power_law
-from ttbench.probes.common import nested_subsets
+from ttbench.core.spectrum import PowerLaw, fit_power_law, spectrum
+from ttbench.probes.subsets import nested_subsets
+from ttbench.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,6 @@ def spectrum_frame(
 
 
 def spectrum_probe(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
 ) -> pd.DataFrame:
-    return spectrum_frame(model, x, y, cfg.probe.sizes, cfg.seed)
+    return spectrum_frame(model, x, y, spec.probes.sizes, spec.seed)

@@ -6,7 +6,7 @@ batches, heavy-ball momentum) moves its weights by w_t^lin - w0 = J^T a_t, J the
 with g_s = grad_f L(f_s^lin) (the batch loss for SGD), U_s = m U_{s-1} + g_s and
 a_{t+1} = a_t - lr U_t, since every update is J^T of a function-space vector. f_t^lin comes from
 core.dynamics' exact discrete map (core.sgd.exact_sgd for SGD), and f_t^lin = f0 + Theta a_t.
-The real model is then fine-tuned as the run does (train.finetune_as_configured), and at every
+The real model is then fine-tuned as the run does (train.finetune_run), and at every
 recorded step its weights and outputs are compared with w0 + J^T a_t (one vector-Jacobian
 product at w0) and f_t^lin, without ever storing a weight trajectory.
 """
@@ -18,14 +18,14 @@ import logging
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from ttbench.core import losses
 from ttbench.core.dynamics import discrete
 from ttbench.core.linearize import linearize
 from ttbench.core.sgd import batch_grad_f, exact_sgd
-from ttbench.train import finetune_as_configured, sgd_batches
+from ttbench.spec import RunSpec
+from ttbench.train import finetune_run, sgd_batches
 
 log = logging.getLogger(__name__)
 
@@ -85,25 +85,22 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:
 
 
 def weight_function_frame(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
 ) -> pd.DataFrame:
     """Fine-tunes `model` in place. One row per recorded step (every optim.eval_every):
     step, weight_rel_error = |w_t^lin - w_t| / |w_t - w0|, output_rel_error =
     |f_t^lin - f_t| / |f_t - f0| (both NaN at t = 0), weight_distance |w_t - w0|,
     weight_distance_lin |w_t^lin - w0|, output_distance |f_t - f0|, loss and loss_lin."""
-    batches = sgd_batches(cfg, len(y))
+    batches = sgd_batches(spec.train, len(y), spec.seed)
     lin = linearize(model, x)
     f_lin, coef = linear_trajectory(
         lin.theta,
         lin.f0,
         y,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        steps=cfg.steps,
-        loss=cfg.loss,
+        **spec.train.dynamics,
         batches=batches,
     )
-    loss_lin = losses.loss(f_lin, y.to(f_lin.device), cfg.loss).cpu().numpy()
+    loss_lin = losses.loss(f_lin, y.to(f_lin.device), spec.train.loss).cpu().numpy()
     del lin
     pullback = _Pullback(model, x)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -131,11 +128,5 @@ def weight_function_frame(
         )
 
     log.info("weight_function probe: linearised trajectory done, fine-tuning")
-    finetune_as_configured(cfg, model, x, y, on_step=on_step)
+    finetune_run(spec, model, x, y, on_step=on_step)
     return pd.DataFrame(rows)  # t = 0 is always recorded
-
-
-def weight_function_probe(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig
-) -> pd.DataFrame:
-    return weight_function_frame(model, x, y, cfg)

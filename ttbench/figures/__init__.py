@@ -1,6 +1,6 @@
 """Regenerate the paper's figures and tables from the results table of `ttbench.collect`.
 
-`python -m ttbench.analysis TABLE_DIR --out FIG_DIR` writes every artefact of ARTEFACTS; each
+`python -m ttbench.figures TABLE_DIR --out FIG_DIR` writes every artefact of ARTEFACTS; each
 figure is also a plain function `(tables, out_path) -> None` writing out_path.png and .pdf,
 which raises `Skip` (with a one-line reason) when the rows it needs are absent.
 """
@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ttbench.analysis import tables
-from ttbench.analysis.accuracy import fig1_scatter, fig6_sensitivity, table1_write
-from ttbench.analysis.cost import fig5_cost
-from ttbench.analysis.curves import fig2_elr, fig7_subset, fig8_curves
-from ttbench.analysis.probe_figures import fig3_clustering, fig4_projection, fig9_weight_function
-from ttbench.analysis.report import write_report
-from ttbench.analysis.style import Skip
-from ttbench.analysis.tables import HIGH_LR, Tables, load
+from ttbench.figures import tables
+from ttbench.figures.accuracy import fig1_scatter, fig6_sensitivity, table1_write
+from ttbench.figures.cost import fig5_cost
+from ttbench.figures.curves import fig2_elr, fig7_subset, fig8_curves
+from ttbench.figures.probe_figures import fig3_clustering, fig4_projection, fig9_weight_function
+from ttbench.figures.report import write_report
+from ttbench.figures.style import Skip
+from ttbench.figures.tables import HIGH_LR, Tables, load
 
 
 @dataclass(frozen=True)

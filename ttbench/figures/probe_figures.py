@@ -10,8 +10,8 @@ import matplotlib as mpl
 import numpy as np
 import pandas as pd
 
-from ttbench.analysis import tables as tb
-from ttbench.analysis.style import Skip, color, log_ticks, no_data, require, save, subplots
+from ttbench.figures import tables as tb
+from ttbench.figures.style import Skip, color, log_ticks, no_data, require, save, subplots
 
 
 def probe_rows(tables: tb.Tables, name: str, preset: str) -> pd.DataFrame:

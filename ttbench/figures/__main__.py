@@ -1,4 +1,4 @@
-"""`python -m ttbench.analysis TABLE_DIR --out FIG_DIR`: every figure and table of the paper,
+"""`python -m ttbench.figures TABLE_DIR --out FIG_DIR`: every figure and table of the paper,
 and the report, from the tables of `python -m ttbench.collect`; one line per artefact."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from ttbench.analysis import ARTEFACTS, REPORT, load, render_all
-from ttbench.analysis.tables import HIGH_LR
+from ttbench.figures import ARTEFACTS, REPORT, load, render_all
+from ttbench.figures.tables import HIGH_LR
 
 
 def main(argv: list[str] | None = None) -> int:

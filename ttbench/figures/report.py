@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ttbench.analysis import tables as tb
-from ttbench.analysis.accuracy import fig1_rows
-from ttbench.analysis.style import label, require
+from ttbench.figures import tables as tb
+from ttbench.figures.accuracy import fig1_rows
+from ttbench.figures.style import label, require
 
 # The predictor whose numbers the paper quotes for each optimiser (Fig. 1 a and b).
 HEADLINE = {"gd": ("ode", 0.13), "sgd": ("sde", 0.20)}

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ttbench.analysis import tables as tb
-from ttbench.analysis.style import (
+from ttbench.figures import tables as tb
+from ttbench.figures.style import (
     Skip,
     color,
     label,

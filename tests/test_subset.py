@@ -1,12 +1,8 @@
 import numpy as np
 import pytest
 
-from ttbench.core.spectrum import (
-    extrapolate_projections,
-    extrapolate_rates,
-    fit_power_law,
-    mse_loss_curve,
-)
+from ttbench.core.spectrum import fit_power_law
+from ttbench.core.subset import extrapolate_projections, extrapolate_rates, mse_loss_curve
 
 
 def test_power_law_fit_recovers_known_coefficients():

@@ -1,4 +1,4 @@
-"""Wall-clock and peak memory of each stage of a run.
+"""Wall-clock and peak memory of each stage of a run (`Stages`), and of one call (`timed`).
 
 Peak memory on the host is the process's peak resident set size during the stage (Linux: the
 VmHWM counter is reset at the start of each stage through /proc/self/clear_refs; elsewhere the
@@ -10,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+T = TypeVar("T")
 
 
 def _reset_peak_rss() -> None:
@@ -34,6 +36,20 @@ def _status_mb(field: str) -> float | None:
     except OSError:
         pass
     return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels are asynchronous: wait before reading the clock
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """fn() and its wall-clock in seconds."""
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
 
 
 def peak_rss_mb() -> float:
@@ -56,10 +72,10 @@ class Stages:
         start_rss = _status_mb("VmRSS:") or 0.0
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+        _sync(self.device)
         start = time.perf_counter()
         yield
-        if cuda:
-            torch.cuda.synchronize(self.device)
+        _sync(self.device)
         stat = {
             "wall_s": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),
@@ -68,3 +84,8 @@ class Stages:
         if cuda:
             stat["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.stats[name] = stat
+
+    def added_mb(self, name: str) -> float:
+        """The peak resident memory a stage added to what the process held at its start."""
+        st = self.stats[name]
+        return st["peak_rss_mb"] - st["start_rss_mb"]

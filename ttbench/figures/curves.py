@@ -9,8 +9,9 @@ from pathlib import Path
 import matplotlib as mpl
 import pandas as pd
 
-from ttbench.analysis import tables as tb
-from ttbench.analysis.style import (
+from ttbench.core.dynamics import elr
+from ttbench.figures import tables as tb
+from ttbench.figures.style import (
     Skip,
     color,
     label,
@@ -102,7 +103,7 @@ def fig2_elr(tables: tb.Tables, out_path: Path) -> None:
 def _elr(lr: float, momentum: float) -> float:
     """The effective learning rate to 6 digits: 0.0003 / (1 - 0.9) is 0.0029999999999999996,
     which must share 0.003's colour."""
-    return float(f"{tb.elr(lr, momentum):.6g}")
+    return float(f"{elr(lr, momentum):.6g}")
 
 
 def _lrm(runs: pd.DataFrame) -> pd.DataFrame:
@@ -130,8 +131,8 @@ def fig8_runs(tables: tb.Tables) -> pd.DataFrame:
     return pd.concat([gd, sgd], ignore_index=True).head(MAX_PANELS)
 
 
-def _draw_run(ax_loss, ax_err, curves: dict[str, pd.DataFrame]) -> None:
-    for name in ordered(n for n in curves if ":" not in n):  # bands are drawn with theirs
+def _draw_run(ax_loss, ax_err, curves: dict[str, pd.DataFrame], bands: dict) -> None:
+    for name in ordered(curves):
         c = curves[name]
         real = name == "real"
         for ax, col in ((ax_loss, "loss"), (ax_err, "error")):
@@ -145,8 +146,8 @@ def _draw_run(ax_loss, ax_err, curves: dict[str, pd.DataFrame]) -> None:
                 lw=1.6 if real else 1.2,
                 label=label(name),
             )
-            lo, hi = curves.get(f"{name}:q05"), curves.get(f"{name}:q95")
-            if lo is not None and hi is not None:
+            if name in bands:
+                lo, hi = bands[name]
                 ax.fill_between(
                     lo["step"],
                     lo[col],
@@ -176,7 +177,9 @@ def fig8_curves(tables: tb.Tables, out_path: Path) -> None:
             b = run.get("cfg.optim.batch_size")
             title += f" B={b:g}, noise {run.get('cfg.stochastic.schedule', '')}"
         axes[0, j].set_title(title, fontsize=9)
-        _draw_run(axes[0, j], axes[1, j], tb.run_curves(tables.curves, run["run"]))
+        run_id = run["run"]
+        curves, bands = tb.run_curves(tables.curves, run_id), tb.run_bands(tables.curves, run_id)
+        _draw_run(axes[0, j], axes[1, j], curves, bands)
         axes[0, j].set(yscale="log", xlabel="step", ylabel="training loss")
         axes[1, j].set(xlabel="step", ylabel="training error (fraction)")
         axes[0, j].legend(fontsize=6)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ttbench.core.timing import Curves, relative_error, smooth, t_eps, t_eps_grid, t_eps_quantiles
+from ttbench.core.curves import Curves, relative_error, smooth, t_eps, t_eps_grid, t_eps_quantiles
 
 
 def test_exponential_decay_matches_closed_form():

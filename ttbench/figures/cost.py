@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ttbench.analysis import tables as tb
-from ttbench.analysis.style import color, label, ordered, require, save, subplots
+from ttbench.figures import tables as tb
+from ttbench.figures.style import color, label, ordered, require, save, subplots
 
 
 def fig5_cost(tables: tb.Tables, out_path: Path) -> None:

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, never a window (also what ttbench.plots chooses)
-import matplotlib.pyplot as plt
-
-from ttbench.plots import COLORS, color  # one colour per predictor, project-wide
+from ttbench.predictors import PREDICTORS, REAL, color, label
 
 __all__ = [
-    "COLORS",
     "Skip",
     "color",
     "label",
@@ -25,31 +21,16 @@ __all__ = [
     "subplots",
 ]
 
-# Readable names for legends (the colour comes from ttbench.plots.COLORS).
-LABELS = {
-    "real": "real fine-tuning",
-    "ode": "ODE",
-    "discrete": "discrete (linearised GD)",
-    "closed_form": "closed form (MSE)",
-    "subset": "subset extrapolation",
-    "sde": "SDE",
-    "exact_sgd": "linearised SGD",
-}
-
 
 class Skip(Exception):
     """Raised by a figure function whose rows or table are absent; the message is the reason."""
 
 
 def ordered(names) -> list[str]:
-    """Curve sources in one fixed order everywhere (real first, then ttbench.plots.COLORS'
-    order, unknown names last), so legends read alike across figures."""
-    rank = {n: i for i, n in enumerate(COLORS)}
+    """Curve sources in one fixed order everywhere (real first, then the registry's order,
+    unknown names last), so legends read alike across figures."""
+    rank = {n: i for i, n in enumerate([REAL, *PREDICTORS])}
     return sorted(set(names), key=lambda n: (rank.get(n, len(rank)), n))
-
-
-def label(name: str) -> str:
-    return LABELS.get(name, name)
 
 
 def require(frame: pd.DataFrame, what: str, columns: tuple[str, ...] = ()) -> None:
@@ -62,15 +43,8 @@ def require(frame: pd.DataFrame, what: str, columns: tuple[str, ...] = ()) -> No
 
 
 def subplots(nrows: int, ncols: int, width: float = 4.2, height: float = 3.4, **kw):
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(width * ncols, height * nrows),
-        squeeze=False,
-        constrained_layout=True,
-        **kw,
-    )
-    return fig, axes
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
 
 
 def no_data(ax, text: str) -> None:
@@ -104,5 +78,4 @@ def save(fig, out_path: str | Path) -> list[Path]:
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
     for p in paths:
         fig.savefig(p, dpi=150)
-    plt.close(fig)
     return paths

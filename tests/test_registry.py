@@ -1,0 +1,74 @@
+"""One registry of predictors: validation, the prediction stage, the record, the results table
+and the figures all follow it, so a new predictor is one entry (plus its config)."""
+
+import pytest
+
+from tests.conftest import TINY, run_in_process, spec_of
+from ttbench import figures, predict
+from ttbench.collect import gather
+from ttbench.core import dynamics
+from ttbench.figures.style import ordered
+from ttbench.predictors import (
+    DETERMINISTIC,
+    PREDICTORS,
+    STOCHASTIC,
+    Predictor,
+    Solved,
+    color,
+    label,
+    stochastic,
+)
+from ttbench.record import read_curves
+from ttbench.validate import ConfigError
+
+
+def test_the_registry_says_what_each_predictor_needs():
+    assert list(PREDICTORS) == ["ode", "discrete", "closed_form", "subset", "sde", "exact_sgd"]
+    assert {n for n, p in PREDICTORS.items() if p.kind == STOCHASTIC} == {"sde", "exact_sgd"}
+    assert [n for n, p in PREDICTORS.items() if not p.uses_theta] == ["subset"]
+    assert [n for n, p in PREDICTORS.items() if p.diagonal_noise] == ["sde"]
+    assert PREDICTORS["closed_form"].applies("ce", "gd") == "closed_form needs loss=mse"
+    assert PREDICTORS["sde"].applies("ce", "gd") == "sde needs optim=sgd"
+    assert PREDICTORS["discrete"].applies("mse", "sgd") is None
+    assert len({p.color for p in PREDICTORS.values()} | {color("real")}) == len(PREDICTORS) + 1
+    assert stochastic("sde") and not stochastic("ode") and not stochastic("real")
+    assert ordered(["sde", "zzz", "real", "ode"]) == ["real", "ode", "sde", "zzz"]
+
+
+def test_predict_dispatches_the_deterministic_predictors(problem):
+    _, _, y, lin = problem
+    kw = {"lr": 0.1, "momentum": 0.5, "steps": 5, "loss": "mse"}
+    for name in ("ode", "discrete", "closed_form"):
+        got = predict(name, lin.theta, lin.f0, y, **kw).curves.loss
+        want = getattr(dynamics, name)(lin.theta, lin.f0, y, **kw).curves.loss
+        assert (got == want).all()
+    with pytest.raises(ValueError, match="predictor must be one of"):
+        predict("sde", lin.theta, lin.f0, y, **kw)
+
+
+def _half_step(i):
+    """The discrete map at half the learning rate: a stand-in for a new method."""
+    kw = i.spec.train.dynamics | {"lr": i.spec.train.lr / 2}
+    return Solved(dynamics.discrete(i.theta, i.f0, i.y, **kw).curves)
+
+
+def test_a_new_predictor_is_one_registry_entry(monkeypatch, tmp_path, cache_dir):
+    new = Predictor("half", DETERMINISTIC, "half-step map", "tab:olive", _half_step, "exact")
+    monkeypatch.setitem(PREDICTORS, "half", new)
+    assert spec_of(["predictor=all"]).predictors == ("ode", "discrete", "half")
+    with pytest.raises(ConfigError, match=r"predictor\.names='nope'"):
+        spec_of(["predictor.names=[ode,nope]"])
+
+    rec = run_in_process([*TINY, "predictor.names=[ode,half]"], tmp_path / "runs" / "a", cache_dir)
+    assert list(rec.predictors) == ["ode", "half"]
+    half = rec.predictors["half"]
+    assert half.kind == DETERMINISTIC and half.stages == ("jacobian", "theta", "solve_half")
+    curves, _ = read_curves(tmp_path / "runs" / "a" / "curves.parquet")
+    assert curves["half"].loss[-1] > curves["ode"].loss[-1]  # half the step: slower
+    tables = gather([tmp_path / "runs"])
+    assert set(tables.results.predictor) == {"ode", "half"}
+    assert set(tables.curves.curve) == {"real", "ode", "half"}
+    assert color("half") == "tab:olive" and label("half") == "half-step map"
+    loaded = figures.Tables(tables.results, tables.curves)
+    status, line = figures.render("fig1_scatter", loaded, tmp_path / "figs")
+    assert status == "wrote", line

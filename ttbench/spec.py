@@ -1,0 +1,128 @@
+"""The typed run specification: one run's settings, built once from the composed config by
+`ttbench.validate.validate`. Everything below the entry points takes these plain values, never
+the config itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Settings that do not change what a run computes: left out of its directory's name and of the
+# identity its fine-tuning checkpoint is checked against. The one list of them.
+NOT_IDENTITY = ("out_root", "device", "checkpoint_s", "cache_dir", "cluster")
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the network is fine-tuned, and so what the predictors integrate."""
+
+    optimizer: str  # "gd" (full batch) | "sgd" (mini-batches)
+    lr: float
+    momentum: float
+    weight_decay: float
+    steps: int  # the budget T
+    loss: str
+    eval_every: int  # the whole-task loss is recorded every this many steps
+    smooth: int  # centred moving-average window (recorded points) before T_eps
+    batch_size: int | None = None  # sgd only
+    sampling: str | None = None  # sgd only: with_replacement | epoch
+
+    @property
+    def dynamics(self) -> dict[str, Any]:
+        """The keyword arguments every ttbench.core predictor takes."""
+        return {"lr": self.lr, "momentum": self.momentum, "steps": self.steps, "loss": self.loss}
+
+
+@dataclass(frozen=True)
+class ThetaSpec:
+    mode: str  # exact | trace | projected
+    block: int  # samples per side of a structured block
+    dim: int  # projected: D0
+    sketch: str  # projected: countsketch | achlioptas | gaussian
+    chunk: int  # projected: samples per streamed chunk
+    memory_gb: float  # exact/trace: the budget above which they refuse
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    n0: int
+    alpha: float
+    k0: int
+
+
+@dataclass(frozen=True)
+class StochasticSpec:
+    paths: int
+    noise: str  # diagonal | full
+    schedule: str  # grad_norm | constant
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
+    dims: tuple[int, ...]
+    components: int
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """How ttbench pretrains the small ResNet on a source task (models.pretrain)."""
+
+    dataset: str
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    conv_scale: float
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    head_init_std: float
+    width: int | None = None  # small_resnet
+    pretrain: PretrainSettings | None = None  # small_resnet
+    source: str | None = None  # ImageNet ResNets: torchvision | timm
+    pretrained: bool = True
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)  # the reader's keyword arguments
+
+    @property
+    def root(self) -> str | None:
+        return self.options.get("root")
+
+    @property
+    def resolution(self) -> int | None:
+        return self.options.get("resolution")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    seed: int  # drives every random choice of the run
+    dataset: DataSpec
+    model: ModelSpec
+    k: int  # classes per task
+    n: int  # images per class
+    train: Training
+    eps: tuple[float, ...]
+    predictors: tuple[str, ...]  # those that apply, in the config's order
+    theta: ThetaSpec
+    subset: SubsetSpec
+    stochastic: StochasticSpec
+    probes: ProbeSpec
+    device: str
+    cache_dir: Path
+    checkpoint_s: float
+    preset: str | None
+    config: dict[str, Any] = field(compare=False, repr=False)  # resolved, as recorded
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine the run's result (the config less NOT_IDENTITY)."""
+        return {k: v for k, v in self.config.items() if k not in NOT_IDENTITY}

@@ -1,0 +1,104 @@
+"""Sweeps: what ttbench's Hydra sweeper does before launching (hydra_plugins/ttbench_sweeper),
+and `python -m ttbench.sweep`, which lists incomplete run directories and deletes them on
+request.
+
+Before the first job starts, the sweeper composes and validates every job of the sweep (a bad
+value in any job stops the sweep with one line, having run nothing) and prints how many of its
+jobs are done (they will be skipped), incomplete (they resume or start again) and not started.
+Each job's directory is named by `ttbench.config.run_name` of its overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ttbench import record
+from ttbench.config import run_name
+from ttbench.validate import ConfigError, validate
+
+DONE, INCOMPLETE, NOT_STARTED = "done", "incomplete", "not started"
+
+
+def subdir_override(job: Sequence[str]) -> str:
+    """The Hydra override that puts a job into its own run directory."""
+    return f"hydra.sweep.subdir='{run_name(job)}'"
+
+
+def state(run_dir: Path) -> str:
+    if record.is_done(run_dir):
+        return DONE
+    return INCOMPLETE if run_dir.exists() else NOT_STARTED
+
+
+@dataclass(frozen=True)
+class Status:
+    root: Path
+    jobs: dict[str, str]  # run directory name -> state
+
+    def count(self, which: str) -> int:
+        return sum(1 for s in self.jobs.values() if s == which)
+
+    def line(self) -> str:
+        n = len(self.jobs)
+        return (
+            f"sweep of {n} job{'s' * (n != 1)} in {self.root}: {self.count(DONE)} done "
+            f"(skipped), {self.count(INCOMPLETE)} incomplete (resumed or redone), "
+            f"{self.count(NOT_STARTED)} not started"
+        )
+
+
+def status(root: Path, jobs: Iterable[Sequence[str]]) -> Status:
+    names = [run_name(job) for job in jobs]
+    return Status(Path(root), {name: state(Path(root) / name) for name in names})
+
+
+def check_jobs(jobs: Sequence[Sequence[str]], compose: Callable[[list[str]], DictConfig]) -> None:
+    """Compose and validate every job; ConfigError names the first bad job."""
+    for i, job in enumerate(jobs):
+        try:
+            validate(compose(list(job)))
+        except ConfigError as e:
+            raise ConfigError(f"job #{i} ({' '.join(job)}): {e.key}", e.value, e.allowed) from e
+
+
+def before_launch(
+    jobs: Sequence[Sequence[str]], root: Path, compose: Callable[[list[str]], DictConfig]
+) -> Status:
+    """Check every job, then print and return the sweep's status."""
+    check_jobs(jobs, compose)
+    s = status(root, jobs)
+    print(s.line(), flush=True)
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="List the run directories below DIR that hold no complete record "
+        "(killed, failed or still running), and delete them with --delete."
+    )
+    p.add_argument("dirs", nargs="*", type=Path, default=[Path("outputs/runs")])
+    p.add_argument("--delete", action="store_true", help="delete the incomplete directories")
+    a = p.parse_args(argv)
+    missing = [d for d in a.dirs if not d.is_dir()]
+    if missing:
+        print(f"ttbench: error: no such directory: {missing[0]}", file=sys.stderr)
+        return 2
+    runs = record.run_dirs(a.dirs)
+    bad = [d for d in runs if not record.is_done(d)]
+    print(f"{len(runs)} run directories, {len(runs) - len(bad)} complete, {len(bad)} incomplete")
+    for d in bad:
+        if a.delete:
+            shutil.rmtree(d)
+        print(f"{'deleted' if a.delete else 'incomplete'}: {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
