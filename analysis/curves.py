@@ -16,7 +16,7 @@
 #
 # Tables from `$TTBENCH_TABLES` (default `outputs/tables`), figures into `$TTBENCH_FIGURES`
 # (default `outputs/figures`). Real curves are black, each predictor has its colour
-# (`ttbench.plots.COLORS`) in every figure; in Figs. 2 and 12 colour is the effective
+# (`ttbench.predictors.color`) in every figure; in Figs. 2 and 12 colour is the effective
 # learning rate instead, since every curve there is a real one.
 
 # %%
