@@ -19,7 +19,7 @@ def test_run_writes_record_curves_and_figure(tmp_path, cache_dir, capsys):
     assert set(rec.stages) >= {"data", "model", "jacobian", "theta", "finetune"}
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in rec.stages.values())
     assert rec.eps == (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
-    assert list(rec.predictors) == ["ode", "discrete", "closed_form", "subset"]
+    assert list(rec.predictors) == ["ode", "heavy_ball", "discrete", "closed_form", "subset"]
     for name, pred in rec.predictors.items():
         assert pred.kind == "deterministic" and len(pred.t_eps["loss"]) == 6
         timing = rec.timing(name)
@@ -32,7 +32,14 @@ def test_run_writes_record_curves_and_figure(tmp_path, cache_dir, capsys):
         ):
             assert a == abs(p - r)
     curves = pd.read_parquet(out / "curves.parquet")
-    assert sorted(curves.curve.unique()) == ["closed_form", "discrete", "ode", "real", "subset"]
+    assert sorted(curves.curve.unique()) == [
+        "closed_form",
+        "discrete",
+        "heavy_ball",
+        "ode",
+        "real",
+        "subset",
+    ]
     assert (curves.groupby("curve").size() == 5).all() and curves["quantile"].isna().all()
     assert (out / "curves.png").stat().st_size > 0
     printed = capsys.readouterr().out
@@ -55,7 +62,7 @@ def test_sgd_run_reports_quantiles_and_coverage(tmp_path, cache_dir, capsys):
     rec = run_in_process(
         [*TINY, "steps=6", *sgd, "predictor=all", "stochastic.paths=4"], out, cache_dir
     )
-    assert list(rec.predictors) == ["ode", "discrete", "sde", "exact_sgd"]
+    assert list(rec.predictors) == ["ode", "heavy_ball", "discrete", "sde", "exact_sgd"]
     assert "noise" in rec.stages and "noise_s" in rec.timing("sde")
     for name in ("sde", "exact_sgd"):
         pred = rec.predictors[name]

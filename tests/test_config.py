@@ -26,7 +26,9 @@ def test_every_config_group_option_composes_and_validates():
             cfg = compose_cfg([f"{group}={option}", *extra])
             spec = validate(cfg)
             assert isinstance(spec, RunSpec)
-            assert spec.config == OmegaConf.to_container(cfg, resolve=True)
+            config = OmegaConf.to_container(cfg, resolve=True)
+            config["refine"]["steps"] = spec.refine.steps  # null resolves to 10% of steps
+            assert spec.config == config and spec.refine.steps == 15
 
 
 @pytest.mark.parametrize(
@@ -59,21 +61,17 @@ def test_bad_values_name_key_and_value(override, key):
     assert message.startswith(f"{key}=") and "\n" not in message
 
 
-def test_all_predictors_skip_closed_form_under_cross_entropy():
-    assert predictor_names(compose_cfg(["predictor=all"])) == ["ode", "discrete"]
-    assert predictor_names(compose_cfg(["predictor=all", "loss=mse"])) == [
-        "ode",
-        "discrete",
-        "closed_form",
-        "subset",
-    ]
+def test_all_predictors_skip_those_that_do_not_apply():
+    plain = ["ode", "heavy_ball", "discrete"]
+    refined = ["relin", "rescaled", "fit_exp", "fit_power"]
+    assert predictor_names(compose_cfg(["predictor=all"])) == [*plain, *refined]
+    mse = predictor_names(compose_cfg(["predictor=all", "loss=mse"]))
+    assert mse == [*plain, "closed_form", "subset", *refined]
     assert predictor_names(compose_cfg(["predictor=none"])) == []
-    assert predictor_names(compose_cfg(["predictor=all", "optim=sgd"])) == [
-        "ode",
-        "discrete",
-        "sde",
-        "exact_sgd",
-    ]
+    sgd = predictor_names(compose_cfg(["predictor=all", "optim=sgd"]))
+    assert sgd == [*plain, "sde", "exact_sgd", "relin", "relin_sgd", *refined[1:]]
+    assert predictor_names(compose_cfg(["predictor=all", "refine.steps=0"])) == plain
+    assert predictor_names(compose_cfg(["predictor=all", "steps=9"])) == plain  # k = 10% = 0
 
 
 def test_a_slurm_job_uses_only_its_cpus(monkeypatch):

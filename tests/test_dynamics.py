@@ -7,6 +7,7 @@ from torch import nn
 
 from ttbench import predict
 from ttbench.core import dynamics
+from ttbench.core.curves import Curves, blew_up
 from ttbench.core.linearize import LinearizedModel, linearize
 from ttbench.core.spectrum import spectrum
 from ttbench.train import finetune
@@ -97,3 +98,38 @@ def test_divergent_discrete_map_is_flagged(problem):
 
 def test_elr():
     assert dynamics.elr(0.01, 0.9) == pytest.approx(0.1)
+
+
+def test_heavy_ball_ode_is_the_elr_flow_without_momentum_and_tracks_the_map_with_it(problem):
+    _, _, y, lin = problem
+    kw = {"lr": _stiff_lr(lin, 0.02), "steps": 60, "loss": "ce"}
+    hb = dynamics.heavy_ball(lin.theta, lin.f0, y, momentum=0.0, **kw)
+    ode = dynamics.ode(lin.theta, lin.f0, y, momentum=0.0, **kw)
+    np.testing.assert_array_equal(hb.curves.loss, ode.curves.loss)
+    m = 0.9
+    hb = dynamics.heavy_ball(lin.theta, lin.f0, y, momentum=m, **kw).curves.loss
+    exact = dynamics.discrete(lin.theta, lin.f0, y, momentum=m, **kw).curves.loss
+    elr_flow = dynamics.ode(lin.theta, lin.f0, y, momentum=m, **kw).curves.loss
+    # the warm-up of the velocity over the first ~1 / (1 - m) steps: the ELR flow runs ahead
+    early = slice(1, 11)
+    assert _rel(hb[early], exact[early]) < 0.2 * _rel(elr_flow[early], exact[early])
+    assert _rel(hb, exact) < 0.03
+
+
+def test_sharpness_is_the_stability_edge_of_gd(problem):
+    _, _, y, lin = problem
+    lam = dynamics.sharpness(lin.theta, lin.f0, "mse")
+    theta = lin.theta.to(torch.float64)
+    assert lam == pytest.approx(torch.linalg.eigvalsh(theta)[-1].item() / 12, rel=1e-5)
+    for m in (0.0, 0.9):
+        edge = 2 * (1 + m) / lam
+        kw = {"momentum": m, "steps": 300, "loss": "mse"}
+        assert not dynamics.discrete(theta, lin.f0, y, lr=0.95 * edge, **kw).curves.diverged
+        assert dynamics.discrete(theta, lin.f0, y, lr=1.05 * edge, **kw).curves.diverged
+
+
+def test_a_finite_blow_up_is_a_divergence():
+    loss = np.array([1.0, 3.0, 1e8, 2e8])
+    assert blew_up(loss) and blew_up([1.0, np.inf]) and not blew_up([1.0, 9.0, 0.5])
+    c = Curves(loss, np.zeros(4), diverged=blew_up(loss))
+    assert c.t_eps("loss", [0.1, 0.4]) == {0.1: None, 0.4: None}

@@ -23,13 +23,26 @@ from ttbench.validate import ConfigError
 
 
 def test_the_registry_says_what_each_predictor_needs():
-    assert list(PREDICTORS) == ["ode", "discrete", "closed_form", "subset", "sde", "exact_sgd"]
-    assert {n for n, p in PREDICTORS.items() if p.kind == STOCHASTIC} == {"sde", "exact_sgd"}
-    assert [n for n, p in PREDICTORS.items() if not p.uses_theta] == ["subset"]
+    plain = ["ode", "heavy_ball", "discrete", "closed_form", "subset", "sde", "exact_sgd"]
+    refined = ["relin", "relin_sgd", "rescaled", "fit_exp", "fit_power"]
+    assert list(PREDICTORS) == [*plain, *refined]
+    assert [n for n, p in PREDICTORS.items() if p.prefix] == refined
+    assert {n for n, p in PREDICTORS.items() if p.kind == STOCHASTIC} == {
+        "sde",
+        "exact_sgd",
+        "relin_sgd",
+    }
+    assert [n for n, p in PREDICTORS.items() if p.theta is None] == [
+        "subset",
+        "fit_exp",
+        "fit_power",
+    ]
+    assert [n for n, p in PREDICTORS.items() if p.theta == "wk"] == ["relin", "relin_sgd"]
     assert [n for n, p in PREDICTORS.items() if p.diagonal_noise] == ["sde"]
-    assert PREDICTORS["closed_form"].applies("ce", "gd") == "closed_form needs loss=mse"
-    assert PREDICTORS["sde"].applies("ce", "gd") == "sde needs optim=sgd"
-    assert PREDICTORS["discrete"].applies("mse", "sgd") is None
+    assert PREDICTORS["closed_form"].applies("ce", "gd", 0) == "closed_form needs loss=mse"
+    assert PREDICTORS["sde"].applies("ce", "gd", 0) == "sde needs optim=sgd"
+    assert PREDICTORS["discrete"].applies("mse", "sgd", 0) is None
+    assert "needs refine.steps > 0" in PREDICTORS["relin"].applies("ce", "gd", 0)
     assert len({p.color for p in PREDICTORS.values()} | {color("real")}) == len(PREDICTORS) + 1
     assert stochastic("sde") and not stochastic("ode") and not stochastic("real")
     assert ordered(["sde", "zzz", "real", "ode"]) == ["real", "ode", "sde", "zzz"]
@@ -55,11 +68,17 @@ def _half_step(i):
 def test_a_new_predictor_is_one_registry_entry(monkeypatch, tmp_path, cache_dir):
     new = Predictor("half", DETERMINISTIC, "half-step map", "tab:olive", _half_step, "exact")
     monkeypatch.setitem(PREDICTORS, "half", new)
-    assert spec_of(["predictor=all"]).predictors == ("ode", "discrete", "half")
+    assert spec_of(["predictor=all", "refine.steps=0"]).predictors == (
+        "ode",
+        "heavy_ball",
+        "discrete",
+        "half",
+    )
     with pytest.raises(ConfigError, match=r"predictor\.names='nope'"):
         spec_of(["predictor.names=[ode,nope]"])
 
-    rec = run_in_process([*TINY, "predictor.names=[ode,half]"], tmp_path / "runs" / "a", cache_dir)
+    names = "predictor.names=[ode,half]"
+    rec = run_in_process([*TINY, names], tmp_path / "runs" / "a", cache_dir)
     assert list(rec.predictors) == ["ode", "half"]
     half = rec.predictors["half"]
     assert half.kind == DETERMINISTIC and half.stages == ("jacobian", "theta", "solve_half")

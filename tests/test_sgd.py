@@ -144,3 +144,23 @@ def test_quantiles_ordered_and_seeded(sgd_problem):
     q = t_eps_quantiles(a.paths_loss, [0.05, 0.2], window=5)
     for lo, mid, hi in q.values():
         assert lo <= mid <= hi
+
+
+def test_sde_with_momentum_is_stable_where_heavy_ball_is(sgd_problem):
+    """MSE, lr * lambda_max = 1 and m = 0.9: heavy-ball is stable (1 < 2 (1 + m)), a single
+    Euler-Maruyama step at the effective rate lr / (1 - m) is not (10 > 2). The SDE, its drift
+    and noise entering a velocity, stays bounded and its mean follows linearised SGD's."""
+    _, _, y, lin, _ = sgd_problem
+    lam = dynamics.sharpness(lin.theta, lin.f0, "mse")
+    lr, m, steps, b = 1.0 / lam, 0.9, 60, 6
+    common = {"steps": steps, "loss": "mse", "batch_size": b, "scheme": "with_replacement"}
+    old = sgd.sde(lin.theta, lin.f0, y, lr=lr / (1 - m), momentum=0.0, paths=8, seed=0,
+                  noise="full", **common)  # fmt: skip
+    assert old.curves.diverged  # the former scheme: one step at the effective learning rate
+    new = sgd.sde(lin.theta, lin.f0, y, lr=lr, momentum=m, paths=2048, seed=0, noise="full",
+                  **common)  # fmt: skip
+    assert not new.curves.diverged and np.isfinite(new.paths_loss).all()
+    batches = sgd.batch_paths(12, b, steps, "with_replacement", 2048, seed=1)
+    exact = sgd.exact_sgd(lin.theta, lin.f0, y, lr=lr, momentum=m, loss="mse", batches=batches)
+    gap = np.abs(new.curves.loss - exact.curves.loss) / exact.curves.loss[0]
+    assert gap.max() < 0.03, gap.max()  # Monte-Carlo and Gaussian-noise error only

@@ -1,34 +1,47 @@
-"""The prediction stage of a run: linearise the model at w0 once, in the configured mode, then
-solve every requested predictor of the registry (ttbench.predictors) on the same Theta. Spec in,
-plain results and their record entries out."""
+"""The prediction stage of a run, in two parts. `at_w0`: linearise the model at w0 once, in the
+configured mode, and solve every plain predictor of the registry (ttbench.predictors) on that
+Theta. `after_prefix`: once the real fine-tuning has passed step k = refine.steps, linearise
+again at w_k and solve the refined predictors. Both also return the run's signals:
+
+* stability = lr lambda_max(Theta grad^2 L) / (2 (1 + m)) at w0: at 1 or more, GD on the
+  linearised model is unstable, and the predictors that integrate a flow (which cannot blow up)
+  are reported as diverged;
+* after k steps, how far the real network has left its linearisation: drift =
+  |f_k - f_k^lin| / |f_k - f_0| (f_k^lin: the linearised model after the same k steps, along
+  the real run's batches), kernel_change = |Theta_k - Theta_0|_F / |Theta_0|_F, and
+  time_scale, the factor by which the real prefix runs faster (> 1) or slower than the
+  linearised one (ttbench.core.refine.fit_time_scale).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from ttbench import record
-from ttbench.core import losses, sgd
+from ttbench.core import losses, refine, sgd
 from ttbench.core.curves import Curves, t_eps_quantiles
+from ttbench.core.dynamics import discrete, sharpness
 from ttbench.core.linearize import (
     diagonal_noise_gram,
     exact_memory_bytes,
     gram,
     jacobian_factors,
+    jvp,
     projected_features,
 )
 from ttbench.core.sketch import Sketch
-from ttbench.predictors import PREDICTORS, Inputs, Solved
+from ttbench.predictors import PREDICTORS, W0, WK, Inputs, Solved
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
 from ttbench.validate import ConfigError
 
 log = logging.getLogger(__name__)
-SHARED = ("jacobian", "theta")  # the stages of the run's Theta, shared by the predictors on it
+PREFIX = "prefix"  # the pseudo-stage of the k real steps, counted in a refined prediction's cost
 
 
 @dataclass(frozen=True)
@@ -41,53 +54,138 @@ class Predicted:
         return self.solved.curves
 
 
-def _theta(spec: RunSpec, model: nn.Module, x: torch.Tensor, stages: Stages, factors: bool):
-    """f0, Theta and, when asked for, the unprojected Jacobian factors (free unless projected)."""
+def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, factors: bool, at: str = ""):
+    """f, Theta and, when asked for, the unprojected Jacobian factors (free unless projected),
+    timed as the stages jacobian<at> and theta<at>."""
     th = spec.theta
     kept = None
-    with stages("jacobian"):
+    with stages(f"jacobian{at}"):
         if th.mode == "projected":
             f0, phi = projected_features(model, x, Sketch(th.sketch, th.dim, spec.seed), th.chunk)
         else:
             check_memory(spec, model, x)
             kept = jacobian_factors(model, x)
             f0 = kept.f0
-    with stages("theta"):
+    with stages(f"theta{at}"):
         theta = phi @ phi.T if th.mode == "projected" else gram(kept, th.mode, block=th.block)
     if factors and kept is None:  # the diagonal of Sigma needs unprojected gradients
         kept = jacobian_factors(model, x)
-    built = stages.stats["jacobian"]["wall_s"] + stages.stats["theta"]["wall_s"]
-    log.info("Theta (%s) %s built in %.2f s", th.mode, tuple(theta.shape), built)
+    built = stages.stats[f"jacobian{at}"]["wall_s"] + stages.stats[f"theta{at}"]["wall_s"]
+    log.info("Theta%s (%s) %s built in %.2f s", at, th.mode, tuple(theta.shape), built)
     return f0, theta, kept if factors else None
 
 
-def run_predictors(
-    spec: RunSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, stages: Stages
-) -> dict[str, Predicted]:
-    """Every predictor of the spec, at w0, each timed as the stage solve_<name>."""
-    chosen = [PREDICTORS[n] for n in spec.predictors]
-    inputs = Inputs(spec, model, x, y)
-    shared: tuple[str, ...] = ()
-    if any(p.uses_theta for p in chosen):
-        diagonal = spec.stochastic.noise == "diagonal"
-        noise = [p for p in chosen if p.diagonal_noise and diagonal]
-        inputs.f0, inputs.theta, factors = _theta(spec, model, x, stages, bool(noise))
-        shared = SHARED
-        if noise:
-            with stages("noise"):
-                s0 = losses.grad_f(inputs.f0, y, spec.train.loss) * len(y)
-                inputs.noise_sqrt = sgd.noise_factor(diagonal_noise_gram(factors, s0))
-        del factors
+def _solve_all(chosen, inputs: Inputs, stages: Stages, shared: dict[str, tuple[str, ...]]):
     out = {}
     for p in chosen:
         with stages(f"solve_{p.name}"):
             solved = p.solve(inputs)
         own = ("noise",) if inputs.noise_sqrt is not None and p.diagonal_noise else ()
-        out[p.name] = Predicted(
-            solved, (*(shared if p.uses_theta else ()), *own, f"solve_{p.name}")
-        )
+        costs = (*((PREFIX,) if p.prefix else ()), *shared.get(p.theta, ()), *own)
+        out[p.name] = Predicted(solved, (*costs, f"solve_{p.name}"))
         if solved.curves.diverged:
             log.warning("predictor %s diverged", p.name)
+    return out
+
+
+def at_w0(
+    spec: RunSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, stages: Stages
+) -> tuple[Inputs, dict[str, Predicted], dict[str, float]]:
+    """Every plain predictor at w0, each timed as the stage solve_<name>; the inputs (kept for
+    the refined predictors) and the signal `stability`."""
+    every = [PREDICTORS[n] for n in spec.predictors]
+    chosen = [p for p in every if not p.prefix]
+    inputs = Inputs(spec, model, x, y)
+    signals: dict[str, float] = {}
+    if any(p.theta == W0 for p in every):
+        diagonal = spec.stochastic.noise == "diagonal"
+        noise = [p for p in chosen if p.diagonal_noise and diagonal]
+        inputs.f0, inputs.theta, factors = _theta(spec, model, x, stages, bool(noise))
+        if noise:
+            with stages("noise"):
+                s0 = losses.grad_f(inputs.f0, y, spec.train.loss) * len(y)
+                inputs.noise_sqrt = sgd.noise_factor(diagonal_noise_gram(factors, s0))
+        del factors
+        t = spec.train
+        lam = sharpness(inputs.theta, inputs.f0, t.loss)
+        signals["stability"] = t.lr * lam / (2 * (1 + t.momentum))
+    out = _solve_all(chosen, inputs, stages, {W0: ("jacobian", "theta")})
+    if signals.get("stability", 0) >= 1:
+        log.warning(
+            "lr * lambda_max / (2 (1 + m)) = %.3g >= 1 at w0: GD on the linearised model is "
+            "unstable at this learning rate; the flow predictors are reported as diverged",
+            signals["stability"],
+        )
+        for name, p in out.items():
+            if PREDICTORS[name].flow:
+                out[name] = replace(p, solved=replace(p.solved, curves=_diverged(p.curves)))
+    return inputs, out, signals
+
+
+def _diverged(c: Curves) -> Curves:
+    return Curves(c.loss, c.error, True, c.interval)
+
+
+def after_prefix(
+    spec: RunSpec,
+    model_k: nn.Module,
+    velocity: dict[str, torch.Tensor] | None,
+    real: Curves,
+    inputs: Inputs,
+    stages: Stages,
+) -> tuple[dict[str, Predicted], dict[str, float]]:
+    """The refined predictors, from the real curves up to step k and the model at w_k (with the
+    optimiser's momentum buffer `velocity`, by parameter name); and the signals drift,
+    kernel_change and time_scale."""
+    k, t = spec.refine.steps, spec.train
+    chosen = [PREDICTORS[n] for n in spec.predictors if PREDICTORS[n].prefix]
+    n_prefix = k // t.eval_every + 1
+    inputs.prefix = Curves(real.loss[:n_prefix], real.error[:n_prefix], interval=t.eval_every)
+    x = inputs.x
+    signals: dict[str, float] = {}
+    if any(p.theta == WK for p in chosen):
+        inputs.f_k, inputs.theta_k, _ = _theta(spec, model_k, x, stages, False, at="_k")
+        if velocity:
+            with stages("velocity_k"):  # u_k = J_k v_k, one forward-mode pass
+                _, u = jvp(model_k, x, velocity)
+                inputs.u_k = u.detach().to(torch.float64)
+    if inputs.theta is not None:
+        if inputs.f_k is None:
+            with torch.no_grad():
+                inputs.f_k = model_k(x)
+        signals |= _drift(spec, inputs, inputs.f_k)
+    out = _solve_all(chosen, inputs, stages, {W0: ("jacobian", "theta"), WK: _k_stages(velocity)})
+    return out, signals
+
+
+def _k_stages(velocity) -> tuple[str, ...]:
+    return ("jacobian_k", "theta_k", *(("velocity_k",) if velocity else ()))
+
+
+def _drift(spec: RunSpec, i: Inputs, f_k: torch.Tensor) -> dict[str, float]:
+    """How far the real run has left the linearised one after k steps (module docstring)."""
+    from ttbench.train import sgd_batches
+
+    k, t = spec.refine.steps, spec.train
+    batches = sgd_batches(t, len(i.y), spec.seed)
+    if batches is None:
+        f_lin = discrete(i.theta, i.f0, i.y, **(t.dynamics | {"steps": k})).outputs[-1]
+    else:
+        run = sgd.exact_sgd(
+            i.theta, i.f0, i.y, lr=t.lr, momentum=t.momentum, loss=t.loss, batches=batches[None, :k]
+        )
+        f_lin = run.final[0]
+    f0, f_k = i.f0.to(torch.float64), f_k.to(torch.float64)
+    moved = float((f_k - f0).norm())
+    out = {"drift": float((f_k - f_lin.to(f_k.device)).norm()) / moved if moved > 0 else 0.0}
+    if i.theta_k is not None and i.theta_k.shape == i.theta.shape:
+        th0 = i.theta.to(torch.float64)
+        out["kernel_change"] = float((i.theta_k.to(torch.float64) - th0).norm() / th0.norm())
+    reach = int(np.ceil(refine.SCALES[1] * k)) + 1
+    plain = discrete(i.theta, i.f0, i.y, **(t.dynamics | {"steps": reach})).curves.loss
+    prefix = refine.rescale_time(i.prefix.loss, 1 / t.eval_every, k)
+    if np.all(np.isfinite(plain)) and np.all(np.isfinite(prefix)):
+        out["time_scale"] = refine.fit_time_scale(plain, prefix)
     return out
 
 
@@ -121,8 +219,9 @@ def entry(name: str, p: Predicted, spec: RunSpec) -> record.PredictorRecord:
     quantiles = None
     if paths is not None:
         quantiles = {}
+        every = p.curves.interval
         for kind, arr in (("loss", paths.paths_loss), ("error", paths.paths_error)):
-            qs = t_eps_quantiles(arr, spec.eps, window, q=record.QUANTILES)
+            qs = t_eps_quantiles(arr, spec.eps, window, interval=every, q=record.QUANTILES)
             quantiles[kind] = tuple(record.Quantiles(*qs[e]) for e in spec.eps)
     return record.PredictorRecord(
         kind=PREDICTORS[name].kind,

@@ -3,7 +3,15 @@ drawn and how it is solved. Validation, the prediction stage, the record, the re
 the figures and the report all read it; adding a predictor is one entry here (its maths in
 ttbench.core) plus its conf/predictor/<name>.yaml.
 
-`predict(name, theta, f0, y, ...)` is the public entry to the deterministic ones.
+Two families:
+* plain predictors see only w0 (the paper's setting): the run's Theta at w0, or their own;
+* refined predictors (`prefix=True`) also see the first k = refine.steps steps of the real
+  fine-tuning, which the run performs anyway: the real curves up to step k, and for those on
+  Theta at w_k, the weights and momentum buffer there. Their curve is the observed prefix
+  followed by their prediction of the remaining T - k steps, and their cost counts the k
+  steps.
+
+`predict(name, theta, f0, y, ...)` is the public entry to the plain deterministic ones.
 """
 
 from __future__ import annotations
@@ -15,14 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ttbench.core import dynamics, sgd
-from ttbench.core.curves import Curves
+from ttbench.core import dynamics, refine, sgd
+from ttbench.core.curves import Curves, blew_up
 from ttbench.core.linearize import linearize
 from ttbench.core.losses import LOSSES
 from ttbench.core.subset import predict_from_subset
 from ttbench.spec import RunSpec
 
 DETERMINISTIC, STOCHASTIC = "deterministic", "stochastic"
+W0, WK = "w0", "wk"  # where a predictor's Theta is taken: at w0, or at w_k after the prefix
 
 
 @dataclass
@@ -33,9 +42,29 @@ class Inputs:
     model: nn.Module  # at w0, for predictors that build their own Theta
     x: torch.Tensor
     y: torch.Tensor
-    theta: torch.Tensor | None = None  # the run's Theta (theta.mode), when any predictor uses it
+    theta: torch.Tensor | None = None  # the run's Theta at w0 (theta.mode), when one uses it
     f0: torch.Tensor | None = None
     noise_sqrt: torch.Tensor | None = None  # square root of J diag(sigma^2) J^T, when needed
+    prefix: Curves | None = None  # the real curves at steps 0..k (refined predictors)
+    theta_k: torch.Tensor | None = None  # Theta, outputs and velocity J_k v_k at w_k
+    f_k: torch.Tensor | None = None
+    u_k: torch.Tensor | None = None
+
+    @property
+    def k(self) -> int:
+        return self.spec.refine.steps
+
+    def joined(self, tail: Curves) -> Curves:
+        """The observed prefix, then `tail` (a prediction at every step from step k), on the
+        real curve's grid."""
+        every = self.spec.train.eval_every
+        loss, error = tail.loss[::every], tail.error[::every]
+        return Curves(
+            refine.join(self.prefix.loss, loss),
+            refine.join(self.prefix.error, error),
+            tail.diverged,
+            every,
+        )
 
 
 @dataclass(frozen=True)
@@ -52,19 +81,25 @@ class Predictor:
     label: str  # for legends
     color: str  # one colour per predictor in every figure
     solve: Callable[[Inputs], Solved]
-    momentum: str  # how heavy-ball momentum enters: "exact" map, or "elr" = lr / (1 - m)
+    # how heavy-ball momentum enters: "exact" map, "elr" = lr / (1 - m), "memory" (a
+    # continuous velocity with the map's exponential memory of gradients), or "observed"
+    momentum: str
     losses: tuple[str, ...] = LOSSES  # the losses it models
     optimizers: tuple[str, ...] = ("gd", "sgd")  # the fine-tuning it predicts
-    uses_theta: bool = True  # on the run's Theta; False: it builds its own
+    theta: str | None = W0  # the Theta it is solved on: W0, WK, or None (its own, or none)
     diagonal_noise: bool = False  # needs J diag(sigma^2) J^T with stochastic.noise=diagonal
+    flow: bool = False  # continuous time: cannot blow up where discrete GD does (see stability)
+    prefix: bool = False  # refined: uses the first refine.steps real steps
     core: Callable[..., dynamics.Prediction] | None = None  # (theta, f0, y, *, lr, ...) in core
 
-    def applies(self, loss: str, optimizer: str) -> str | None:
-        """Why it does not apply to this loss and optimiser, or None when it does."""
+    def applies(self, loss: str, optimizer: str, refine_steps: int) -> str | None:
+        """Why it does not apply to this loss, optimiser and refinement, or None."""
         if loss not in self.losses:
             return f"{self.name} needs loss={' or '.join(self.losses)}"
         if optimizer not in self.optimizers:
             return f"{self.name} needs optim={' or '.join(self.optimizers)}"
+        if self.prefix and refine_steps == 0:
+            return f"{self.name} needs refine.steps > 0 (the real steps it refines from)"
         return None
 
 
@@ -72,15 +107,19 @@ def _core(fn: Callable[..., dynamics.Prediction]) -> Callable[[Inputs], Solved]:
     return lambda i: Solved(fn(i.theta, i.f0, i.y, **i.spec.train.dynamics).curves)
 
 
-def _exact_sgd(i: Inputs) -> Solved:
+def _sgd_paths(i: Inputs, theta, f, steps: int, u0=None) -> sgd.PathPrediction:
     t, s = i.spec.train, i.spec
     # batch sequences independent of the real run's (drawn from seed + 1)
     batches = sgd.batch_paths(
-        len(i.y), t.batch_size, t.steps, t.sampling, s.stochastic.paths, s.seed + 1
+        len(i.y), t.batch_size, steps, t.sampling, s.stochastic.paths, s.seed + 1
     )
-    paths = sgd.exact_sgd(
-        i.theta, i.f0, i.y, lr=t.lr, momentum=t.momentum, loss=t.loss, batches=batches
+    return sgd.exact_sgd(
+        theta, f, i.y, lr=t.lr, momentum=t.momentum, loss=t.loss, batches=batches, u0=u0
     )
+
+
+def _exact_sgd(i: Inputs) -> Solved:
+    paths = _sgd_paths(i, i.theta, i.f0, i.spec.train.steps)
     return Solved(paths.curves, paths)
 
 
@@ -108,9 +147,8 @@ def subset_prediction(spec: RunSpec, model: nn.Module, x: torch.Tensor, y: torch
     n0 = min(spec.subset.n0, len(y))
     gen = torch.Generator().manual_seed(spec.seed)
     idx = torch.randperm(len(y), generator=gen)[:n0].to(x.device)
-    lin = linearize(
-        model, x[idx], mode="exact" if spec.theta.mode == "projected" else spec.theta.mode
-    )
+    mode = "exact" if spec.theta.mode == "projected" else spec.theta.mode
+    lin = linearize(model, x[idx], mode=mode)
     with torch.no_grad():
         f0_all = model(x)
     t = spec.train
@@ -133,6 +171,59 @@ def _subset(i: Inputs) -> Solved:
     return Solved(Curves(curve, np.full_like(curve, np.nan)), spectra=spectra)
 
 
+# --- refined: the first k real steps ---------------------------------------------------------
+
+
+def _relinearised(i: Inputs) -> Solved:
+    """The exact linearised GD map started at w_k from (f_k, u_k)."""
+    kw = i.spec.train.dynamics | {"steps": i.spec.train.steps - i.k}
+    tail = dynamics.discrete(i.theta_k, i.f_k, i.y, u0=i.u_k, **kw).curves
+    return Solved(i.joined(tail))
+
+
+def _relinearised_sgd(i: Inputs) -> Solved:
+    """Linearised SGD at w_k from (f_k, u_k), over independent batch paths."""
+    tail = _sgd_paths(i, i.theta_k, i.f_k, i.spec.train.steps - i.k, u0=i.u_k)
+    every = i.spec.train.eval_every
+    paths = [
+        np.stack([refine.join(p, q[::every]) for q in arr])
+        for p, arr in ((i.prefix.loss, tail.paths_loss), (i.prefix.error, tail.paths_error))
+    ]
+    joined = sgd.PathPrediction(paths[0], paths[1], tail.final)
+    mean = joined.curves
+    return Solved(Curves(mean.loss, mean.error, mean.diverged, every), joined)
+
+
+def _rescaled(i: Inputs) -> Solved:
+    """The discrete map at w0, time-stretched to fit the prefix (ttbench.core.refine)."""
+    t = i.spec.train
+    reach = int(np.ceil(refine.SCALES[1] * t.steps))
+    plain = dynamics.discrete(i.theta, i.f0, i.y, **(t.dynamics | {"steps": reach})).curves
+    every = t.eval_every
+    prefix = refine.rescale_time(i.prefix.loss, 1 / every, i.k)  # on the step grid
+    scale = refine.fit_time_scale(plain.loss, prefix)
+    loss, error = (refine.rescale_time(c, scale, t.steps) for c in (plain.loss, plain.error))
+    tail = Curves(loss[i.k :], error[i.k :], blew_up(loss))
+    return Solved(i.joined(tail))
+
+
+def _fitted(family: str) -> Callable[[Inputs], Solved]:
+    def solve(i: Inputs) -> Solved:
+        every, steps = i.spec.train.eval_every, i.spec.train.steps // i.spec.train.eval_every
+        fits = [refine.extrapolate(c, steps, family) for c in (i.prefix.loss, i.prefix.error)]
+        if fits[0] is None:  # no fit: no prediction
+            return Solved(Curves(np.full(steps + 1, np.nan), np.full(steps + 1, np.nan), True))
+        error = fits[1] if fits[1] is not None else np.full(steps + 1, i.prefix.error[-1])
+        n = len(i.prefix.loss)
+        curves = [
+            refine.join(p, f[n - 1 :])
+            for p, f in ((i.prefix.loss, fits[0]), (i.prefix.error, error))
+        ]
+        return Solved(Curves(curves[0], curves[1], False, every))
+
+    return solve
+
+
 PREDICTORS: dict[str, Predictor] = {
     p.name: p
     for p in (
@@ -143,7 +234,18 @@ PREDICTORS: dict[str, Predictor] = {
             "tab:blue",
             _core(dynamics.ode),
             momentum="elr",
+            flow=True,
             core=dynamics.ode,
+        ),
+        Predictor(
+            "heavy_ball",
+            DETERMINISTIC,
+            "heavy-ball ODE",
+            "tab:cyan",
+            _core(dynamics.heavy_ball),
+            momentum="memory",
+            flow=True,
+            core=dynamics.heavy_ball,
         ),
         Predictor(
             "discrete",
@@ -162,6 +264,7 @@ PREDICTORS: dict[str, Predictor] = {
             _core(dynamics.closed_form),
             momentum="elr",
             losses=("mse",),
+            flow=True,
             core=dynamics.closed_form,
         ),
         Predictor(
@@ -172,7 +275,8 @@ PREDICTORS: dict[str, Predictor] = {
             _subset,
             momentum="elr",
             losses=("mse",),
-            uses_theta=False,
+            theta=None,
+            flow=True,
         ),
         Predictor(
             "sde",
@@ -180,7 +284,7 @@ PREDICTORS: dict[str, Predictor] = {
             "SDE",
             "tab:red",
             _sde,
-            momentum="elr",
+            momentum="exact",
             optimizers=("sgd",),
             diagonal_noise=True,
         ),
@@ -192,6 +296,56 @@ PREDICTORS: dict[str, Predictor] = {
             _exact_sgd,
             momentum="exact",
             optimizers=("sgd",),
+        ),
+        Predictor(
+            "relin",
+            DETERMINISTIC,
+            "re-linearised at step k",
+            "tab:pink",
+            _relinearised,
+            momentum="exact",
+            theta=WK,
+            prefix=True,
+        ),
+        Predictor(
+            "relin_sgd",
+            STOCHASTIC,
+            "linearised SGD from step k",
+            "magenta",
+            _relinearised_sgd,
+            momentum="exact",
+            optimizers=("sgd",),
+            theta=WK,
+            prefix=True,
+        ),
+        Predictor(
+            "rescaled",
+            DETERMINISTIC,
+            "discrete, time fitted to k steps",
+            "gold",
+            _rescaled,
+            momentum="exact",
+            prefix=True,
+        ),
+        Predictor(
+            "fit_exp",
+            DETERMINISTIC,
+            "exponential fit of k steps",
+            "tab:gray",
+            _fitted("exp"),
+            momentum="observed",
+            theta=None,
+            prefix=True,
+        ),
+        Predictor(
+            "fit_power",
+            DETERMINISTIC,
+            "power-law fit of k steps",
+            "darkgray",
+            _fitted("power"),
+            momentum="observed",
+            theta=None,
+            prefix=True,
         ),
     )
 }
@@ -228,7 +382,7 @@ def predict(
     steps: int,
     loss: str,
 ) -> dynamics.Prediction:
-    """Predicted curves and outputs of a deterministic predictor on a given Theta and f0."""
+    """Predicted curves and outputs of a plain deterministic predictor on a Theta and f0."""
     p = PREDICTORS.get(name)
     if p is None or p.core is None:
         usable = [n for n, q in PREDICTORS.items() if q.core is not None]

@@ -40,16 +40,18 @@ Times = dict[str, tuple[int | None, ...]]  # curve kind -> T_eps per eps, in ste
 
 @dataclass(frozen=True)
 class Quantiles:
-    """5/50/95% quantiles of the sample paths' T_eps (None when every path diverged)."""
+    """5/50/95% quantiles of a predicted T_eps, in steps; None is "never" (beyond every
+    diverged path, or no band at all when all three are None)."""
 
     q05: float | None
     q50: float | None
     q95: float | None
 
     def covers(self, t: int | None) -> bool | None:
+        """Whether the 5-95% band holds the real time (None: no real time or no band)."""
         if t is None or self.q05 is None:
             return None
-        return bool(self.q05 <= t <= self.q95)
+        return bool(self.q05 <= t and (self.q95 is None or t <= self.q95))
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Record:
     real: Real
     predictors: dict[str, PredictorRecord]
     probes: dict[str, str] = field(default_factory=dict)  # probe -> its table's file name
+    # diagnostics of the prediction (ttbench.prediction): stability, drift, kernel_change, ...
+    signals: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -186,6 +190,7 @@ def _to_json(rec: Record) -> dict[str, Any]:
         },
         "predictors": {},
         "probes": rec.probes,
+        "signals": rec.signals,
     }
     for name, p in rec.predictors.items():
         entry: dict[str, Any] = {
@@ -259,6 +264,7 @@ def from_json(d: Mapping[str, Any]) -> Record:
         real=Real(_times(d["real"]["t_eps"], eps), d["real"]["diverged"], d["real"]["resumed_at"]),
         predictors=predictors,
         probes=d.get("probes", {}),
+        signals=d.get("signals", {}),
         format_version=version,
     )
 

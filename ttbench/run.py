@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -24,7 +25,8 @@ from ttbench import build, cli, record
 from ttbench.config import CONF_DIR
 from ttbench.core.curves import Curves
 from ttbench.plots import plot_curves
-from ttbench.prediction import bands, entry, run_predictors
+from ttbench.prediction import PREFIX, Predicted, after_prefix, at_w0, bands, entry
+from ttbench.predictors import PREDICTORS, Solved
 from ttbench.probes import PROBES
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
@@ -36,9 +38,12 @@ log = logging.getLogger("ttbench.run")
 STATE = "finetune.state"  # fine-tuning checkpoint inside the run directory, gone once done
 
 
-def _finetune(spec: RunSpec, model, x, y, state_file: Path, resume: dict | None) -> Curves:
+def _finetune(
+    spec: RunSpec, model, x, y, state_file: Path, resume: dict | None, kept: dict
+) -> Curves:
     """Real fine-tuning with progress, saving its state into `state_file` and continuing
-    from `resume` (a saved state) when given; SGD batches are drawn from the run's seed."""
+    from `resume` (a saved state) when given, keeping the state at step refine.steps in
+    `kept`; SGD batches are drawn from the run's seed."""
     steps = spec.train.steps
     every = max(1, steps // 10)
     with tqdm(total=steps + 1, desc="fine-tune", disable=not sys.stderr.isatty()) as bar:
@@ -58,6 +63,8 @@ def _finetune(spec: RunSpec, model, x, y, state_file: Path, resume: dict | None)
             save_every_s=spec.checkpoint_s,
             meta=spec.identity(),
             resume=resume,
+            keep_at=spec.refine.steps or None,
+            kept=kept,
         )
 
 
@@ -71,7 +78,7 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
     log.info("task: %s classes %s, N=%d", spec.dataset.name, s.task.classes, s.task.n_samples)
     model = s.model()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    predictions = run_predictors(spec, model, s.x, s.y, stages)  # at w0, before fine-tuning
+    inputs, predictions, signals = at_w0(spec, model, s.x, s.y, stages)  # before fine-tuning
     probe_files = {}
     for name in spec.probes.names:  # extra measurements at w0, each on its own copy of the model
         with stages(f"probe_{name}"):
@@ -79,10 +86,16 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
         probe_files[name] = f"probe_{name}.parquet"
         record.write_table(out_dir / probe_files[name], frame)
     state = load_state(out_dir / STATE, spec.identity())
+    kept: dict = {}
     with stages("finetune"):
-        real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state)
+        real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state, kept)
     if real.diverged:
-        log.warning("fine-tuning diverged: the loss became non-finite")
+        log.warning("fine-tuning diverged: its loss blew up")
+    if any(PREDICTORS[n].prefix for n in spec.predictors):
+        refined, more = _refine(spec, s, kept, real, inputs, stages)
+        predictions |= refined
+        signals |= more
+    predictions = {n: predictions[n] for n in spec.predictors}
 
     curves = {"real": real} | {name: p.curves for name, p in predictions.items()}
     paths = {n: bands(p.solved.paths) for n, p in predictions.items() if p.solved.paths}
@@ -111,10 +124,24 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
         ),
         predictors={name: entry(name, p, spec) for name, p in predictions.items()},
         probes=probe_files,
+        signals=signals,
     )
     record.write(out_dir, rec, curves, paths)
     (out_dir / STATE).unlink(missing_ok=True)
     return rec
+
+
+def _refine(spec: RunSpec, s: build.Setup, kept: dict, real: Curves, inputs, stages: Stages):
+    """The refined predictions from the state kept at step k, or, when the real run diverged
+    before it, those predictions marked diverged."""
+    if not kept:
+        empty = Curves(np.full(len(real.loss), np.nan), np.full(len(real.loss), np.nan), True)
+        names = [n for n in spec.predictors if PREDICTORS[n].prefix]
+        return {n: Predicted(Solved(empty), ()) for n in names}, {}
+    stages.stats[PREFIX] = {"wall_s": kept["seconds"]}
+    model_k = s.model()
+    model_k.load_state_dict(kept["model"])
+    return after_prefix(spec, model_k, kept.get("velocity"), real, inputs, stages)
 
 
 def summary(rec: record.Record) -> str:
@@ -141,7 +168,24 @@ def summary(rec: record.Record) -> str:
         table = pd.DataFrame(columns, index=[f"eps={e}" for e in rec.eps]).fillna("-")
         tables.append(f"T_eps of the {kind} curve, in steps:\n{table.to_string()}")
     diverged = "  (real run DIVERGED)" if rec.real.diverged else ""
-    return f"{head}{diverged}\nstages: {timing}\n" + "\n".join(tables)
+    lines = [f"{head}{diverged}", f"stages: {timing}", *tables, *signal_lines(rec)]
+    return "\n".join(lines)
+
+
+def signal_lines(rec: record.Record) -> list[str]:
+    """The run's signals (ttbench.prediction) in words."""
+    sig, out = rec.signals, []
+    if "stability" in sig:
+        verdict = "UNSTABLE" if sig["stability"] >= 1 else "stable"
+        out.append(
+            f"linearised GD at w0: lr * lambda_max / (2 (1 + m)) = {sig['stability']:.3g} "
+            f"({verdict})"
+        )
+    after = [f"{k} {sig[k]:.3g}" for k in ("drift", "kernel_change", "time_scale") if k in sig]
+    if after:
+        k = rec.config["refine"]["steps"]
+        out.append(f"after the first {k} real steps: " + ", ".join(after))
+    return out
 
 
 def task(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> record.Record:

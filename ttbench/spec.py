@@ -59,6 +59,11 @@ class StochasticSpec:
 
 
 @dataclass(frozen=True)
+class RefineSpec:
+    steps: int  # k: real steps the refined predictors observe (0: none)
+
+
+@dataclass(frozen=True)
 class ProbeSpec:
     names: tuple[str, ...]
     sizes: tuple[int, ...]
@@ -116,6 +121,7 @@ class RunSpec:
     theta: ThetaSpec
     subset: SubsetSpec
     stochastic: StochasticSpec
+    refine: RefineSpec
     probes: ProbeSpec
     device: str
     cache_dir: Path

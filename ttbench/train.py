@@ -3,7 +3,8 @@
 Gradient descent with heavy-ball momentum (torch.optim.SGD): full-batch by default, or
 mini-batch SGD along given batches (see ttbench.core.sgd.batch_indices). The training loss and
 error on the whole task are recorded every `eval_every` steps t = 0..T, before that step's
-update. A non-finite loss stops the run, which is then marked diverged.
+update. A loss that blows up (non-finite, or above BLOWUP times its start: the rule every curve
+follows, ttbench.core.curves) stops the run, which is then marked diverged.
 
 With a `state_file`, the whole fine-tuning state (step, weights, optimiser buffers, curves so
 far) is saved there atomically at most every `save_every_s` seconds, tagged with `meta`; a later
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from ttbench.core import losses
-from ttbench.core.curves import Curves
+from ttbench.core.curves import Curves, blew_up
 from ttbench.core.sgd import batch_indices
 from ttbench.files import atomic_save
 from ttbench.spec import RunSpec, Training
@@ -50,9 +51,14 @@ def finetune(
     save_every_s: float = 60.0,
     meta: dict[str, Any] | None = None,
     resume: dict[str, Any] | None = None,
+    keep_at: int | None = None,
+    kept: dict[str, Any] | None = None,
 ) -> Curves:
     """Fine-tune `model` in place for `steps` steps; `batches` (steps, B) selects SGD.
-    Returns curves with steps // eval_every + 1 points."""
+    Returns curves with steps // eval_every + 1 points. With `keep_at`, `kept` receives the
+    state at that step, before its update: "model" (a state dict), "velocity" (the momentum
+    buffer by parameter name, absent without momentum) and "seconds" (wall-clock since step 0);
+    it travels in the saved state, so a resumed run still has it."""
     if steps % eval_every:
         raise ValueError("steps must be a multiple of eval_every")
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -60,20 +66,25 @@ def finetune(
     loss_curve = np.full(points, np.nan)
     error_curve = np.full(points, np.nan)
     diverged = False
-    start = 0
+    start, elapsed = 0, 0.0
+    kept = {} if kept is None else kept
     if resume is not None:
-        start = resume["t"]
+        start, elapsed = resume["t"], resume.get("seconds", 0.0)
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["opt"])
         loss_curve[:], error_curve[:] = resume["loss"].numpy(), resume["error"].numpy()
+        kept.update(resume.get("kept", {}))
         log.info("fine-tuning resumed at step %d", start)
-    saved = time.monotonic()
+    saved = began = time.monotonic()
     for t in range(start, steps + 1):
         if state_file is not None and t > start and time.monotonic() - saved >= save_every_s:
             state = {"t": t, "meta": meta, "model": model.state_dict(), "opt": opt.state_dict()}
             curves = {"loss": torch.from_numpy(loss_curve), "error": torch.from_numpy(error_curve)}
-            atomic_save(state_file, state | curves)
+            seconds = elapsed + time.monotonic() - began
+            atomic_save(state_file, state | curves | {"kept": kept, "seconds": seconds})
             saved = time.monotonic()
+        if t == keep_at:
+            kept |= _snapshot(model, opt, elapsed + time.monotonic() - began)
         opt.zero_grad(set_to_none=True)
         record = t % eval_every == 0
         if batches is None or record:
@@ -85,7 +96,7 @@ def finetune(
                 error_curve[t // eval_every] = losses.error(f.detach(), y).item()
                 if on_step is not None:
                     on_step(t, loss_curve[t // eval_every])
-            if not torch.isfinite(value):
+            if not torch.isfinite(value) or blew_up(loss_curve[[0, t // eval_every]]):
                 diverged = True
                 break
         if t == steps:
@@ -99,6 +110,17 @@ def finetune(
         value.backward()
         opt.step()
     return Curves(loss_curve, error_curve, diverged, interval=eval_every)
+
+
+def _snapshot(model: nn.Module, opt: torch.optim.Optimizer, seconds: float) -> dict[str, Any]:
+    names = {p: k for k, p in model.named_parameters()}
+    velocity = {
+        names[p]: s["momentum_buffer"].detach().clone()
+        for p, s in opt.state.items()
+        if s.get("momentum_buffer") is not None
+    }
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {"model": weights, "velocity": velocity, "seconds": seconds}
 
 
 def load_state(path: Path, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from ttbench.spec import (
     ModelSpec,
     PretrainSettings,
     ProbeSpec,
+    RefineSpec,
     RunSpec,
     StochasticSpec,
     SubsetSpec,
@@ -159,6 +160,15 @@ def _optim(cfg: DictConfig) -> None:
     window = _integer(cfg, "optim.smooth", 1)
     if window % 2 == 0:
         raise ConfigError("optim.smooth", window, "must be odd (a centred window)")
+    if cfg.refine.steps is not None:
+        k = _integer(cfg, "refine.steps", 0)
+        if k >= cfg.steps or k % every:
+            raise ConfigError(
+                "refine.steps",
+                k,
+                f"must be null (10% of steps) or below steps={cfg.steps} and a multiple of "
+                "optim.eval_every",
+            )
     if cfg.optim.name == "sgd":
         _choice("optim.sampling", cfg.optim.sampling, SCHEMES)
         b = _integer(cfg, "optim.batch_size", 1)
@@ -166,6 +176,14 @@ def _optim(cfg: DictConfig) -> None:
             raise ConfigError(
                 "optim.batch_size", b, f"must be <= N = task.k * task.n = {cfg.task.k * cfg.task.n}"
             )
+
+
+def refine_steps(cfg: DictConfig) -> int:
+    """k: refine.steps, or when null 10% of the budget, rounded down to whole evaluations."""
+    if cfg.refine.steps is not None:
+        return cfg.refine.steps
+    every = cfg.optim.eval_every
+    return cfg.steps // 10 // every * every
 
 
 def predictor_names(cfg: DictConfig) -> list[str]:
@@ -178,7 +196,7 @@ def predictor_names(cfg: DictConfig) -> list[str]:
         _choice("predictor.names", name, PREDICTORS)
     kept = []
     for name in names:
-        reason = PREDICTORS[name].applies(cfg.loss, cfg.optim.name)
+        reason = PREDICTORS[name].applies(cfg.loss, cfg.optim.name, refine_steps(cfg))
         if reason is None:
             kept.append(name)
         elif not cfg.predictor.get("skip_inapplicable", False):
@@ -235,9 +253,12 @@ def _model(m: DictConfig) -> ModelSpec:
 
 
 def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
-    """The spec of a validated config; `predictors` are the names that apply to it."""
+    """The spec of a validated config; `predictors` are the names that apply to it. The
+    recorded config holds the k that refine.steps resolved to."""
     o = cfg.optim
     sgd = o.name == "sgd"
+    config = _plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    config["refine"]["steps"] = refine_steps(cfg)
     dataset = _plain(cfg.dataset)
     return RunSpec(
         seed=cfg.seed,
@@ -262,6 +283,7 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         theta=ThetaSpec(**_plain(cfg.theta)),
         subset=SubsetSpec(**_plain(cfg.subset)),
         stochastic=StochasticSpec(**_plain(cfg.stochastic)),
+        refine=RefineSpec(refine_steps(cfg)),
         probes=ProbeSpec(
             tuple(cfg.probes),
             tuple(cfg.probe.sizes),
@@ -272,5 +294,5 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         cache_dir=Path(cfg.cache_dir).expanduser(),
         checkpoint_s=float(cfg.checkpoint_s),
         preset=cfg.preset,
-        config=_plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])),
+        config=config,
     )

@@ -6,7 +6,11 @@ Normalising eps by the range R reached within the budget T is the paper's 'norma
 threshold' (Section 5); for a decreasing curve R = L_0 - L_T. Requiring the curve to *stay* in
 the band ("the first time after which the loss is within an eps threshold", Appendix C) equals
 Algorithm 1's "first time inside" on monotone curves and is robust to noisy ones. A flat curve
-(R = 0) has T_eps = 0; a curve with a non-finite value (a diverged run) has none.
+(R = 0) has T_eps = 0; a diverged curve has none.
+
+A curve, real or predicted, has diverged when a value is non-finite or rises above BLOWUP times
+its start: such a run is not converging, whatever its range says (a finite blow-up, e.g. to
+1e8, would otherwise give a T_eps).
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+BLOWUP = 10.0
+
+
+def blew_up(loss: Sequence[float] | np.ndarray) -> bool:
+    """Whether a loss curve diverged: a non-finite value, or one above BLOWUP x its first."""
+    c = np.asarray(loss, dtype=np.float64)
+    if c.size == 0:
+        return False
+    if not np.all(np.isfinite(c)):
+        return True
+    return bool(np.max(c) > BLOWUP * max(c[0], 0.0)) if c[0] > 0 else False
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,10 @@ class Curves:
         return (len(self.loss) - 1) * self.interval
 
     def t_eps(self, kind: str, eps: Iterable[float], window: int = 1) -> dict[float, int | None]:
-        """T_eps in steps of the loss or error curve, after smoothing over `window` points."""
+        """T_eps in steps of the loss or error curve, after smoothing over `window` points;
+        None for every eps when the curve diverged."""
+        if self.diverged:
+            return {float(e): None for e in eps}
         curve = smooth(getattr(self, kind), window)
         return {
             e: None if t is None else t * self.interval for e, t in t_eps_grid(curve, eps).items()
@@ -98,14 +116,15 @@ def t_eps_quantiles(
     interval: int = 1,
     q: Sequence[float] = (0.05, 0.5, 0.95),
 ) -> dict[float, list[float | None]]:
-    """Quantiles over sample paths (R, points) of their T_eps in steps; None where every path
-    lacks a time (all diverged)."""
+    """Quantiles over sample paths (R, points) of their T_eps in steps. A diverged path (see
+    `blew_up`) never gets within eps: it counts as an infinite time, and a quantile that falls
+    on such paths is None ("never")."""
     out = {}
+    paths = np.asarray(paths)
+    live = [(p, blew_up(p)) for p in paths]
+    never = 1e18  # stands for "no time" in the quantile; a quantile near it is None
     for e in eps:
-        times = [t_eps(smooth(p, window), e) for p in np.asarray(paths)]
-        values = np.array([np.nan if t is None else t * interval for t in times], dtype=float)
-        if np.all(np.isnan(values)):
-            out[float(e)] = [None] * len(q)
-        else:
-            out[float(e)] = [float(v) for v in np.nanquantile(values, q)]
+        times = [t_eps(smooth(p, window), e) * interval if not d else never for p, d in live]
+        values = np.array(times, dtype=float)
+        out[float(e)] = [None if v >= never / 2 else float(v) for v in np.quantile(values, q)]
     return out

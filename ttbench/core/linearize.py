@@ -373,6 +373,23 @@ def exact_memory_bytes(model: nn.Module, x: torch.Tensor, n: int) -> int:
     return item * (n * per_sample + n * C * largest + (n * C) ** 2)
 
 
+def jvp(
+    model: nn.Module,
+    x: torch.Tensor,
+    tangent: dict[str, torch.Tensor],
+    params: dict[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(x; w) and J(x; w) tangent by forward-mode autodiff (torch.func.jvp); `tangent` is keyed
+    by parameter name, w is `params` or the model's own weights."""
+    if params is None:
+        params = {k: p.detach() for k, p in model.named_parameters() if k in tangent}
+
+    def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.func.functional_call(model, p, (x,))
+
+    return torch.func.jvp(f, (params,), (tangent,))
+
+
 class LinearizedModel(nn.Module):
     """f_lin(x; w) = f(x; w0) + J(x; w0) (w - w0): the first-order Taylor expansion of `model`
     at its current weights w0 (computed with torch.func.jvp), linear in its weights w."""
@@ -386,9 +403,6 @@ class LinearizedModel(nn.Module):
         model.requires_grad_(False)  # its own copies are replaced by `weights` in forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        def f(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            return torch.func.functional_call(self.model, params, (x,))
-
         tangent = {k: w - self.w0[k] for k, w in zip(self.names, self.weights, strict=True)}
-        out, df = torch.func.jvp(f, (self.w0,), (tangent,))
+        out, df = jvp(self.model, x, tangent, self.w0)
         return out + df

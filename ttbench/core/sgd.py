@@ -10,12 +10,15 @@ Exact simulator: u <- m u + Theta grad_f L_B(f),  f <- f - lr u, where L_B is th
 loss (grad_f L_B is (1/B) grad l_i on the batch rows, zero elsewhere). It is exactly SGD of the
 linearised model.
 
-SDE (eq. 1), Euler-Maruyama with one step per SGD step, effective learning rate elr = lr/(1-m)
-in both parts:
-    f <- f - elr Theta grad_f L(f) + (elr / sqrt(B)) * sqrt(fpc) * xi,   Cov[xi] = J Sigma J^T.
-Reading of Section 3.1 on momentum: a gradient's noise enters every later velocity with weight
-m^k, so over many steps it moves w by elr = lr/(1-m) times itself, like the drift; the noise
-amplitude therefore uses elr as well, which gives Smith and Le's noise scale lr/(B(1-m)).
+SDE (eq. 1), Euler-Maruyama with one step per SGD step. Without momentum:
+    f <- f - lr Theta grad_f L(f) + (lr / sqrt(B)) * sqrt(fpc) * xi,   Cov[xi] = J Sigma J^T.
+With momentum the same drift and noise enter a velocity, as a mini-batch gradient enters
+heavy-ball SGD's:
+    u <- m u + Theta grad_f L(f) + sqrt(fpc / B) * xi,   f <- f - lr u.
+Over many steps this moves f by lr / (1 - m) times drift and noise alike (Section 3.1's effective
+learning rate, and Smith and Le's noise scale lr / (B (1 - m))), but it is stable exactly where
+heavy-ball is (lr lambda < 2 (1 + m)), whereas a single Euler-Maruyama step at the effective
+rate lr / (1 - m) blows up once lr lambda / (1 - m) > 2, ten times sooner at m = 0.9.
 fpc = (N - B)/(N - 1) is the finite-population correction of sampling without replacement
 (1 with replacement), so B = N without replacement has no noise.
 Sigma, the covariance of per-sample gradients h_i = J_i^T grad l_i:
@@ -36,8 +39,7 @@ import numpy as np
 import torch
 
 from ttbench.core import losses
-from ttbench.core.curves import Curves
-from ttbench.core.dynamics import elr
+from ttbench.core.curves import Curves, blew_up
 
 SCHEMES = ("with_replacement", "epoch")
 NOISES = ("diagonal", "full")
@@ -101,7 +103,7 @@ class PathPrediction:
     @property
     def curves(self) -> Curves:
         loss = self.paths_loss.mean(0)
-        return Curves(loss, self.paths_error.mean(0), diverged=not np.all(np.isfinite(loss)))
+        return Curves(loss, self.paths_error.mean(0), diverged=blew_up(loss))
 
 
 def batch_grad_f(f: torch.Tensor, y: torch.Tensor, loss: str, batch: torch.Tensor) -> torch.Tensor:
@@ -116,6 +118,11 @@ def batch_grad_f(f: torch.Tensor, y: torch.Tensor, loss: str, batch: torch.Tenso
 def _record(fs_loss: list, fs_err: list, f: torch.Tensor, y: torch.Tensor, loss: str) -> None:
     fs_loss.append(losses.loss(f, y, loss).cpu().numpy())
     fs_err.append(losses.error(f, y).cpu().numpy())
+
+
+def _velocity(u0: torch.Tensor | None, f: torch.Tensor) -> torch.Tensor:
+    """The paths' starting velocity (R, N, C): u0 on every path, or rest."""
+    return torch.zeros_like(f) if u0 is None else u0.to(f.device, f.dtype).expand_as(f).clone()
 
 
 def _prepare(theta, f0, y, paths):
@@ -134,13 +141,14 @@ def exact_sgd(
     loss: str,
     batches: torch.Tensor,
     keep_outputs: bool = False,
+    u0: torch.Tensor | None = None,
 ) -> PathPrediction:
-    """SGD of the linearised model along given batch sequences (R, steps, B); `keep_outputs`
-    also returns the outputs at every step."""
+    """SGD of the linearised model along given batch sequences (R, steps, B), from velocity u0
+    (N, C); `keep_outputs` also returns the outputs at every step."""
     paths, steps, _ = batches.shape
     theta, f, y = _prepare(theta, f0, y, paths)
     batches = batches.to(theta.device)
-    u = torch.zeros_like(f)
+    u = _velocity(u0, f)
     out_loss, out_err, outputs = [], [], []
     for t in range(steps + 1):
         _record(out_loss, out_err, f, y, loss)
@@ -176,9 +184,11 @@ def sde(
     noise: str = "diagonal",
     noise_sqrt: torch.Tensor | None = None,
     schedule: str = "grad_norm",
+    u0: torch.Tensor | None = None,
 ) -> PathPrediction:
-    """Euler-Maruyama paths of eq. (1). `noise_sqrt` is a square root of J diag(sigma^2) J^T at
-    w0 (see `noise_factor`), needed for noise="diagonal"."""
+    """Euler-Maruyama paths of eq. (1), momentum through a velocity (module docstring), from
+    velocity u0 (N, C). `noise_sqrt` is a square root of J diag(sigma^2) J^T at w0 (see
+    `noise_factor`), needed for noise="diagonal"."""
     if noise not in NOISES or schedule not in SCHEDULES or scheme not in SCHEMES:
         raise ValueError(f"noise in {NOISES}, schedule in {SCHEDULES}, scheme in {SCHEMES}")
     theta, f, y = _prepare(theta, f0, y, paths)
@@ -187,10 +197,10 @@ def sde(
         if noise_sqrt is None:
             raise ValueError("noise='diagonal' needs noise_sqrt")
         noise_sqrt = noise_sqrt.to(theta.device, torch.float64)
-    rate = elr(lr, momentum)
     fpc = (n - batch_size) / (n - 1) if scheme == "epoch" and n > 1 else 1.0
-    amplitude = rate * (fpc / batch_size) ** 0.5
+    amplitude = (fpc / batch_size) ** 0.5
     gen = torch.Generator(device=theta.device).manual_seed(seed)
+    u = _velocity(u0, f)
     norm0 = losses.grad_f(f[0], y, loss).norm()
     out_loss, out_err = [], []
     for t in range(steps + 1):
@@ -208,5 +218,6 @@ def sde(
             if schedule == "grad_norm":
                 scale = (s / n).flatten(1).norm(dim=1) / norm0
                 xi = xi * scale.view(paths, 1, 1)
-        f = f - rate * drift + amplitude * xi
+        u = momentum * u + drift + amplitude * xi
+        f = f - lr * u
     return PathPrediction(np.stack(out_loss, 1), np.stack(out_err, 1), f)
