@@ -26,8 +26,14 @@ def test_records_are_collected_and_bad_directories_listed(tmp_path, cache_dir):
     results, curves, problems = collect([out])
     assert sorted(p.split(": ")[1].split(" ")[0] for p in problems) == ["corrupt", "incomplete"]
     assert results["run"].nunique() == 2
-    assert set(results.predictor) == {"ode", "discrete"} and set(results.kind) == {"loss", "error"}
-    assert len(results) == 2 * 2 * 2 * 6
+    assert set(results.predictor) == {"ode", "discrete", "constant"}
+    assert set(results.kind) == {"loss", "error"}
+    assert len(results) == 2 * 3 * 2 * 6
+    # the pooled predictor: each run's other seed's real time, leave-one-out
+    constant = results[results.predictor == "constant"].set_index(["run", "kind", "eps"])
+    real = constant["t_real"]
+    other = real.groupby(level=["kind", "eps"]).transform(lambda v: v.iloc[::-1].to_numpy())
+    assert (constant["t_pred"] == other).all() and constant["predict_s"].isna().all()
     rec = record.read(good)
     for kind in record.KINDS:
         rows = results[

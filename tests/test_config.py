@@ -19,9 +19,12 @@ def test_every_config_group_option_composes_and_validates():
                 option, []
             )
             extra += ["optim=sgd"] if option in ("exact_sgd", "sgd") else []
+            extra += ["optim=sgd"] if option in ("relin_sgd",) else []
             if group == "dataset" and option != "digits":
                 extra += ["model=resnet18"]
-            if group == "model" and option != "small_resnet":
+            if group == "model" and option == "resnet18_digits":
+                extra += ["dataset.channels=3", "dataset.resolution=16"]
+            elif group == "model" and option != "small_resnet":
                 extra += ["dataset=cifar10"]
             cfg = compose_cfg([f"{group}={option}", *extra])
             spec = validate(cfg)
@@ -121,3 +124,16 @@ def test_one_list_decides_a_runs_identity(tmp_path):
     a, b = spec_of(["seed=2"]), spec_of(["seed=2", *ignored])
     assert a.identity() == b.identity() and a.identity() != spec_of(["seed=3"]).identity()
     assert not set(a.identity()) & set(NOT_IDENTITY)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=resnet18_digits"], "model='resnet18' is invalid: takes 3-channel images"),
+        (["model=resnet18", "model.pretrained=maybe"], "model.pretrained='maybe' is invalid"),
+        (["model=resnet18_digits", "dataset=cifar10"], "needs model.pretrain settings and"),
+    ],
+)
+def test_own_pretrained_resnets_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate(compose_cfg(overrides))

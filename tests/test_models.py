@@ -103,3 +103,23 @@ def test_conv_rescale_preserves_the_function_and_shrinks_the_conv_kernel():
     rescale_convs(model, 3.0)
     torch.testing.assert_close(model(x), before, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(linearize(model, x).theta, theta_before / 9, rtol=1e-9, atol=1e-12)
+
+
+def test_a_torchvision_resnet_pretrained_by_ttbench_on_upsampled_digits(tmp_path):
+    from dataclasses import asdict
+
+    from ttbench.data.digits import Digits
+
+    data = Digits(resolution=16, channels=3)
+    x, y = data.source()
+    assert x.shape[1:] == (3, 16, 16) and data.images(data.labels()[:0]).shape[1:] == (3, 16, 16)
+    assert torch.equal(x[:, 0], x[:, 2])  # the grey channel repeated
+    spec = PretrainSpec("digits", 3, 0, 10, 1, 1e-3, 64, 0, arch="resnet18", resolution=16)
+    model = load_or_pretrain(spec, tmp_path, lambda: (x[:64], y[:64]))
+    assert model.head.out_features == 10 and model(x[:2]).shape == (2, 10)
+    assert spec.filename().startswith("resnet18_digits_")
+    assert load_checkpoint(tmp_path / spec.filename(), spec).head.in_features == 512
+    # the default model's checkpoint keeps the name it had before these settings existed
+    old = {k: v for k, v in asdict(SPEC).items() if k in ("dataset", "in_channels", "width",
+           "num_classes", "epochs", "lr", "batch_size", "seed", "conv_scale")}  # fmt: skip
+    assert SPEC.identity() == old

@@ -27,6 +27,11 @@ def _record(**kw) -> record.Record:
             "loss": (q(1.0, 2.0, 3.0), q(6.0, 7.0, 9.0)),
             "error": (q(None, None, None), q(3.0, 3.0, 3.0)),
         },
+        band={
+            "loss": (q(1.0, 2.0, 4.0), q(3.0, 5.0, 6.0)),
+            "error": (q(0.0, 0.0, 1.0), q(2.0, 3.0, 4.0)),
+        },
+        validity=0.25,
     )
     base = {
         "config": {"seed": 3, "lr": 0.1, "momentum": 0.0, "steps": 5, "loss": "ce"},
@@ -60,9 +65,12 @@ def test_derived_numbers():
     rows = pd.DataFrame(rec.rows())
     assert len(rows) == 2 * 2 * 2
     sde = rows[(rows.predictor == "sde") & (rows.kind == "loss")]
-    assert list(sde.covered) == [True, False] and list(sde.q95) == [3.0, 9.0]
+    assert list(sde.path_covered) == [True, False] and list(sde.path_q95) == [3.0, 9.0]
+    assert list(sde.covered) == [True, True] and list(sde.q95) == [4.0, 6.0]  # the band
     err = rows[(rows.predictor == "sde") & (rows.kind == "error")]
-    assert err.covered.iloc[0] is None and bool(err.covered.iloc[1]) is True
+    assert err.path_covered.iloc[0] is None and bool(err.path_covered.iloc[1]) is True
+    ode = rows[rows.predictor == "ode"]
+    assert ode.q05.isna().all() and ode.covered.isna().all() and ode.validity.isna().all()
     assert set(rows.predict_s) == {1.5, 4.0} and set(rows.finetune_s) == {6.0}
 
 

@@ -25,7 +25,9 @@ from ttbench.validate import ConfigError
 def test_the_registry_says_what_each_predictor_needs():
     plain = ["ode", "heavy_ball", "discrete", "closed_form", "subset", "sde", "exact_sgd"]
     refined = ["relin", "relin_sgd", "rescaled", "fit_exp", "fit_power"]
-    assert list(PREDICTORS) == [*plain, *refined]
+    assert list(PREDICTORS) == [*plain, *refined, "constant"]
+    assert [n for n, p in PREDICTORS.items() if p.pooled] == ["constant"]
+    assert "computed by python -m ttbench.collect" in PREDICTORS["constant"].applies("ce", "gd", 0)
     assert [n for n, p in PREDICTORS.items() if p.prefix] == refined
     assert {n for n, p in PREDICTORS.items() if p.kind == STOCHASTIC} == {
         "sde",
@@ -36,6 +38,7 @@ def test_the_registry_says_what_each_predictor_needs():
         "subset",
         "fit_exp",
         "fit_power",
+        "constant",
     ]
     assert [n for n, p in PREDICTORS.items() if p.theta == "wk"] == ["relin", "relin_sgd"]
     assert [n for n, p in PREDICTORS.items() if p.diagonal_noise] == ["sde"]
@@ -85,7 +88,7 @@ def test_a_new_predictor_is_one_registry_entry(monkeypatch, tmp_path, cache_dir)
     curves, _ = read_curves(tmp_path / "runs" / "a" / "curves.parquet")
     assert curves["half"].loss[-1] > curves["ode"].loss[-1]  # half the step: slower
     tables = gather([tmp_path / "runs"])
-    assert set(tables.results.predictor) == {"ode", "half"}
+    assert set(tables.results.predictor) == {"ode", "half", "constant"}
     assert set(tables.curves.curve) == {"real", "ode", "half"}
     assert color("half") == "tab:olive" and label("half") == "half-step map"
     loaded = figures.Tables(tables.results, tables.curves)

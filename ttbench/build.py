@@ -14,7 +14,7 @@ from ttbench.data.registry import get_dataset
 from ttbench.data.task import Task, sample_task
 from ttbench.models.classifier import Classifier, finetune_model
 from ttbench.models.pretrain import PretrainSpec, load_or_pretrain
-from ttbench.models.zoo import WEIGHT_FILES, imagenet_resnet
+from ttbench.models.zoo import TTBENCH, WEIGHT_FILES, imagenet_resnet
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
 from ttbench.validate import check_classes
@@ -40,29 +40,45 @@ def dataset(spec: RunSpec):
     return get_dataset(spec.dataset.name, **spec.dataset.options)
 
 
+def _source_options(spec: RunSpec) -> dict:
+    """The pretraining dataset's options: the run's own when it pretrains on the run's dataset
+    (so that its source part is disjoint from the run's target part, and its images have the
+    same size and channels), the defaults otherwise."""
+    same = spec.model.pretrain.dataset == spec.dataset.name
+    return dict(spec.dataset.options) if same else {}
+
+
 def pretrain_spec(spec: RunSpec) -> PretrainSpec:
     p = spec.model.pretrain
-    source = get_dataset(p.dataset)
+    options = _source_options(spec)
+    source = get_dataset(p.dataset, **options)
+    small = spec.model.name == "small_resnet"
     return PretrainSpec(
         dataset=p.dataset,
         in_channels=source.in_channels,
-        width=spec.model.width,
+        width=spec.model.width if small else 0,
         num_classes=source.num_classes,
         epochs=p.epochs,
         lr=p.lr,
         batch_size=p.batch_size,
         seed=p.seed,
         conv_scale=p.conv_scale,
+        arch=spec.model.name,
+        resolution=options.get("resolution"),
+        source_fraction=options.get("source_fraction", 0.5),
+        split_seed=options.get("split_seed", 0),
     )
 
 
 def pretrained_model(spec: RunSpec) -> Classifier:
-    """The small ResNet pretrained (and cached) by ttbench, or an ImageNet ResNet from disk."""
+    """A network pretrained (and cached) by ttbench on a source task (the small ResNet, or a
+    torchvision ResNet with model.pretrained=ttbench), or an ImageNet ResNet from disk."""
     m = spec.model
-    if m.name in WEIGHT_FILES:
+    if m.name in WEIGHT_FILES and m.pretrained != TTBENCH:
         return imagenet_resnet(m.name, m.pretrained, m.weights, m.source)
     pre = pretrain_spec(spec)
-    return load_or_pretrain(pre, spec.cache_dir, get_dataset(pre.dataset).source)
+    source = get_dataset(pre.dataset, **_source_options(spec)).source
+    return load_or_pretrain(pre, spec.cache_dir, source)
 
 
 def task(spec: RunSpec, data) -> Task:

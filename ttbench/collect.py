@@ -1,9 +1,10 @@
 """`python -m ttbench.collect DIR... [--out DIR]`: every run record under the given folders as
 one table, one row per (run, predictor, curve kind, eps), every config value a column
-(`cfg.<key>`), plus one table of all curves, and one table per probe (probe_<name>.parquet) and
-per predictor spectra (spectra_<name>.parquet) found, concatenated over runs with a `run` column
-and the runs' main settings (RUN_COLUMNS). Incomplete or corrupt run directories, and missing or
-unreadable probe and spectra files, are listed, never fatal.
+(`cfg.<key>`), every run signal a column (`signal.<name>`), with the pooled predictor
+`constant` (the other seeds' median) added; one table of all curves; and one table per probe
+(probe_<name>.parquet) and per predictor spectra (spectra_<name>.parquet) found, concatenated
+over runs with a `run` column and the runs' main settings (RUN_COLUMNS). Incomplete or corrupt
+run directories, and missing or unreadable probe and spectra files, are listed, never fatal.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from ttbench import record
+from ttbench.bands import loo_bands
+from ttbench.spec import NOT_IDENTITY
 
 # The settings that tell a probe's or spectra table's runs apart, copied onto its rows.
 RUN_COLUMNS = ("dataset.name", "seed", "lr", "momentum", "task.n", "preset")
@@ -37,6 +40,47 @@ def _extra_files(run: Path, rec: record.Record) -> dict[str, str]:
 
 def _run_columns(run: Path, cfg: dict) -> dict:
     return {"run": str(run), **{f"cfg.{k}": cfg.get(k) for k in RUN_COLUMNS}}
+
+
+def _configuration(results: pd.DataFrame) -> pd.Series:
+    """One label per row naming its run's configuration: every config value but the seed (the
+    task), the predictors asked for, and the settings that do not change a result."""
+    skip = {"cfg.seed", *(f"cfg.{k}" for k in NOT_IDENTITY)}
+    key = [c for c in results if c.startswith("cfg.") and c not in skip]
+    key = [c for c in key if not c.startswith("cfg.predictor.")]
+    return pd.Series([repr(t) for t in results[key].itertuples(index=False)], index=results.index)
+
+
+def constant_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The pooled predictor `constant`: per run, curve kind and eps, the median real T_eps of
+    the other completed runs of the same configuration (other seeds, i.e. other tasks), none
+    when there is no other. Leave-one-out: no run predicts itself."""
+    if not len(results):
+        return results
+    real = results.drop_duplicates(["run", "kind", "eps"]).copy()
+    real["_config"] = _configuration(real)
+    out = []
+    for _, group in real.groupby(["_config", "kind", "eps"], sort=False):
+        for _, row in group.iterrows():
+            others = group.loc[group["run"] != row["run"], "t_real"].dropna()
+            t_pred = float(others.median()) if len(others) else None
+            t_real = row["t_real"]
+            known = t_pred is not None and pd.notna(t_real)
+            out.append(
+                row.drop("_config").to_dict()
+                | {
+                    "predictor": "constant",
+                    "t_pred": t_pred,
+                    "abs_err": abs(t_pred - t_real) if known else None,
+                    "rel_err": abs(t_pred - t_real) / t_real if known and t_real > 0 else None,
+                    "q05": None,
+                    "q50": None,
+                    "q95": None,
+                    "covered": None,
+                    "predict_s": float("nan"),  # no computation: it needs completed runs
+                }
+            )
+    return pd.DataFrame(out, columns=results.columns)
 
 
 def gather(roots: list[Path]) -> Collected:
@@ -69,8 +113,12 @@ def gather(roots: list[Path]) -> Collected:
                 problems.append(f"{run}: unreadable {name} ({type(e).__name__}: {e})")
                 continue
             extra.setdefault(stem, []).append(table.assign(**columns)[[*columns, *table]])
+    results = pd.DataFrame(rows)
+    if rows:
+        results = pd.concat([results, constant_rows(results)], ignore_index=True)
+        results = results.join(loo_bands(results))
     return Collected(
-        pd.DataFrame(rows),
+        results,
         pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
         {stem: pd.concat(frames, ignore_index=True) for stem, frames in sorted(extra.items())},
         problems,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ttbench import record
+from ttbench.bands import Calibration, disagreement
 from ttbench.core import losses, refine, sgd
 from ttbench.core.curves import Curves, t_eps_quantiles
 from ttbench.core.dynamics import discrete, sharpness
@@ -210,6 +211,31 @@ def bands(paths: sgd.PathPrediction) -> dict[float, Curves]:
         )
         for q in record.BAND
     }
+
+
+# The refined predictions a plain one is checked against (the first present), for its validity.
+REFERENCES = ("relin", "relin_sgd")
+
+
+def with_bands(
+    entries: dict[str, record.PredictorRecord], spec: RunSpec, calibration: Calibration
+) -> dict[str, record.PredictorRecord]:
+    """Every prediction with its model-error band (ttbench.bands) and, when the run has a
+    refined reference, every plain one with its validity: how far it disagrees with it."""
+    ref = next((entries[n] for n in REFERENCES if n in entries and not entries[n].diverged), None)
+    out = {}
+    for name, e in entries.items():
+        p = PREDICTORS[name]
+        plain = not (p.prefix or p.pooled)
+        v = None
+        if plain and ref is not None:
+            v = disagreement(e.t_eps["loss"], ref.t_eps["loss"], spec.train.steps)
+        band = {}
+        for kind, times in e.t_eps.items():
+            qs = [calibration.band(name, kind, t, v if plain else 0.0) for t in times]
+            band[kind] = tuple(record.Quantiles(*(q or (None, None, None))) for q in qs)
+        out[name] = replace(e, band=band, validity=v)
+    return out
 
 
 def entry(name: str, p: Predicted, spec: RunSpec) -> record.PredictorRecord:

@@ -90,6 +90,7 @@ class Predictor:
     diagonal_noise: bool = False  # needs J diag(sigma^2) J^T with stochastic.noise=diagonal
     flow: bool = False  # continuous time: cannot blow up where discrete GD does (see stability)
     prefix: bool = False  # refined: uses the first refine.steps real steps
+    pooled: bool = False  # computed by ttbench.collect from completed runs, never in a run
     core: Callable[..., dynamics.Prediction] | None = None  # (theta, f0, y, *, lr, ...) in core
 
     def applies(self, loss: str, optimizer: str, refine_steps: int) -> str | None:
@@ -100,6 +101,8 @@ class Predictor:
             return f"{self.name} needs optim={' or '.join(self.optimizers)}"
         if self.prefix and refine_steps == 0:
             return f"{self.name} needs refine.steps > 0 (the real steps it refines from)"
+        if self.pooled:
+            return f"{self.name} is computed by python -m ttbench.collect from completed runs"
         return None
 
 
@@ -224,6 +227,10 @@ def _fitted(family: str) -> Callable[[Inputs], Solved]:
     return solve
 
 
+def _pooled(i: Inputs) -> Solved:
+    raise ValueError("a pooled predictor is computed by ttbench.collect, not in a run")
+
+
 PREDICTORS: dict[str, Predictor] = {
     p.name: p
     for p in (
@@ -346,6 +353,16 @@ PREDICTORS: dict[str, Predictor] = {
             momentum="observed",
             theta=None,
             prefix=True,
+        ),
+        Predictor(
+            "constant",
+            DETERMINISTIC,
+            "median of the other seeds' runs",
+            "olive",
+            _pooled,
+            momentum="observed",
+            theta=None,
+            pooled=True,
         ),
     )
 }

@@ -61,7 +61,9 @@ class PredictorRecord:
     diverged: bool
     stages: tuple[str, ...]  # the stages whose wall-clock this prediction cost
     paths: int | None = None
-    quantiles: dict[str, tuple[Quantiles, ...]] | None = None  # kind -> per eps
+    quantiles: dict[str, tuple[Quantiles, ...]] | None = None  # of the sample paths, per eps
+    band: dict[str, tuple[Quantiles, ...]] | None = None  # model-error band (ttbench.bands)
+    validity: float | None = None  # plain: disagreement with the refined prediction
 
 
 @dataclass(frozen=True)
@@ -132,28 +134,37 @@ class Record:
             "device": self.device,
             "finetune_s": self.stages["finetune"]["wall_s"],
             "real_diverged": self.real.diverged,
+            **{f"signal.{k}": v for k, v in self.signals.items()},
         }
         rows = []
+        none = Quantiles(None, None, None)
         for name, pred in self.predictors.items():
             predict_s = self.timing(name)["total_s"]
             for kind in KINDS:
                 errors = self.errors(name, kind)
                 for i, e in enumerate(self.eps):
-                    q = pred.quantiles[kind][i] if pred.quantiles else Quantiles(None, None, None)
+                    t_real = self.real.t_eps[kind][i]
+                    b = pred.band[kind][i] if pred.band else none
+                    q = pred.quantiles[kind][i] if pred.quantiles else none
                     rows.append(
                         {
                             **base,
                             "predictor": name,
                             "kind": kind,
                             "eps": e,
-                            "t_real": self.real.t_eps[kind][i],
+                            "t_real": t_real,
                             "t_pred": pred.t_eps[kind][i],
                             "abs_err": errors[i][0],
                             "rel_err": errors[i][1],
-                            "q05": q.q05,
-                            "q50": q.q50,
-                            "q95": q.q95,
-                            "covered": q.covers(self.real.t_eps[kind][i]),
+                            "q05": b.q05,
+                            "q50": b.q50,
+                            "q95": b.q95,
+                            "covered": b.covers(t_real),
+                            "path_q05": q.q05,
+                            "path_q50": q.q50,
+                            "path_q95": q.q95,
+                            "path_covered": q.covers(t_real),
+                            "validity": pred.validity,
                             "predict_s": predict_s,
                         }
                     )
@@ -203,15 +214,20 @@ def _to_json(rec: Record) -> dict[str, Any]:
         }
         if p.quantiles is not None:
             entry["paths"] = p.paths
-            entry["quantiles"] = {
-                k: [
-                    {**q.__dict__, "covered": q.covers(t)}
-                    for q, t in zip(qs, rec.real.t_eps[k], strict=True)
-                ]
-                for k, qs in p.quantiles.items()
-            }
+            entry["quantiles"] = _quantiles_json(p.quantiles, rec.real.t_eps)
+        if p.band is not None:
+            entry["band"] = _quantiles_json(p.band, rec.real.t_eps)
+        if p.validity is not None:
+            entry["validity"] = p.validity
         out["predictors"][name] = entry
     return out
+
+
+def _quantiles_json(qs: dict[str, tuple[Quantiles, ...]], real: Times) -> dict[str, list]:
+    return {
+        k: [{**q.__dict__, "covered": q.covers(t)} for q, t in zip(v, real[k], strict=True)]
+        for k, v in qs.items()
+    }
 
 
 def _times(d: Mapping[str, Any], eps: list[str] | None) -> Times:
@@ -250,6 +266,8 @@ def from_json(d: Mapping[str, Any]) -> Record:
             stages=tuple(p["stages"]) if "stages" in p else _stages_v1(p["timing"]),
             paths=p.get("paths"),
             quantiles=None if quantiles is None else _quantiles(quantiles, eps),
+            band=_quantiles(p["band"], eps) if "band" in p else None,
+            validity=p.get("validity"),
         )
     t = d["task"]
     return Record(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -22,10 +23,20 @@ from tqdm import tqdm
 # No `import torch` here: submitit pickles this __main__ module's functions by value, and a
 # global torch module does not pickle ("cannot pickle '_Classes' object").
 from ttbench import build, cli, record
+from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR
 from ttbench.core.curves import Curves
 from ttbench.plots import plot_curves
-from ttbench.prediction import PREFIX, Predicted, after_prefix, at_w0, bands, entry
+from ttbench.prediction import (
+    PREFIX,
+    REFERENCES,
+    Predicted,
+    after_prefix,
+    at_w0,
+    bands,
+    entry,
+    with_bands,
+)
 from ttbench.predictors import PREDICTORS, Solved
 from ttbench.probes import PROBES
 from ttbench.spec import RunSpec
@@ -36,6 +47,7 @@ from ttbench.validate import validate
 log = logging.getLogger("ttbench.run")
 
 STATE = "finetune.state"  # fine-tuning checkpoint inside the run directory, gone once done
+VALIDITY_LIMIT = math.log(1.2)  # a plain prediction 20% off the refined one is not trusted
 
 
 def _finetune(
@@ -122,7 +134,11 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
             real.diverged,
             None if state is None else state["t"],
         ),
-        predictors={name: entry(name, p, spec) for name, p in predictions.items()},
+        predictors=with_bands(
+            {name: entry(name, p, spec) for name, p in predictions.items()},
+            spec,
+            default_calibration(),
+        ),
         probes=probe_files,
         signals=signals,
     )
@@ -160,10 +176,9 @@ def summary(rec: record.Record) -> str:
             columns[f"{name} err"] = [
                 "-" if rel is None else f"{rel:.0%}" for _, rel in rec.errors(name, kind)
             ]
-            if pred.quantiles is not None:
+            if pred.band is not None:
                 columns[f"{name} 5-95%"] = [
-                    "-" if q.q05 is None else f"{q.q05:.0f}-{q.q95:.0f}"
-                    for q in pred.quantiles[kind]
+                    "-" if q.q05 is None else f"{q.q05:.0f}-{q.q95:.0f}" for q in pred.band[kind]
                 ]
         table = pd.DataFrame(columns, index=[f"eps={e}" for e in rec.eps]).fillna("-")
         tables.append(f"T_eps of the {kind} curve, in steps:\n{table.to_string()}")
@@ -185,6 +200,18 @@ def signal_lines(rec: record.Record) -> list[str]:
     if after:
         k = rec.config["refine"]["steps"]
         out.append(f"after the first {k} real steps: " + ", ".join(after))
+    valid = {n: p.validity for n, p in rec.predictors.items() if p.validity is not None}
+    if valid:
+        ref = next(n for n in REFERENCES if n in rec.predictors)
+        parts = ", ".join(f"{n} {math.exp(v) - 1:.0%}" for n, v in valid.items())
+        out.append(f"validity: disagreement of the plain predictions with {ref}: {parts}")
+        for name, v in valid.items():
+            if v > VALIDITY_LIMIT:
+                out.append(
+                    f"WARNING: {name} disagrees with the prediction refined from the real steps "
+                    f"by {math.exp(v) - 1:.0%} (over {math.exp(VALIDITY_LIMIT) - 1:.0%}): the "
+                    f"network has left its linearisation; do not trust {name}, trust {ref}"
+                )
     return out
 
 

@@ -90,7 +90,7 @@ class ModelSpec:
     width: int | None = None  # small_resnet
     pretrain: PretrainSettings | None = None  # small_resnet
     source: str | None = None  # ImageNet ResNets: torchvision | timm
-    pretrained: bool = True
+    pretrained: bool | str = True  # ImageNet weights, none, or "ttbench": pretrained by ttbench
     weights: str | None = None
 
 

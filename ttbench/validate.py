@@ -21,6 +21,7 @@ from ttbench.core.losses import LOSSES
 from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
 from ttbench.core.sketch import SKETCHES
 from ttbench.data.registry import DATASETS, NUM_CLASSES
+from ttbench.models.zoo import TTBENCH
 from ttbench.predictors import PREDICTORS, STOCHASTIC
 from ttbench.probes import PROBES
 from ttbench.spec import (
@@ -91,8 +92,15 @@ def validate(cfg: DictConfig) -> RunSpec:
     check_classes(k, NUM_CLASSES.get(cfg.dataset.name), cfg.dataset.name)
     if cfg.model.name != "small_resnet":
         _choice("model.source", cfg.model.source, ("timm", "torchvision"))
-    channels = 1 if cfg.dataset.name == "digits" else 3
-    wanted = 1 if cfg.model.name == "small_resnet" else 3  # small_resnet: pretrained on digits
+    channels = cfg.dataset.get("channels", 1) if cfg.dataset.name == "digits" else 3
+    # the small ResNet takes the channels of its pretraining data: the run's own dataset's
+    # when it pretrains on it, the default digits' (1) otherwise
+    if cfg.model.name == "small_resnet":
+        wanted = channels if cfg.model.pretrain.dataset == cfg.dataset.name else 1
+    else:
+        wanted = 3
+    if cfg.model.name != "small_resnet":
+        _pretrained(cfg)
     if channels != wanted:
         raise ConfigError(
             "model",
@@ -127,6 +135,20 @@ def validate(cfg: DictConfig) -> RunSpec:
             "weight_decay", cfg.weight_decay, "the predictors model 0 only (or use predictor=none)"
         )
     return spec_of(cfg, tuple(names))
+
+
+def _pretrained(cfg: DictConfig) -> None:
+    """model.pretrained of an ImageNet ResNet: its weights, none, or ttbench's own, pretrained
+    on the source part of the run's dataset (which must have one)."""
+    value = cfg.model.pretrained
+    if value not in (True, False, TTBENCH):
+        raise ConfigError("model.pretrained", value, f"must be true, false or {TTBENCH}")
+    if value == TTBENCH and (cfg.model.get("pretrain") is None or cfg.dataset.name != "digits"):
+        raise ConfigError(
+            "model.pretrained",
+            value,
+            "needs model.pretrain settings and dataset=digits (whose source part it pretrains on)",
+        )
 
 
 def _integers(cfg: DictConfig, key: str, low: int) -> None:
@@ -247,8 +269,14 @@ def _model(m: DictConfig) -> ModelSpec:
         return ModelSpec(
             m.name, m.head_init_std, width=m.width, pretrain=PretrainSettings(**_plain(m.pretrain))
         )
+    own = m.pretrained == TTBENCH
     return ModelSpec(
-        m.name, m.head_init_std, source=m.source, pretrained=m.pretrained, weights=m.weights
+        m.name,
+        m.head_init_std,
+        source=m.source,
+        pretrained=m.pretrained,
+        weights=m.weights,
+        pretrain=PretrainSettings(**_plain(m.pretrain)) if own else None,
     )
 
 

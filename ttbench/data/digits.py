@@ -4,6 +4,9 @@ The images are split once, by image and stratified by class, into a *source* par
 pretrain the default network and a disjoint *target* part from which fine-tuning tasks are drawn:
 for every class its images are shuffled with `split_seed` and the first `source_fraction` go to
 the source part. Pixels (0..16) are scaled by the source part's mean and standard deviation.
+With `resolution` the 8x8 images are upsampled (bilinear) to that size, and with `channels=3`
+the grey channel is repeated, so that ImageNet-shaped networks (torchvision's ResNets) can be
+pretrained and fine-tuned on them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from functools import cache
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 
 @cache
@@ -41,9 +45,15 @@ class Digits:
 
     name = "digits"
     num_classes = 10
-    in_channels = 1
 
-    def __init__(self, source_fraction: float = 0.5, split_seed: int = 0) -> None:
+    def __init__(
+        self,
+        source_fraction: float = 0.5,
+        split_seed: int = 0,
+        resolution: int | None = None,
+        channels: int = 1,
+    ) -> None:
+        self.resolution, self.in_channels = resolution, channels
         images, labels = _load()
         self._source, self._target = split_indices(labels, source_fraction, split_seed)
         src = images[self._source]
@@ -51,8 +61,11 @@ class Digits:
         self._images, self._labels = images, labels
 
     def _tensor(self, idx: np.ndarray) -> torch.Tensor:
-        x = (self._images[idx] - self._mean) / self._std
-        return torch.from_numpy(x).unsqueeze(1)
+        x = torch.from_numpy((self._images[idx] - self._mean) / self._std).unsqueeze(1)
+        if self.resolution and self.resolution != x.shape[-1]:
+            size = (self.resolution, self.resolution)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x.expand(-1, self.in_channels, -1, -1).contiguous()
 
     def source(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All source images (N, 1, 8, 8) and labels, for pretraining."""

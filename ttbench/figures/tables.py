@@ -3,10 +3,10 @@ the report show, as plain pandas computations (no plotting here, so tests can ch
 
 Conventions used throughout:
 - a point is one row of results.parquet: (run, predictor, curve kind, eps);
-- a point counts when the real run did not diverge and its real T_eps exists;
+- a point counts when the real run did not diverge and its real T_eps exists and is > 0, and,
+  for a refined predictor, is above the k steps it observed (`left_out` says how many not);
 - a prediction is within a tolerance r when |t_pred - t_real| <= r * t_real; a missing t_pred
-  (the predicted curve never got within eps) is outside every tolerance. With t_real = 0 only
-  t_pred = 0 is within, which keeps points that rel_err (undefined there) would drop.
+  (the predicted curve never got within eps) is outside every tolerance.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ttbench.points import valid
 from ttbench.record import normalise_curves
 
 TOLERANCES = (0.13, 0.20)  # the paper's headline bands: GD within 13%, SGD within 20%
@@ -89,16 +90,6 @@ def optim_rows(name: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
         return frame[frame["cfg.optim.name"] == name]
 
     return pick
-
-
-def valid(rows: pd.DataFrame) -> pd.DataFrame:
-    """Points that can be scored: the real run did not diverge and reached its T_eps."""
-    if not len(rows):
-        return rows
-    keep = rows["t_real"].notna()
-    if "real_diverged" in rows:
-        keep &= ~rows["real_diverged"].fillna(False).astype(bool)
-    return rows[keep]
 
 
 def eps_rows(rows: pd.DataFrame, eps: Iterable[float]) -> pd.DataFrame:
@@ -347,3 +338,97 @@ def markdown(frame: pd.DataFrame, floatfmt: str = ".3g", percent: Iterable[str] 
     for row in frame.itertuples(index=False):
         lines.append("| " + " | ".join(fmt(c, v) for c, v in zip(cols, row, strict=True)) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --- the fidelity evaluation: regimes, predictors, bands, signals, cost ------------------------
+
+
+def regimes(rows: pd.DataFrame) -> pd.Series:
+    """A readable regime per row: model (when not the default as pretrained), optimiser and
+    batch size, learning rate, momentum."""
+
+    def name(r) -> str:
+        parts = []
+        model = r.get("cfg.model.name", "small_resnet")
+        scale = r.get("cfg.model.pretrain.conv_scale", 1.0)
+        if model != "small_resnet":
+            parts.append(str(model))
+        elif pd.notna(scale) and scale != 1:
+            parts.append(f"lazy x{scale:g}")
+        optim = str(r.get("cfg.optim.name", "gd"))
+        if optim == "sgd":
+            optim += f" B={r.get('cfg.optim.batch_size'):g}"
+        parts += [optim, f"lr={r['cfg.lr']:g}", f"m={r['cfg.momentum']:g}"]
+        return " ".join(parts)
+
+    runs = rows.drop_duplicates("run")
+    names = {run: name(r) for run, r in zip(runs["run"], runs.to_dict("records"), strict=True)}
+    return rows["run"].map(names)
+
+
+def band_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Scorable points with a 5-95% band."""
+    rows = valid(rows)
+    return rows[rows["q05"].notna()] if "q05" in rows else rows.iloc[:0]
+
+
+def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor")) -> pd.DataFrame:
+    """Per group: shares of loss and error T_eps within 13% and 20%, the points scored and left
+    out, the band's coverage and median width (steps), and the median cost ratio."""
+    if not len(results):
+        return pd.DataFrame()
+    rows = results.assign(regime=regimes(results))
+    frames = []
+    for kind in ("loss", "error"):
+        part = share_within(rows[rows["kind"] == kind], by)
+        frames.append(
+            part.rename(
+                columns={"within_13": f"{kind}_13", "within_20": f"{kind}_20", "n": f"n_{kind}"}
+            ).set_index(list(by))
+        )
+    out = frames[0].join(frames[1], how="outer")
+    gone = rows[rows["kind"] == "loss"]
+    kept = valid(gone)
+    out["left_out"] = gone.groupby(list(by)).size().sub(kept.groupby(list(by)).size(), fill_value=0)
+    banded = band_rows(rows[rows["kind"] == "loss"])
+    if len(banded):
+        hi = banded["q95"].astype(float)
+        covered = (banded["t_real"] >= banded["q05"]) & (hi.isna() | (banded["t_real"] <= hi))
+        width = hi - banded["q05"]
+        g = banded.assign(_covered=covered.astype(float), _width=width).groupby(list(by))
+        out["coverage"] = g["_covered"].mean()
+        out["band_width"] = g["_width"].median()
+    c = costs(rows)
+    c = c.assign(regime=c["run"].map(rows.drop_duplicates("run").set_index("run")["regime"]))
+    if len(c):
+        out["cost_ratio"] = c.groupby(list(by))["ratio"].median()
+    return out.reset_index()
+
+
+SIGNALS = ("drift", "kernel_change", "time_scale", "stability")
+
+
+def validity(results: pd.DataFrame, predictors: Sequence[str] = ("ode", "discrete")):
+    """Spearman rank correlation, over runs, between each signal and the plain prediction's
+    error (the run's median relative error of the loss T_eps); for time_scale its distance
+    from 1, |log s|."""
+    out = []
+    rows = valid(results[results["kind"] == "loss"]) if len(results) else results
+    for name in predictors:
+        part = rows[rows["predictor"] == name]
+        if not len(part):
+            continue
+        per_run = part.groupby("run").agg(error=("rel_err", "median"))
+        for signal in SIGNALS:
+            col = f"signal.{signal}"
+            if col not in part:
+                continue
+            values = part.groupby("run")[col].first()
+            if signal == "time_scale":
+                values = np.log(values.astype(float)).abs()
+            both = per_run.join(values.rename("signal")).dropna()
+            if len(both) < 3:
+                continue
+            rho = stats.spearmanr(both["signal"], both["error"]).statistic
+            out.append({"predictor": name, "signal": signal, "spearman": rho, "runs": len(both)})
+    return pd.DataFrame(out, columns=["predictor", "signal", "spearman", "runs"])

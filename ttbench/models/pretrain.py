@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
 from ttbench.files import atomic_save
 from ttbench.models.classifier import Classifier
 from ttbench.models.small_resnet import small_resnet
+from ttbench.models.zoo import split_head
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -38,13 +40,31 @@ class PretrainSpec:
     batch_size: int
     seed: int
     conv_scale: float = 1.0  # function-preserving rescale applied after pretraining
+    arch: str = "small_resnet"  # or a torchvision ResNet (resnet18, resnet34)
+    resolution: int | None = None  # the source images' size (None: the dataset's own)
+    source_fraction: float = 0.5  # the source part of the dataset (its target part is tasks)
+    split_seed: int = 0
 
     def build(self) -> Classifier:
-        return small_resnet(self.in_channels, self.width, self.num_classes)
+        if self.arch == "small_resnet":
+            return small_resnet(self.in_channels, self.width, self.num_classes)
+        return split_head(getattr(torchvision.models, self.arch)(num_classes=self.num_classes))
+
+    def identity(self) -> dict:
+        """The settings, less those at the defaults they had before they existed (so older
+        checkpoints of the default model keep their name)."""
+        later = {
+            "arch": "small_resnet",
+            "resolution": None,
+            "source_fraction": 0.5,
+            "split_seed": 0,
+        }
+        return {k: v for k, v in asdict(self).items() if later.get(k, object()) != v}
 
     def filename(self) -> str:
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
-        return f"small_resnet_w{self.width}_{self.dataset}_{digest}.pt"
+        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
+        name = f"small_resnet_w{self.width}" if self.arch == "small_resnet" else self.arch
+        return f"{name}_{self.dataset}_{digest[:10]}.pt"
 
 
 def pretrain(
@@ -101,8 +121,8 @@ def load_checkpoint(path: Path, spec: PretrainSpec) -> Classifier:
     if not isinstance(blob, dict) or blob.get("format_version") != FORMAT_VERSION:
         found = blob.get("format_version") if isinstance(blob, dict) else type(blob).__name__
         raise CheckpointError(f"format version {found!r}, expected {FORMAT_VERSION}")
-    if blob.get("spec") != asdict(spec):
-        raise CheckpointError(f"built for {blob.get('spec')}, expected {asdict(spec)}")
+    if blob.get("spec") != spec.identity():
+        raise CheckpointError(f"built for {blob.get('spec')}, expected {spec.identity()}")
     model = spec.build()
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state = blob.get("state_dict", {})
@@ -120,7 +140,7 @@ def save_checkpoint(path: Path, spec: PretrainSpec, model: Classifier) -> None:
     """Write atomically: a killed job never leaves a half-written checkpoint behind."""
     blob = {
         "format_version": FORMAT_VERSION,
-        "spec": asdict(spec),
+        "spec": spec.identity(),
         "state_dict": model.state_dict(),
     }
     atomic_save(path, blob)

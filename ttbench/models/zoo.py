@@ -16,6 +16,7 @@ from torch import nn
 from ttbench.models.classifier import Classifier
 
 WEIGHT_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth"}
+TTBENCH = "ttbench"  # model.pretrained=ttbench: weights ttbench pretrains on a source task
 
 
 class WeightsNotFound(RuntimeError):
@@ -67,6 +68,11 @@ def imagenet_resnet(
             raise WeightsNotFound(
                 f"model {arch}: {path} does not hold {arch} weights ({first})"
             ) from e
-    head = model.fc
-    model.fc = nn.Identity()
-    return Classifier(model, head).eval()
+    return split_head(model).eval()
+
+
+def split_head(resnet: nn.Module) -> Classifier:
+    """A ResNet as body (its fc removed) and its fc as the head."""
+    head = resnet.fc
+    resnet.fc = nn.Identity()
+    return Classifier(resnet, head)

@@ -1,0 +1,83 @@
+"""Bands that hold: normalised split-conformal calibration, tested on a synthetic case whose
+error distribution is known."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ttbench import bands
+
+
+def _table(n_runs: int, seed: int, name: str = "discrete") -> pd.DataFrame:
+    """Runs whose real times are the predicted ones times exp(scale * noise), scale growing
+    with each run's validity, exactly the model the bands assume (plus heavy tails)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_runs):
+        v = rng.uniform(0.0, 0.5)
+        for e in (0.01, 0.05, 0.1, 0.4):
+            p = float(rng.integers(5, 120))
+            t = round((p + 1) * math.exp(bands.scale(v) * rng.standard_t(5)) - 1)
+            rows.append(
+                {"run": f"r{r}", "predictor": name, "kind": "loss", "eps": e, "t_real": max(t, 1),
+                 "t_pred": p, "validity": v, "real_diverged": False, "cfg.preset": "p"}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_conformal_quantiles_are_order_statistics():
+    z = np.arange(1.0, 20.0)  # n = 19: (n + 1) 0.95 = 19 -> the largest; 0.05 -> the smallest
+    assert bands.conformal_quantiles(z) == (1.0, 10.0, 19.0)
+    assert bands.conformal_quantiles(z[:10]) == (-math.inf, 6.0, math.inf)  # too few for 90%
+
+
+def test_bands_cover_about_ninety_percent_of_unseen_runs():
+    cal = bands.calibrate(_table(400, 0), "synthetic")
+    entry = cal.entries[("discrete", "loss")]
+    assert entry.n == 1600 and entry.z[0] < 0 < entry.z[2]
+    test = _table(400, 1)
+    got = [
+        cal.band("discrete", "loss", p, v) for p, v in zip(test.t_pred, test.validity, strict=True)
+    ]
+    lo, mid, hi = (np.array([g[i] for g in got]) for i in range(3))
+    covered = (test.t_real >= lo) & (test.t_real <= hi)
+    assert 0.87 <= covered.mean() <= 0.93, covered.mean()
+    assert abs(np.mean(test.t_real <= mid) - 0.5) < 0.04
+    narrow, wide = test.validity < 0.1, test.validity > 0.4  # wider where validity says so
+    assert np.median((hi - lo)[wide] / test.t_pred[wide]) > 3 * np.median(
+        (hi - lo)[narrow] / test.t_pred[narrow]
+    )
+    assert cal.band("discrete", "loss", None, 0.1) is None and cal.band("ode", "loss", 5, 0) is None
+
+
+def test_leave_one_out_bands_calibrate_on_the_other_runs_of_the_sweep():
+    table = _table(200, 2)
+    loo = bands.loo_bands(table)
+    assert 0.86 <= loo["sweep_covered"].astype(float).mean() <= 0.94
+    # a run's band does not depend on its own real times
+    moved = table.copy()
+    moved.loc[moved.run == "r0", "t_real"] += 1000
+    assert (
+        bands.loo_bands(moved)
+        .loc[moved.run == "r0", "sweep_q95"]
+        .equals(loo.loc[table.run == "r0", "sweep_q95"])
+    )
+
+
+def test_calibration_round_trips_and_the_shipped_one_loads(tmp_path):
+    cal = bands.calibrate(_table(50, 3), "synthetic")
+    back = bands.from_json(json.loads(json.dumps(bands.to_json(cal))))
+    assert back == cal
+    shipped = bands.default_calibration()
+    assert isinstance(shipped.source, str)
+
+
+def test_disagreement_is_the_median_log_gap():
+    assert bands.disagreement([10, 20, 30], [10, 20, 30], 150) == 0.0
+    assert bands.disagreement([21, 21, 21], [10, 10, 10], 150) == pytest.approx(math.log(2))
+    assert bands.disagreement([None, None, 10], [10, 10, 10], 150) == pytest.approx(
+        math.log(301 / 11)
+    )

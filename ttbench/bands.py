@@ -1,0 +1,190 @@
+"""Bands that hold: a 5/50/95% band for every prediction of T_eps, from the model's own error,
+not from batch noise alone. Method: normalised split-conformal calibration on log residuals.
+
+For a point with real time t and predicted time p, the residual is r = log((t + 1) / (p + 1)),
+divided by the prediction's scale s = SIGMA0 + v, v being its validity (for a plain predictor,
+how far it disagrees with the run's refined prediction; 0 for the others, whose scale is then
+SIGMA0 alone). On a calibration set of such normalised residuals z = r / s, the band of a new
+prediction p with scale s is
+
+    (p + 1) exp(z_q s) - 1   for the conformal quantiles z_q at q = 5%, 50%, 95%
+
+(finite-sample corrected: the ceil((n + 1) q)-th of n). Under exchangeability of the
+calibration points and the new one it holds the real time with probability about 90%. The
+median z_50 corrects a predictor's bias.
+
+Two calibrations: the one shipped with ttbench (`default_calibration`, measured on the fidelity
+presets' development seeds 0-5, never on the evaluation seeds), which gives a single run its
+band; and, in `python -m ttbench.collect`, leave-one-out over the other runs of the same sweep
+(`loo_bands`), which adapts to a user's own model and data. `python -m ttbench.bands
+TABLE_DIR --out FILE` writes a calibration from a results table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ttbench.points import valid
+
+SIGMA0 = 0.05  # the scale of a prediction with validity 0, in log time
+LEVELS = (0.05, 0.5, 0.95)
+DEFAULT = "calibration.json"  # beside this module
+
+
+@dataclass(frozen=True)
+class Entry:
+    predictor: str
+    kind: str
+    z: tuple[float, float, float]  # conformal quantiles of the normalised residuals at LEVELS
+    n: int  # calibration points
+    validity: float  # the typical validity, used when a run has none (no refinement)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    entries: dict[tuple[str, str], Entry]
+    source: str
+
+    def band(
+        self, predictor: str, kind: str, t_pred: float | None, validity: float | None
+    ) -> tuple[float, float, float] | None:
+        """(5%, 50%, 95%) of the real time, in steps; None without a prediction or an entry."""
+        e = self.entries.get((predictor, kind))
+        if e is None or t_pred is None or not math.isfinite(t_pred):
+            return None
+        s = scale(e.validity if validity is None else validity)
+        return tuple(max(0.0, round((t_pred + 1) * math.exp(z * s) - 1, 1)) for z in e.z)
+
+
+def scale(validity: float) -> float:
+    return SIGMA0 + validity
+
+
+def disagreement(t: Sequence[int | None], ref: Sequence[int | None], steps: int) -> float:
+    """The validity of a plain prediction: the median over eps of |log((t + 1) / (r + 1))|
+    between its T_eps and the refined reference's; a missing time counts as 2 x steps."""
+
+    def at(v: int | None) -> float:
+        return 2.0 * steps if v is None else float(v)
+
+    gaps = [abs(math.log((at(a) + 1) / (at(b) + 1))) for a, b in zip(t, ref, strict=True)]
+    return float(np.median(gaps))
+
+
+def residual(t_real: np.ndarray, t_pred: np.ndarray) -> np.ndarray:
+    return np.log((np.asarray(t_real, float) + 1) / (np.asarray(t_pred, float) + 1))
+
+
+def conformal_quantiles(z: np.ndarray, levels: Sequence[float] = LEVELS) -> tuple[float, ...]:
+    """The finite-sample conformal quantiles of n scores: for q above 1/2 the ceil((n + 1) q)-th
+    smallest (inf beyond n), below it the floor((n + 1) q)-th (-inf below 1)."""
+    z = np.sort(np.asarray(z, float))
+    n = len(z)
+    out = []
+    for q in levels:
+        if q >= 0.5:
+            i = math.ceil((n + 1) * q)
+            out.append(float(z[i - 1]) if i <= n else math.inf)
+        else:
+            i = math.floor((n + 1) * q)
+            out.append(float(z[i - 1]) if i >= 1 else -math.inf)
+    return tuple(out)
+
+
+def _points(rows: pd.DataFrame) -> pd.DataFrame:
+    """Calibration points: scorable rows with a prediction, their normalised residual z."""
+    rows = valid(rows)
+    rows = rows[rows["t_pred"].notna()]
+    v = rows["validity"].astype(float).fillna(0.0) if "validity" in rows else 0.0
+    z = residual(rows["t_real"], rows["t_pred"]) / scale(v)
+    return rows.assign(_z=np.asarray(z, float))
+
+
+def calibrate(results: pd.DataFrame, source: str) -> Calibration:
+    """A calibration from a results table: per predictor and curve kind."""
+    points = _points(results)
+    entries = {}
+    for (name, kind), part in points.groupby(["predictor", "kind"], sort=True):
+        if len(part) < 20:  # too few for a 5-95% band
+            continue
+        v = part.drop_duplicates("run")["validity"] if "validity" in part else pd.Series()
+        typical = float(v.median()) if len(v.dropna()) else 0.0
+        entries[(name, kind)] = Entry(
+            name, kind, conformal_quantiles(part["_z"]), len(part), typical
+        )
+    return Calibration(entries, source)
+
+
+def loo_bands(results: pd.DataFrame, group: str = "cfg.preset") -> pd.DataFrame:
+    """Per row, the band calibrated on the other runs of its sweep (rows sharing `group`),
+    leaving the row's own run out: columns sweep_q05, sweep_q50, sweep_q95, sweep_covered."""
+    out = pd.DataFrame(index=results.index, columns=["sweep_q05", "sweep_q50", "sweep_q95"])
+    if not len(results):
+        return out.assign(sweep_covered=None)
+    points = _points(results)
+    keys = results[group].astype(str) if group in results else pd.Series("", results.index)
+    pkeys = keys.loc[points.index]
+    for (sweep, name, kind), part in results.groupby([keys, "predictor", "kind"], sort=False):
+        pool = points[(pkeys == sweep) & (points["predictor"] == name) & (points["kind"] == kind)]
+        for run, rows in part.groupby("run", sort=False):
+            z = pool.loc[pool["run"] != run, "_z"].to_numpy()
+            if len(z) < 20 or rows["t_pred"].isna().all():
+                continue
+            v = rows["validity"].astype(float).fillna(0.0) if "validity" in rows else 0.0
+            s = np.asarray(scale(v), float) * np.ones(len(rows))
+            p = rows["t_pred"].astype(float).to_numpy()
+            for col, zq in zip(out.columns, conformal_quantiles(z), strict=True):
+                out.loc[rows.index, col] = np.maximum(0.0, (p + 1) * np.exp(zq * s) - 1)
+    lo, hi = out["sweep_q05"].astype(float), out["sweep_q95"].astype(float)
+    t = results["t_real"].astype(float)
+    covered = ((t >= lo) & (t <= hi)).where(lo.notna() & t.notna())
+    return out.astype(float).assign(sweep_covered=covered)
+
+
+def to_json(cal: Calibration) -> dict:
+    return {
+        "method": "normalised split-conformal on log((t_real + 1) / (t_pred + 1))",
+        "sigma0": SIGMA0,
+        "source": cal.source,
+        "entries": [asdict(e) for e in cal.entries.values()],
+    }
+
+
+def from_json(d: dict) -> Calibration:
+    entries = {}
+    for e in d["entries"]:
+        entry = Entry(e["predictor"], e["kind"], tuple(e["z"]), e["n"], e["validity"])
+        entries[(entry.predictor, entry.kind)] = entry
+    return Calibration(entries, d["source"])
+
+
+def default_calibration() -> Calibration:
+    """The calibration shipped with ttbench (module docstring)."""
+    text = resources.files("ttbench").joinpath(DEFAULT).read_text()
+    return from_json(json.loads(text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Write a band calibration from a results table.")
+    p.add_argument("tables", type=Path, help="a folder written by python -m ttbench.collect")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--source", default="", help="what the table holds, recorded in the file")
+    a = p.parse_args(argv)
+    results = pd.read_parquet(a.tables / "results.parquet")
+    cal = calibrate(results, a.source or str(a.tables))
+    a.out.write_text(json.dumps(to_json(cal), indent=1) + "\n")
+    print(f"{len(cal.entries)} entries -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
