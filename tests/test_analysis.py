@@ -267,10 +267,10 @@ def test_report_numbers_equal_direct_pandas_computations(synthetic):
     assert costs["ratio"].to_dict() == pytest.approx(ratio.median().to_dict())
     assert costs.loc[("cuda", "sde"), "ratio"] == pytest.approx(30 / 3)
     cov = num["coverage"].set_index(["predictor", "kind"])
-    direct_cov = (
-        _direct_points(r).dropna(subset=["covered"]).groupby(["predictor", "kind"])["covered"]
-    )
-    assert cov["coverage"].to_dict() == pytest.approx(direct_cov.mean().astype(float).to_dict())
+    banded = _direct_points(r).dropna(subset=["q05"])
+    inside = (banded["t_real"] >= banded["q05"]) & (banded["t_real"] <= banded["q95"])
+    direct_cov = inside.astype(float).groupby([banded["predictor"], banded["kind"]]).mean()
+    assert cov["run_coverage"].dropna().to_dict() == pytest.approx(direct_cov.to_dict())
     per = num["per_dataset"].set_index(["dataset", "optim", "predictor"])
     direct_mae = points.groupby(["dataset", "cfg.optim.name", "predictor"])["abs_err"].mean()
     assert per["mae_steps"].to_numpy() == pytest.approx(direct_mae.to_numpy())
@@ -278,7 +278,7 @@ def test_report_numbers_equal_direct_pandas_computations(synthetic):
     text = build_report(synthetic)
     assert "- GD, ODE: 50% of 44 predicted T_eps within 13%" in text
     assert "- cuda, SDE:" in text and "fine-tuning / prediction = 10 " in text
-    assert "| sde | loss | 50% | 32 |" in text
+    assert f"| sde | loss | {direct_cov[('sde', 'loss')]:.0%} |" in text
 
 
 def test_diverged_and_missing_predictions(synthetic):
@@ -440,3 +440,32 @@ def test_runs_collect_analysis_and_notebooks(tmp_path, cache_dir, monkeypatch, c
         assert f"{name}: {tmp_path / 'nb'}" in text, text
     stages["notebooks"] = time.perf_counter() - start - sum(stages.values())
     print(", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
+
+
+def test_fidelity_scores_refined_predictors_only_on_what_they_did_not_observe():
+    """relin observed every point whose real time is at most k = 20; those are left out of its
+    shares (and counted), not of the plain predictor's."""
+    rows = []
+    for run, (lr, v) in enumerate(((0.01, 0.0), (0.03, 0.5), (0.1, 1.0))):
+        for e, t in ((0.01, 90), (0.1, 40), (0.4, 10)):
+            for name, t_pred in (("discrete", t * (1 + v)), ("relin", t + 1)):
+                rows.append(
+                    {"run": f"r{run}", "predictor": name, "kind": "loss", "eps": e,
+                     "t_real": t, "t_pred": t_pred, "rel_err": abs(t_pred - t) / t,
+                     "real_diverged": False, "cfg.refine.steps": 20, "cfg.lr": lr,
+                     "cfg.momentum": 0.0, "cfg.optim.name": "gd", "dataset": "d", "device": "cpu",
+                     "finetune_s": 10.0, "predict_s": 2.0, "validity": v if name == "discrete"
+                     else None, "q05": t_pred * 0.8, "q95": t_pred * 1.2}
+                )  # fmt: skip
+    results = pd.DataFrame(rows)
+    overall = tb.fidelity(results, by=("predictor",)).set_index("predictor")
+    assert overall.loc["relin", "n_loss"] == 6 and overall.loc["relin", "left_out"] == 3
+    assert overall.loc["discrete", "n_loss"] == 9 and overall.loc["discrete", "left_out"] == 0
+    assert overall.loc["relin", "loss_13"] == 1.0
+    assert overall.loc["discrete", "loss_13"] == pytest.approx(1 / 3)  # only the run with v = 0
+    assert overall.loc["discrete", "run_coverage"] == pytest.approx(1 / 3)
+    assert overall.loc["discrete", "cost_ratio"] == 5.0
+    signals = tb.validity(results, ["discrete"]).set_index("signal")
+    assert signals.loc["validity", "spearman"] == pytest.approx(1.0)
+    per_regime = tb.fidelity(results)
+    assert set(per_regime["regime"]) == {"gd lr=0.01 m=0", "gd lr=0.03 m=0", "gd lr=0.1 m=0"}

@@ -102,7 +102,8 @@ def test_the_spec_holds_the_configs_values_typed():
         "with_replacement",
     )
     assert t.dynamics == {"lr": 0.01, "momentum": 0.5, "steps": 150, "loss": "ce"}
-    assert spec.seed == 4 and spec.eps == (0.1, 0.2) and spec.predictors == ("ode",)
+    assert spec.seed == 4 and spec.eps == (0.1, 0.2)
+    assert spec.predictors == ("ode", "discrete", "relin", "relin_sgd")  # the default
     assert spec.dataset.name == "digits" and spec.dataset.options["split_seed"] == 0
     assert spec.model.width == 48 and spec.model.pretrain.epochs == 15
     assert spec_of([]).train.batch_size is None  # GD has no batches

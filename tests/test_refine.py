@@ -114,5 +114,5 @@ def test_refine_steps_are_validated():
         with pytest.raises(ConfigError, match=r"refine\.steps"):
             spec_of([bad])
     with pytest.raises(ConfigError, match=r"relin needs refine\.steps > 0"):
-        spec_of(["refine.steps=0", "predictor.names=[relin]"])
+        spec_of(["refine.steps=0", "predictor=ode", "predictor.names=[relin]"])
     assert dynamics.elr(0.1, 0.5) == pytest.approx(0.2)

@@ -57,8 +57,10 @@ class Predicted:
 
 def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, factors: bool, at: str = ""):
     """f, Theta and, when asked for, the unprojected Jacobian factors (free unless projected),
-    timed as the stages jacobian<at> and theta<at>."""
+    timed as the stages jacobian<at> and theta<at>; at w_k (at="_k") in refine.theta's mode."""
     th = spec.theta
+    if at and spec.refine.theta is not None:
+        th = replace(th, mode=spec.refine.theta)
     kept = None
     with stages(f"jacobian{at}"):
         if th.mode == "projected":

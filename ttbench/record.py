@@ -107,7 +107,7 @@ class Record:
         """A predictor's cost: wall-clock of each of its stages, their total, and fine-tuning
         over that total."""
         out = {f"{s}_s": self.stages[s]["wall_s"] for s in self.predictors[name].stages}
-        total = sum(out.values())
+        total = sum(out.values()) if out else None  # None: nothing was computed
         out["total_s"] = total
         finetune = self.stages.get("finetune", {}).get("wall_s")
         out["finetune_over_predict"] = finetune / total if finetune and total else None

@@ -61,6 +61,7 @@ class StochasticSpec:
 @dataclass(frozen=True)
 class RefineSpec:
     steps: int  # k: real steps the refined predictors observe (0: none)
+    theta: str | None = None  # the mode of Theta at w_k (None: theta.mode)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,8 @@ def validate(cfg: DictConfig) -> RunSpec:
     _integer(cfg, "task.n", 1)
     _optim(cfg)
     _choice("theta.mode", cfg.theta.mode, MODES)
+    if cfg.refine.theta is not None:
+        _choice("refine.theta", cfg.refine.theta, MODES)
     _integer(cfg, "theta.block", 1)
     _integer(cfg, "theta.dim", 1)
     _integer(cfg, "theta.chunk", 1)
@@ -311,7 +313,7 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         theta=ThetaSpec(**_plain(cfg.theta)),
         subset=SubsetSpec(**_plain(cfg.subset)),
         stochastic=StochasticSpec(**_plain(cfg.stochastic)),
-        refine=RefineSpec(refine_steps(cfg)),
+        refine=RefineSpec(refine_steps(cfg), cfg.refine.theta),
         probes=ProbeSpec(
             tuple(cfg.probes),
             tuple(cfg.probe.sizes),

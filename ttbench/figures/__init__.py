@@ -17,6 +17,7 @@ from ttbench.figures import tables
 from ttbench.figures.accuracy import fig1_scatter, fig6_sensitivity, table1_write
 from ttbench.figures.cost import fig5_cost
 from ttbench.figures.curves import fig2_elr, fig7_subset, fig8_curves
+from ttbench.figures.fidelity import fidelity_write
 from ttbench.figures.probe_figures import fig3_clustering, fig4_projection, fig9_weight_function
 from ttbench.figures.report import write_report
 from ttbench.figures.style import Skip
@@ -44,6 +45,7 @@ ARTEFACTS: tuple[Artefact, ...] = (
     Artefact(
         "fig9_weight_function", fig9_weight_function, (".png", ".pdf"), "Fig. 9: w vs f space"
     ),
+    Artefact("fidelity", fidelity_write, (".md",), "trust: accuracy, bands, validity, cost"),
 )
 REPORT = "report"
 

@@ -250,17 +250,19 @@ def cost_summary(results: pd.DataFrame, by: Sequence[str] = ("device", "predicto
 
 
 def coverage(results: pd.DataFrame, by: Sequence[str] = ("predictor", "kind")) -> pd.DataFrame:
-    """Share of points whose real T_eps fell inside the predictor's 5-95% band."""
-    if not len(results) or "covered" not in results:
-        return pd.DataFrame(columns=[*by, "coverage", "n"])
-    rows = valid(results)
-    rows = rows[rows["covered"].notna()]
-    rows = rows.assign(covered=rows["covered"].astype(bool).astype(float))
-    return (
-        rows.groupby(list(by), sort=True)
-        .agg(coverage=("covered", "mean"), n=("covered", "size"))
-        .reset_index()
-    )
+    """Per group, the share of points whose real T_eps fell inside each band (the run's, the
+    sweep's leave-one-out one, the stochastic paths'), and the run band's median width."""
+    out = []
+    for name, prefix in (*BANDS.items(), ("paths", "path_q")):
+        if not len(results) or f"{prefix}05" not in results:
+            continue
+        stats_ = band_stats(results, by, prefix).add_prefix(f"{name}_")
+        out.append(stats_)
+    if not out:
+        return pd.DataFrame(columns=[*by, "run_coverage", "run_n"])
+    frame = pd.concat(out, axis=1)
+    frame = frame.loc[:, frame.notna().any()]
+    return frame[frame.filter(like="_n").fillna(0).sum(axis=1) > 0].reset_index()
 
 
 def per_dataset(results: pd.DataFrame, kind: str = "loss") -> pd.DataFrame:
@@ -366,15 +368,28 @@ def regimes(rows: pd.DataFrame) -> pd.Series:
     return rows["run"].map(names)
 
 
-def band_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """Scorable points with a 5-95% band."""
+BANDS = {"run": "q", "sweep": "sweep_q"}  # the run's band, and collect's leave-one-out band
+
+
+def band_stats(rows: pd.DataFrame, by: Sequence[str], prefix: str = "q") -> pd.DataFrame:
+    """Per group, over scorable points with a band (columns <prefix>05, <prefix>95): the share
+    whose real time lies inside, and the band's median width in steps."""
+    lo_col, hi_col = f"{prefix}05", f"{prefix}95"
     rows = valid(rows)
-    return rows[rows["q05"].notna()] if "q05" in rows else rows.iloc[:0]
+    if lo_col not in rows:
+        return pd.DataFrame(columns=["coverage", "width", "n"])
+    rows = rows[rows[lo_col].notna()]
+    lo, hi = rows[lo_col].astype(float), rows[hi_col].astype(float)
+    t = rows["t_real"].astype(float)
+    inside = (t >= lo) & (hi.isna() | (t <= hi))
+    g = rows.assign(_in=inside.astype(float), _w=hi - lo).groupby(list(by))
+    return pd.DataFrame({"coverage": g["_in"].mean(), "width": g["_w"].median(), "n": g.size()})
 
 
 def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor")) -> pd.DataFrame:
     """Per group: shares of loss and error T_eps within 13% and 20%, the points scored and left
-    out, the band's coverage and median width (steps), and the median cost ratio."""
+    out, coverage and median width (steps) of the run's band and of the sweep's leave-one-out
+    band (loss T_eps), and the median cost ratio fine-tuning / prediction."""
     if not len(results):
         return pd.DataFrame()
     rows = results.assign(regime=regimes(results))
@@ -390,43 +405,46 @@ def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor"))
     gone = rows[rows["kind"] == "loss"]
     kept = valid(gone)
     out["left_out"] = gone.groupby(list(by)).size().sub(kept.groupby(list(by)).size(), fill_value=0)
-    banded = band_rows(rows[rows["kind"] == "loss"])
-    if len(banded):
-        hi = banded["q95"].astype(float)
-        covered = (banded["t_real"] >= banded["q05"]) & (hi.isna() | (banded["t_real"] <= hi))
-        width = hi - banded["q05"]
-        g = banded.assign(_covered=covered.astype(float), _width=width).groupby(list(by))
-        out["coverage"] = g["_covered"].mean()
-        out["band_width"] = g["_width"].median()
-    c = costs(rows)
-    c = c.assign(regime=c["run"].map(rows.drop_duplicates("run").set_index("run")["regime"]))
-    if len(c):
-        out["cost_ratio"] = c.groupby(list(by))["ratio"].median()
+    for name, prefix in BANDS.items():
+        stats_ = band_stats(gone, by, prefix)
+        out[f"{name}_coverage"] = stats_["coverage"]
+        out[f"{name}_width"] = stats_["width"]
+    per = rows.drop_duplicates(["run", "predictor"])
+    ratio = per["finetune_s"].astype(float) / per["predict_s"].astype(float)
+    out["cost_ratio"] = per.assign(_ratio=ratio).groupby(list(by))["_ratio"].median()
     return out.reset_index()
 
 
-SIGNALS = ("drift", "kernel_change", "time_scale", "stability")
+SIGNALS = ("validity", "drift", "kernel_change", "time_scale", "stability")
+
+
+def run_error(rows: pd.DataFrame) -> pd.Series:
+    """Per run, the median relative error of the loss T_eps over its scorable points, a missing
+    prediction counting as 100%."""
+    rows = valid(rows[rows["kind"] == "loss"])
+    err = rows["rel_err"].astype(float).fillna(1.0).clip(upper=1.0)
+    return err.groupby(rows["run"]).median()
 
 
 def validity(results: pd.DataFrame, predictors: Sequence[str] = ("ode", "discrete")):
-    """Spearman rank correlation, over runs, between each signal and the plain prediction's
-    error (the run's median relative error of the loss T_eps); for time_scale its distance
-    from 1, |log s|."""
+    """Spearman rank correlation over runs between each signal and a plain prediction's error
+    (`run_error`): the prediction's own validity (its disagreement with the refined one), and
+    the run's signals (for time_scale its distance from 1, |log s|)."""
     out = []
-    rows = valid(results[results["kind"] == "loss"]) if len(results) else results
     for name in predictors:
-        part = rows[rows["predictor"] == name]
+        part = results[results["predictor"] == name] if len(results) else results
         if not len(part):
             continue
-        per_run = part.groupby("run").agg(error=("rel_err", "median"))
+        error = run_error(part)
+        first = part.groupby("run").first()
         for signal in SIGNALS:
-            col = f"signal.{signal}"
-            if col not in part:
+            col = signal if signal == "validity" else f"signal.{signal}"
+            if col not in first or first[col].isna().all():
                 continue
-            values = part.groupby("run")[col].first()
+            values = first[col].astype(float)
             if signal == "time_scale":
-                values = np.log(values.astype(float)).abs()
-            both = per_run.join(values.rename("signal")).dropna()
+                values = np.log(values).abs()
+            both = pd.DataFrame({"signal": values, "error": error}).dropna()
             if len(both) < 3:
                 continue
             rho = stats.spearmanr(both["signal"], both["error"]).statistic

@@ -1,0 +1,99 @@
+"""The fidelity evaluation as one markdown page (fidelity.md): how far each predictor can be
+trusted, per regime (model, optimiser, learning rate, momentum), with its bands, its cost and
+how well the validity signals rank its errors; from the fidelity presets' rows when the table
+has any, else from every row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ttbench.figures import tables as tb
+from ttbench.figures.style import Skip, ordered, require
+from ttbench.points import left_out
+from ttbench.predictors import PREDICTORS
+
+PRESETS = ("fidelity_gd", "fidelity_lazy", "fidelity_sgd", "fidelity_resnet")
+_PERCENT = (
+    "loss_13",
+    "loss_20",
+    "error_13",
+    "error_20",
+    "run_coverage",
+    "sweep_coverage",
+)
+_COLUMNS = [
+    "loss_13",
+    "loss_20",
+    "error_13",
+    "error_20",
+    "n_loss",
+    "left_out",
+    "run_coverage",
+    "run_width",
+    "sweep_coverage",
+    "sweep_width",
+    "cost_ratio",
+]
+
+
+def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    rank = {n: i for i, n in enumerate(ordered(frame["predictor"]))}
+    keys = [c for c in ("regime",) if c in frame]
+    return frame.sort_values(
+        [*keys, "predictor"], key=lambda c: c.map(rank) if c.name == "predictor" else c
+    )
+
+
+def fidelity_markdown(results: pd.DataFrame) -> str:
+    rows = tb.preset_rows(results, PRESETS)
+    if not len(rows):
+        raise Skip("no results")
+    overall = _ordered(tb.fidelity(rows, by=("predictor",)))
+    per_regime = _ordered(tb.fidelity(rows))
+    plain = [n for n in ordered(rows["predictor"]) if n in PREDICTORS and not PREDICTORS[n].prefix]
+    plain = [n for n in plain if not PREDICTORS[n].pooled]
+    signals = tb.validity(rows, plain)
+    gone = left_out(rows[rows["kind"] == "loss"])
+    runs, seeds = rows["run"].nunique(), sorted(rows["cfg.seed"].dropna().unique())
+    cols = [c for c in _COLUMNS if c in overall]
+    return "\n".join(
+        [
+            "# Fidelity: how far each prediction can be trusted",
+            "",
+            f"{runs} runs, seeds {', '.join(f'{s:g}' for s in seeds)}. A point is one (run, "
+            "predictor, curve kind, eps); `loss_13` is the share of loss T_eps within 13% of "
+            "the real one (`error_20`: error T_eps within 20%), over the points left after "
+            "`left_out` (real run diverged, no or zero real time, or, for a refined predictor, "
+            "a real time within the k steps it observed). `run_*`: the band a run reports "
+            "(5-95%, calibrated by ttbench's shipped calibration); `sweep_*`: the band "
+            "calibrated leave-one-out on the other runs of the sweep (ttbench.bands); width in "
+            "steps (median). `cost_ratio`: fine-tuning wall-clock over the prediction's "
+            "(the k real steps and every Theta included).",
+            "",
+            "## Every regime together",
+            "",
+            tb.markdown(overall[["predictor", *cols]], percent=_PERCENT),
+            "## Per regime",
+            "",
+            tb.markdown(per_regime[["regime", "predictor", *cols]], percent=_PERCENT),
+            "## Validity: Spearman correlation of each signal with the plain prediction's error",
+            "",
+            "Per run, the error is the median relative error of its loss T_eps (a missing "
+            "prediction counts as 100%); `validity` is the prediction's disagreement with the "
+            "run's refined prediction.",
+            "",
+            tb.markdown(signals, ".2f") if len(signals) else "No signals.\n",
+            "## Points left out (loss T_eps)",
+            "",
+            tb.markdown(gone),
+        ]
+    )
+
+
+def fidelity_write(tables: tb.Tables, out_path: Path) -> None:
+    require(tables.results, "results table", ("t_real", "t_pred", "predictor"))
+    out = Path(out_path).with_suffix(".md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(fidelity_markdown(tables.results))
