@@ -51,6 +51,13 @@ def _configuration(results: pd.DataFrame) -> pd.Series:
     return pd.Series([repr(t) for t in results[key].itertuples(index=False)], index=results.index)
 
 
+# A predictor's own columns, which a `constant` row does not take from the row it copies.
+_NOT_INHERITED = (
+    *("q05", "q50", "q95", "covered", "validity"),
+    *("path_q05", "path_q50", "path_q95", "path_covered"),
+)
+
+
 def constant_rows(results: pd.DataFrame) -> pd.DataFrame:
     """The pooled predictor `constant`: per run, curve kind and eps, the median real T_eps of
     the other completed runs of the same configuration (other seeds, i.e. other tasks), none
@@ -73,10 +80,7 @@ def constant_rows(results: pd.DataFrame) -> pd.DataFrame:
                     "t_pred": t_pred,
                     "abs_err": abs(t_pred - t_real) if known else None,
                     "rel_err": abs(t_pred - t_real) / t_real if known and t_real > 0 else None,
-                    "q05": None,
-                    "q50": None,
-                    "q95": None,
-                    "covered": None,
+                    **dict.fromkeys(_NOT_INHERITED),
                     "predict_s": float("nan"),  # no computation: it needs completed runs
                 }
             )
