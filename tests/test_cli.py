@@ -70,6 +70,8 @@ def test_sgd_run_reports_quantiles_and_coverage(tmp_path, cache_dir, capsys):
         for q, t in zip(pred.quantiles["loss"], rec.real.t_eps["loss"], strict=True):
             assert q.q05 <= q.q50 <= q.q95
             assert isinstance(q.covers(t), bool)
+    for pred in rec.predictors.values():  # measured on the real curve's grid, every 2 steps
+        assert all(t is None or t % 2 == 0 for t in pred.t_eps["loss"])
     curves = pd.read_parquet(out / "curves.parquet")
     real = curves[curves.curve == "real"]
     assert real.step.tolist() == [0, 2, 4, 6]
@@ -122,6 +124,10 @@ def _cli_error(args: list[str], tmp_path, capsys) -> str:
         (["optim=adam"], "optim='adam' is invalid: must be one of gd, sgd"),
         (["theta.memory_gb=0.0001"], "theta.mode='exact' is invalid: needs about"),
         (["theta.sketch=fft"], "theta.sketch='fft' is invalid: must be one of"),
+        (
+            ["predictor=subset", "loss=mse", "subset.n0=4", "subset.k0=20"],
+            "subset.k0=20 is invalid: must be below the subset's 20 eigenvalues",
+        ),
         (
             ["out_root=/etc/hostname/sub"],
             "out_root='/etc/hostname/sub' is invalid: must be a writable",

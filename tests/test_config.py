@@ -45,6 +45,7 @@ def test_every_config_group_option_composes_and_validates():
         ("eps=[0.1,1.0]", "eps"),
         ("eps=[0]", "eps"),
         ("task.k=11", "task.k"),
+        ("task.k=1", "task.k"),
         ("task.n=0", "task.n"),
         ("loss=hinge", "loss"),
         ("lr=fast", "lr"),
@@ -112,7 +113,14 @@ def test_the_spec_holds_the_configs_values_typed():
 def test_one_list_decides_a_runs_identity(tmp_path):
     """The directory name, the checkpoint's identity and the sweeper all leave out exactly
     NOT_IDENTITY."""
-    assert set(NOT_IDENTITY) == {"out_root", "device", "checkpoint_s", "cache_dir", "cluster"}
+    assert set(NOT_IDENTITY) == {
+        "out_root",
+        "device",
+        "checkpoint_s",
+        "cache_dir",
+        "cluster",
+        "threads",
+    }
     ignored = ["device=cpu", f"cache_dir={tmp_path}", "checkpoint_s=5", f"out_root={tmp_path}"]
     name = run_name(["seed=2", "lr=0.01", *ignored])
     assert name == "lr=0.01,seed=2" == run_name(["lr=0.01", "seed=2"])

@@ -20,7 +20,9 @@ from ttbench.validate import check_cli
 RNG = np.random.default_rng(0)
 
 
-def write_cifar(root, name, per_file=4):
+def write_cifar(root, name, per_file=4, bytes_keys=False):
+    """The official pickles have str keys; bytes_keys writes what Python 3 tools following the
+    dataset page's dict[b'data'] write."""
     spec = CIFAR10 if name == "cifar10" else CIFAR100
     key, classes = ("labels", 10) if name == "cifar10" else ("fine_labels", 100)
     base = root / spec.base_folder
@@ -28,6 +30,8 @@ def write_cifar(root, name, per_file=4):
     for k, (file, _) in enumerate(spec.train_list):
         labels = [(k * per_file + i) % 3 for i in range(per_file)]
         blob = {"data": RNG.integers(0, 256, (per_file, 3072), dtype=np.uint8), key: labels}
+        if bytes_keys:
+            blob = {k.encode(): v for k, v in blob.items()}
         (base / file).write_bytes(pickle.dumps(blob))
     return classes
 
@@ -128,8 +132,9 @@ def test_fine_grained_readers(tmp_path, reader, n_images):
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_cifar_reads_the_python_batches_and_checks_md5(tmp_path, name):
-    write_cifar(tmp_path, name)
+@pytest.mark.parametrize("bytes_keys", [False, True])
+def test_cifar_reads_the_python_batches_and_checks_md5(tmp_path, name, bytes_keys):
+    write_cifar(tmp_path, name, bytes_keys=bytes_keys)
     with pytest.raises(DataNotFound, match="MD5"):
         Cifar(name, str(tmp_path), resolution=16)
     data = Cifar(name, str(tmp_path), resolution=16, verify=False)
@@ -187,7 +192,18 @@ def test_imagenet_weights_load_from_a_local_file_only(tmp_path, monkeypatch):
         and model.head.out_features == 1000
     )
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
-    with pytest.raises(WeightsNotFound, match="does not hold resnet18 weights"):
+    with pytest.raises(WeightsNotFound, match=r"does not hold resnet18 weights: tensors .* unex"):
+        imagenet_resnet("resnet18")
+    # a user's own fine-tuned weights, whose head has another size: the head is ignored
+    own = torchvision.models.resnet18(weights=None, num_classes=7)
+    torch.save(own.state_dict(), path)
+    loaded = imagenet_resnet("resnet18")
+    assert torch.equal(loaded.body.layer4[1].conv2.weight, own.layer4[1].conv2.weight)
+    assert loaded.head.out_features == 1000
+    broken = own.state_dict()
+    broken["layer1.0.conv1.weight"] = broken["layer1.0.conv1.weight"][:, :3]
+    torch.save(broken, path)
+    with pytest.raises(WeightsNotFound, match=r"1 of another shape \(first layer1\.0\.conv1"):
         imagenet_resnet("resnet18")
     assert imagenet_resnet("resnet34", pretrained=False).head.in_features == 512
 
@@ -269,7 +285,7 @@ def test_timm_resnet_loads_named_local_weights(tmp_path):
     reference.eval()
     torch.testing.assert_close(model.head(model.body(x)), reference(x))
     path.write_bytes(b"garbage")
-    with pytest.raises(WeightsNotFound, match="does not hold resnet18 weights"):
+    with pytest.raises(WeightsNotFound, match=r"resnet18\.safetensors cannot be read"):
         imagenet_resnet("resnet18", weights=str(path), source="timm")
 
 

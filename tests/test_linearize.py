@@ -108,3 +108,37 @@ def test_theta_of_a_torchvision_resnet18_equals_explicit_jjt():
     lin = linearize(model, x)
     torch.testing.assert_close(lin.f0, f0, rtol=0, atol=1e-12)
     assert ((lin.theta - theta).norm() / theta.norm()).item() <= 1e-10
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        {"padding": 1, "padding_mode": "reflect"},
+        {"padding": 1, "padding_mode": "circular"},
+        {"padding": 2, "padding_mode": "replicate"},
+        {"padding": "same", "kernel_size": 4},  # even kernel: asymmetric padding
+        {"padding": "valid"},
+    ],
+)
+def test_every_padding_is_exact(conv):
+    torch.manual_seed(0)
+    conv = {"kernel_size": 3, **conv}
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, **conv), nn.Tanh(), nn.Flatten(), nn.LazyLinear(2)
+    ).double()
+    x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    model(x)  # materialise the lazy layer
+    _, theta = explicit_theta(model.eval(), x)
+    lin = linearize(model, x)
+    assert ((lin.theta - theta).norm() / theta.norm()).item() <= 1e-10
+
+
+def test_batchnorm_without_running_statistics_is_refused():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False)).double()
+    with pytest.raises(NotImplementedError, match="samples interact"):
+        linearize(model.eval(), torch.randn(4, 3, dtype=torch.float64))
+    model = nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4, affine=False, track_running_stats=False)
+    )
+    with pytest.raises(NotImplementedError, match="samples interact"):
+        linearize(model.double().eval(), torch.randn(4, 3, dtype=torch.float64))

@@ -90,6 +90,11 @@ def test_a_plain_install_runs_from_any_directory(tmp_path, cache_dir):
     assert (work / "outputs" / "runs" / run_name(TINY) / "done").is_file()
 
     # ttbench's sweeper: every job checked before the first starts, then named and reported
+    one = ttbench("ttbench.run", *TINY, "lr=-1")  # checked before Hydra makes a directory
+    assert one.returncode == 2 and one.stderr.strip().splitlines() == [
+        "ttbench: error: lr=-1 is invalid: must be > 0"
+    ]
+    assert not (work / "outputs" / "runs" / run_name([*TINY, "lr=-1"])).exists()
     bad = ttbench("ttbench.run", "-m", *TINY, "lr=0.003,0")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == [

@@ -20,13 +20,16 @@ from ttbench.stages import Stages
 from ttbench.validate import check_classes
 
 
-def cpu_threads() -> int:
-    """Use only the CPUs a SLURM job was given. torch otherwise starts a thread per core of
-    the node, and jobs sharing those cores then spin in each other's barriers: two 1-CPU jobs
-    of the embedded default on a 2-core node fine-tuned 20 times slower."""
+def cpu_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads: `threads` when given, else the CPUs a SLURM job was given,
+    else torch's own choice; returns the number in use. torch otherwise starts a thread per
+    core of the machine, and jobs sharing those cores spin in each other's barriers: two
+    1-CPU jobs of the embedded default on a 2-core node fine-tuned 20 times slower."""
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus and cpus.isdigit() and int(cpus) > 0:
-        torch.set_num_threads(int(cpus))
+    if threads is None and cpus and cpus.isdigit() and int(cpus) > 0:
+        threads = int(cpus)
+    if threads is not None:
+        torch.set_num_threads(threads)
     return torch.get_num_threads()
 
 

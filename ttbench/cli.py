@@ -9,13 +9,14 @@ from contextlib import contextmanager
 
 from omegaconf import OmegaConf
 
-from ttbench.config import CONF_DIR, register_resolvers
+from ttbench.config import CONF_DIR, compose, register_resolvers
 from ttbench.data.images import DataNotFound
 from ttbench.models.zoo import WeightsNotFound
-from ttbench.validate import ConfigError, check_cli
+from ttbench.record import WriteError
+from ttbench.validate import ConfigError, check_cli, validate
 
 # Bad input, found before or during a run: the message is one line for the user.
-USER_ERRORS = (ConfigError, DataNotFound, WeightsNotFound)
+USER_ERRORS = (ConfigError, DataNotFound, WeightsNotFound, WriteError)
 
 
 def fail(error: Exception) -> None:
@@ -32,9 +33,18 @@ def one_line_errors() -> Iterator[None]:
         fail(e)
 
 
-def main(app: Callable[[], None]) -> None:
-    """Run a Hydra app from the command line: resolvers known, the command line checked."""
+def main(app: Callable[[], None], run_dir: str | None = None) -> None:
+    """Run a Hydra app from the command line: resolvers known, the command line checked and,
+    for a single run, its config validated before Hydra makes its directory (a sweep's jobs
+    are, by the sweeper); `run_dir` puts a single run's Hydra output elsewhere."""
     register_resolvers()
+    argv = sys.argv[1:]
+    multirun = "-m" in argv or "--multirun" in argv
     with one_line_errors():
-        check_cli(sys.argv[1:], OmegaConf.load(CONF_DIR / "config.yaml").out_root)
+        check_cli(argv, OmegaConf.load(CONF_DIR / "config.yaml").out_root)
+        if not multirun:
+            task = [a for a in argv if "=" in a and not a.lstrip("+~").startswith("hydra")]
+            validate(compose(task))
+    if run_dir is not None and not multirun:
+        sys.argv += [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     app()

@@ -10,6 +10,8 @@ run directories, and missing or unreadable probe and spectra files, are listed, 
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pandas as pd
 
 from ttbench import record
 from ttbench.bands import loo_bands
+from ttbench.files import atomic_write_all
 from ttbench.spec import NOT_IDENTITY
 
 # The settings that tell a probe's or spectra table's runs apart, copied onto its rows.
@@ -136,23 +139,54 @@ def collect(roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     return c.results, c.curves, c.problems
 
 
-def main(argv: list[str] | None = None) -> None:
+def write_tables(out: Path, c: Collected) -> list[str]:
+    """Every table into `out`, all or none (ttbench.files.atomic_write_all); the probe and
+    spectra tables an earlier collect left there and this one has not are removed, so `out`
+    holds one collect's set. Returns the stems written."""
+    tables = {"results": c.results, "curves": c.curves, **c.tables}
+    blobs = {}
+    for stem, table in tables.items():
+        buf = io.BytesIO()
+        table.to_parquet(buf, index=False)
+        blobs[out / f"{stem}.parquet"] = buf.getvalue()
+    atomic_write_all(blobs)
+    for pattern in ("probe_*.parquet", "spectra_*.parquet"):
+        for old in out.glob(pattern):
+            if old.stem not in tables:
+                old.unlink()
+    return list(tables)
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path("outputs/tables"))
+    p.add_argument(
+        "--allow-empty", action="store_true", help="write empty tables when no run is complete"
+    )
     a = p.parse_args(argv)
+    missing = [d for d in a.dirs if not d.is_dir()]
+    if missing:
+        return _fail(f"no such directory: {missing[0]}")
     c = gather(a.dirs)
-    a.out.mkdir(parents=True, exist_ok=True)
-    c.results.to_parquet(a.out / "results.parquet", index=False)
-    c.curves.to_parquet(a.out / "curves.parquet", index=False)
-    for stem, table in c.tables.items():
-        table.to_parquet(a.out / f"{stem}.parquet", index=False)
+    if not len(c.results) and not a.allow_empty:
+        where = ", ".join(map(str, a.dirs))
+        return _fail(f"no complete run below {where}: nothing written (--allow-empty writes it)")
+    try:
+        names = write_tables(a.out, c)
+    except OSError as e:
+        return _fail(f"cannot write the tables into {a.out} ({e}); the earlier ones are intact")
     runs = c.results["run"].nunique() if len(c.results) else 0
-    names = ["results", "curves", *c.tables]
     print(f"{runs} runs, {len(c.results)} rows -> {a.out}/{{{','.join(names)}}}.parquet")
     for line in c.problems:
         print(f"skipped {line}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"ttbench: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -241,20 +241,25 @@ def with_bands(
 
 
 def entry(name: str, p: Predicted, spec: RunSpec) -> record.PredictorRecord:
-    """The record of one prediction: T_eps per eps and, for sample paths, their quantiles."""
-    window = spec.train.smooth
-    paths = p.solved.paths
+    """The record of one prediction: T_eps per eps and, for sample paths, their quantiles,
+    read on the real curve's grid (every optim.eval_every steps) and smoothed alike, so real
+    and predicted times are measured the same way."""
+    window, every = spec.train.smooth, spec.train.eval_every
+    curves, paths = p.curves, p.solved.paths
+    stride = every // curves.interval  # read every curve on the real one's grid
+    if stride > 1:
+        curves = Curves(curves.loss[::stride], curves.error[::stride], curves.diverged, every)
     quantiles = None
     if paths is not None:
         quantiles = {}
-        every = p.curves.interval
         for kind, arr in (("loss", paths.paths_loss), ("error", paths.paths_error)):
-            qs = t_eps_quantiles(arr, spec.eps, window, interval=every, q=record.QUANTILES)
+            grid = arr[:, ::stride] if stride > 1 else arr
+            qs = t_eps_quantiles(grid, spec.eps, window, interval=every, q=record.QUANTILES)
             quantiles[kind] = tuple(record.Quantiles(*qs[e]) for e in spec.eps)
     return record.PredictorRecord(
         kind=PREDICTORS[name].kind,
-        t_eps=record.t_eps(p.curves, spec.eps, window),
-        diverged=p.curves.diverged,
+        t_eps=record.t_eps(curves, spec.eps, window),
+        diverged=curves.diverged,
         stages=p.stages,
         paths=None if paths is None else len(paths.paths_loss),
         quantiles=quantiles,

@@ -27,5 +27,5 @@ def app(cfg: DictConfig) -> None:
         log.info("pretrained model ready: %s", build.pretrain_spec(spec).filename())
 
 
-if __name__ == "__main__":
-    cli.main(app)
+if __name__ == "__main__":  # not in a run's directory: ${out_root}/pretrain
+    cli.main(app, run_dir="${out_root}/pretrain")

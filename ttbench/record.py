@@ -353,18 +353,26 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
     atomic_write(path, buf.getvalue())
 
 
+class WriteError(OSError):
+    """A record that could not be written (a full disk, a lost mount); one line for the user."""
+
+
 def write(
     run_dir: Path,
     rec: Record,
     curves: Mapping[str, Curves],
     bands: Mapping[str, Mapping[float, Curves]] | None = None,
 ) -> None:
-    """The run's curves, then result.json, then the `done` marker, each atomically."""
+    """The run's curves, then result.json, then the `done` marker, each atomically; a write
+    that fails leaves no `done` marker and raises WriteError."""
     run_dir = Path(run_dir)
-    write_table(run_dir / CURVES, curves_frame(curves, bands))
     text = json.dumps(_to_json(rec), indent=2, allow_nan=False) + "\n"
-    atomic_write(run_dir / RESULT, text.encode())
-    atomic_write(run_dir / DONE, b"")
+    try:
+        write_table(run_dir / CURVES, curves_frame(curves, bands))
+        atomic_write(run_dir / RESULT, text.encode())
+        atomic_write(run_dir / DONE, b"")
+    except OSError as e:
+        raise WriteError(f"cannot write the record into {run_dir} ({e})") from e
 
 
 def read(run_dir: Path) -> Record:
@@ -376,7 +384,19 @@ def read(run_dir: Path) -> Record:
 
 
 def is_done(run_dir: Path) -> bool:
+    """The done marker is there (the record may still be damaged: see `complete`)."""
     return (Path(run_dir) / DONE).is_file()
+
+
+def complete(run_dir: Path) -> Record | None:
+    """The run's record when the run is complete: its done marker, a result.json that reads
+    back and its curves file; None otherwise (the run is to be done again)."""
+    if not is_done(run_dir) or not (Path(run_dir) / CURVES).is_file():
+        return None
+    try:
+        return read(run_dir)
+    except (OSError, ValueError):
+        return None
 
 
 def run_dirs(roots: Iterable[Path]) -> list[Path]:

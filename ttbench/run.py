@@ -26,6 +26,7 @@ from ttbench import build, cli, record
 from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR
 from ttbench.core.curves import Curves
+from ttbench.files import Busy, locked
 from ttbench.plots import plot_curves
 from ttbench.prediction import (
     PREFIX,
@@ -83,7 +84,7 @@ def _finetune(
 def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> record.Record:
     """Execute one run, write its record into out_dir, and return the record."""
     device = build.device(spec.device)
-    threads = build.cpu_threads()
+    threads = build.cpu_threads(spec.threads)
     log.info("device %s, %d CPU threads", device, threads)
     stages = Stages(device)
     s = build.setup(spec, stages)
@@ -215,18 +216,29 @@ def signal_lines(rec: record.Record) -> list[str]:
     return out
 
 
-def task(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> record.Record:
+def task(
+    cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None
+) -> record.Record | None:
     """Validate the config and run it into out_dir, or, when out_dir holds a complete record,
-    skip it; print the summary either way. Raises the errors of cli.USER_ERRORS."""
+    skip it; print the summary either way. A run directory another process is running is
+    skipped (None). Raises the errors of cli.USER_ERRORS."""
     spec = validate(cfg)
     out_dir = Path(out_dir)
-    if record.is_done(out_dir):
-        log.info("%s holds a complete record: skipped (delete it to run again)", out_dir)
-        rec = record.read(out_dir)
-        print(summary(rec))
-        return rec
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rec = run(spec, out_dir, overrides)
+    try:
+        with locked(out_dir):  # two processes on one job: the second skips it
+            rec = record.complete(out_dir)
+            if rec is not None:
+                log.info("%s holds a complete record: skipped (delete it to run again)", out_dir)
+                print(summary(rec))
+                return rec
+            if record.is_done(out_dir):
+                log.warning("%s is marked done but its record is unreadable: redoing", out_dir)
+                (out_dir / record.DONE).unlink()
+            rec = run(spec, out_dir, overrides)
+    except Busy as e:
+        log.warning("%s: skipped", e)
+        print(f"ttbench: {e}: skipped")
+        return None
     print(summary(rec))
     print(f"record: {out_dir / record.RESULT}")
     return rec
@@ -235,6 +247,8 @@ def task(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
+    if cfg.threads is None and "joblib" in str(hc.launcher.get("_target_", "")):
+        build.cpu_threads(1)  # parallel local jobs share the cores: one thread each
     with cli.one_line_errors():
         task(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
 

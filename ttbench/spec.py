@@ -10,7 +10,7 @@ from typing import Any
 
 # Settings that do not change what a run computes: left out of its directory's name and of the
 # identity its fine-tuning checkpoint is checked against. The one list of them.
-NOT_IDENTITY = ("out_root", "device", "checkpoint_s", "cache_dir", "cluster")
+NOT_IDENTITY = ("out_root", "device", "checkpoint_s", "cache_dir", "cluster", "threads")
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,7 @@ class RunSpec:
     refine: RefineSpec
     probes: ProbeSpec
     device: str
+    threads: int | None  # CPU threads (None: build.cpu_threads decides)
     cache_dir: Path
     checkpoint_s: float
     preset: str | None

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from ttbench import record
 from ttbench.config import run_name
+from ttbench.files import Busy, locked
 from ttbench.validate import ConfigError, validate
 
 DONE, INCOMPLETE, NOT_STARTED = "done", "incomplete", "not started"
@@ -32,7 +33,7 @@ def subdir_override(job: Sequence[str]) -> str:
 
 
 def state(run_dir: Path) -> str:
-    if record.is_done(run_dir):
+    if record.complete(run_dir) is not None:
         return DONE
     return INCOMPLETE if run_dir.exists() else NOT_STARTED
 
@@ -91,12 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ttbench: error: no such directory: {missing[0]}", file=sys.stderr)
         return 2
     runs = record.run_dirs(a.dirs)
-    bad = [d for d in runs if not record.is_done(d)]
+    bad = [d for d in runs if record.complete(d) is None]
     print(f"{len(runs)} run directories, {len(runs) - len(bad)} complete, {len(bad)} incomplete")
     for d in bad:
-        if a.delete:
-            shutil.rmtree(d)
-        print(f"{'deleted' if a.delete else 'incomplete'}: {d}")
+        try:
+            with locked(d):  # never delete a run that another process is running
+                if a.delete:
+                    shutil.rmtree(d)
+                print(f"{'deleted' if a.delete else 'incomplete'}: {d}")
+        except Busy:
+            print(f"running: {d}")
     return 0
 
 

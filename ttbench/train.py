@@ -81,7 +81,12 @@ def finetune(
             state = {"t": t, "meta": meta, "model": model.state_dict(), "opt": opt.state_dict()}
             curves = {"loss": torch.from_numpy(loss_curve), "error": torch.from_numpy(error_curve)}
             seconds = elapsed + time.monotonic() - began
-            atomic_save(state_file, state | curves | {"kept": kept, "seconds": seconds})
+            try:
+                atomic_save(state_file, state | curves | {"kept": kept, "seconds": seconds})
+            except OSError as e:  # a full disk costs the checkpoint, never the run
+                log.warning(
+                    "could not save the fine-tuning state to %s (%s): going on", state_file, e
+                )
             saved = time.monotonic()
         if t == keep_at:
             kept |= _snapshot(model, opt, elapsed + time.monotonic() - began)

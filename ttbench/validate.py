@@ -7,6 +7,7 @@ what is allowed; the entry points print it and exit with status 2, without a tra
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ttbench.config import config_groups
+from ttbench.config import compose, config_groups
 from ttbench.core.linearize import MODES
 from ttbench.core.losses import LOSSES
 from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
@@ -73,6 +74,11 @@ def validate(cfg: DictConfig) -> RunSpec:
         raise ConfigError("momentum", cfg.momentum, "must be in [0, 1)")
     if _number(cfg, "weight_decay") < 0:
         raise ConfigError("weight_decay", cfg.weight_decay, "must be >= 0")
+    cache = Path(cfg.cache_dir).expanduser()
+    if cache.exists() and not cache.is_dir():
+        raise ConfigError("cache_dir", cfg.cache_dir, "must be a directory (or not exist yet)")
+    if cfg.threads is not None:
+        _integer(cfg, "threads", 1)
     if _number(cfg, "checkpoint_s") < 0:
         raise ConfigError("checkpoint_s", cfg.checkpoint_s, "must be >= 0 (0: every step)")
     _integer(cfg, "steps", 1)
@@ -88,7 +94,7 @@ def validate(cfg: DictConfig) -> RunSpec:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda", "no CUDA device is available; use auto or cpu")
     _choice("dataset.name", cfg.dataset.name, DATASETS)
-    k = _integer(cfg, "task.k", 1)
+    k = _integer(cfg, "task.k", 2)  # one class: every curve is flat, nothing to predict
     check_classes(k, NUM_CLASSES.get(cfg.dataset.name), cfg.dataset.name)
     if cfg.model.name != "small_resnet":
         _choice("model.source", cfg.model.source, ("timm", "torchvision"))
@@ -120,9 +126,17 @@ def validate(cfg: DictConfig) -> RunSpec:
         raise ConfigError("theta.memory_gb", cfg.theta.memory_gb, "must be > 0")
     names = predictor_names(cfg)
     if "subset" in names:
-        _integer(cfg, "subset.n0", 2)
-        _integer(cfg, "subset.k0", 1)
+        n0 = _integer(cfg, "subset.n0", 2)
+        k0 = _integer(cfg, "subset.k0", 1)
         _number(cfg, "subset.alpha")
+        size = n0 * (cfg.task.k if cfg.theta.mode != "trace" else 1)  # the subset's spectrum
+        if k0 >= size:
+            raise ConfigError(
+                "subset.k0",
+                k0,
+                f"must be below the subset's {size} eigenvalues (subset.n0 x classes, or "
+                "subset.n0 in trace mode): the tail beyond k0 is what it extrapolates",
+            )
     if any(PREDICTORS[n].kind == STOCHASTIC for n in names):
         _integer(cfg, "stochastic.paths", 1)
         _choice("stochastic.noise", cfg.stochastic.noise, NOISES)
@@ -235,26 +249,60 @@ def check_classes(k: int, classes: int | None, dataset: str) -> None:
 
 
 def _writable(path: Path) -> bool:
-    """Whether `path` is, or could be created as, a writable directory."""
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
+    """Whether `path` is, or can be created as, a writable directory (it is created)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix[:-1]]
+    keys = [prefix[:-1]] if prefix else []
+    for k, v in node.items():
+        keys += _flat_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def _check_keys(overrides: list[tuple[str, str, str]], groups: dict[str, list[str]]) -> None:
+    """Every key set on the command line is one the config has (with the groups it chooses):
+    a mistyped key gets a one-line error with the nearest known keys, and '+key' (a key added
+    to the config) is refused, since nothing would read it."""
+    chosen = [f"{k}={v.split(',')[0]}" for prefix, k, v in overrides if k in groups]
+    known = _flat_keys(OmegaConf.to_container(compose(chosen), resolve=False))
+    for prefix, key, value in overrides:
+        if key in groups or key.startswith("hydra"):
+            continue
+        if prefix:
+            raise ConfigError(
+                f"{prefix}{key}", value, "ttbench reads only the keys its config has; set one"
+            )
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=3)
+            hint = f": did you mean {' or '.join(near)}?" if near else ""
+            raise ConfigError(key, value, f"is not a setting ttbench has{hint}")
+
+
 def check_cli(argv: Sequence[str], default_out_root: str) -> None:
-    """Checks Hydra cannot state in one line: config-group options and output directories."""
+    """Checks Hydra cannot state in one line: config-group options, unknown keys and output
+    directories (created here, so that an unwritable one is found before Hydra starts)."""
     groups = config_groups()
     dirs: dict[str, str] = {}
+    overrides = []
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
-        key, value = arg.lstrip("+~").split("=", 1)
+        prefix = arg[: len(arg) - len(arg.lstrip("+~"))]
+        key, value = arg[len(prefix) :].split("=", 1)
+        overrides.append((prefix, key, value))
         if key in groups:
             for option in value.split(","):
                 _choice(key, option, groups[key])
         elif key in ("out_root", "hydra.run.dir", "hydra.sweep.dir"):
             dirs[key] = value
+    _check_keys(overrides, groups)
     if not dirs:
         dirs["out_root"] = default_out_root
     for key, d in dirs.items():
@@ -321,6 +369,7 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
             cfg.probe.components,
         ),
         device=cfg.device,
+        threads=cfg.threads,
         cache_dir=Path(cfg.cache_dir).expanduser(),
         checkpoint_s=float(cfg.checkpoint_s),
         preset=cfg.preset,

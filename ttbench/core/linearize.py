@@ -68,13 +68,19 @@ def trainable_layers(model: nn.Module) -> list[nn.Module]:
     """Modules owning trainable weights; refuses layer types the engine cannot contract."""
     layers = []
     for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):  # with or without weights
+            if m.training:
+                raise ValueError(f"layer {name}: BatchNorm must be in eval mode (model.eval())")
+            if not m.track_running_stats:
+                raise NotImplementedError(
+                    f"layer {name}: BatchNorm without running statistics normalises with the "
+                    "batch's even in eval mode, so samples interact: not supported"
+                )
         own = [p for p in m.parameters(recurse=False) if p.requires_grad]
         if not own:
             continue
         if isinstance(m, nn.Conv2d) and m.groups != 1:
             raise NotImplementedError(f"layer {name}: grouped convolutions are not supported")
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-            raise ValueError(f"layer {name}: BatchNorm must be in eval mode (model.eval())")
         if not isinstance(m, nn.Conv2d | nn.Linear | nn.modules.batchnorm._BatchNorm):
             raise NotImplementedError(
                 f"layer {name} ({type(m).__name__}) has trainable weights and is not supported "
@@ -147,7 +153,10 @@ def _factors(layer: _Layer) -> tuple[list[torch.Tensor], tuple[torch.Tensor, tor
             pieces.append((d.sum(dims) if dims else d).transpose(0, 1))
         return pieces, None
     if isinstance(m, nn.Conv2d):
-        A = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
+        # pad as the layer does (any padding mode, 'same' included), then unfold unpadded
+        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+        a = F.pad(a, m._reversed_padding_repeated_twice, mode=mode)
+        A = F.unfold(a, m.kernel_size, m.dilation, 0, m.stride).transpose(1, 2)
         D = d.flatten(3).transpose(2, 3)
     else:  # Linear: extra leading dims of the input act like positions
         A = a.reshape(n, -1, a.shape[-1])

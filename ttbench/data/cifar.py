@@ -41,10 +41,15 @@ class Cifar:
                     "file; dataset.verify=false skips the check)"
                 )
             try:
-                entry = pickle.loads(blob, encoding="latin1")
+                # the official files have str keys; Python 3 tools following the dataset
+                # page's dict[b'data'] write bytes keys: read both
+                entry = {
+                    k.decode() if isinstance(k, bytes) else k: v
+                    for k, v in pickle.loads(blob, encoding="latin1").items()
+                }
                 data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
-            except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            except (pickle.UnpicklingError, KeyError, ValueError, EOFError, AttributeError) as e:
                 raise DataNotFound(f"dataset {name}: cannot read {path} ({e})") from e
         self.name = name
         self.num_classes = 10 if name == "cifar10" else 100

@@ -29,7 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no results.parquet in {a.tables}: run python -m ttbench.collect first")
         return 2
     start = time.perf_counter()
-    tables = load(a.tables)
+    try:
+        tables = load(a.tables)
+    except (OSError, ValueError) as e:  # pyarrow's errors are ValueErrors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ttbench: error: cannot read the tables in {a.tables} ({first})", file=sys.stderr)
+        return 2
+    if not len(tables.results):
+        print(f"ttbench: error: {a.tables}/results.parquet has no rows", file=sys.stderr)
+        return 2
     print(f"{a.tables}: {tables.results['run'].nunique()} runs, {len(tables.results)} rows")
     status = render_all(tables, a.out, a.only, a.high_lr)
     counts = {s: list(status.values()).count(s) for s in ("wrote", "skipped", "failed")}

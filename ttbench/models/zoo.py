@@ -62,13 +62,42 @@ def imagenet_resnet(
                 f"{WEIGHT_FILES[arch]} there (or set model.weights=FILE or model.pretrained=false)"
             )
         try:
-            model.load_state_dict(_load_state(path))
-        except Exception as e:  # any unreadable or mismatching file, whatever the loader raises
+            state = _load_state(path)
+        except Exception as e:  # any unreadable file, whatever the loader raises
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise WeightsNotFound(
-                f"model {arch}: {path} does not hold {arch} weights ({first})"
-            ) from e
+            raise WeightsNotFound(f"model {arch}: {path} cannot be read ({first})") from e
+        _load_body(model, state, arch, path)
     return split_head(model).eval()
+
+
+def _load_body(model: nn.Module, state: dict, arch: str, path: Path) -> None:
+    """Load the weights, naming the tensors that are missing, unexpected or of another shape;
+    a head (fc) of another size is ignored, since a fresh k-way head replaces it anyway."""
+    if not isinstance(state, dict):
+        raise WeightsNotFound(f"model {arch}: {path} does not hold a state dict")
+    want = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    got = {k: getattr(v, "shape", None) for k, v in state.items() if not k.startswith("fc.")}
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    shapes = sorted(k for k in set(want) & set(got) if tuple(want[k]) != tuple(got[k] or ()))
+    if missing or extra or shapes:
+        what = [
+            f"{len(missing)} missing (first {missing[0]})" if missing else "",
+            f"{len(extra)} unexpected (first {extra[0]})" if extra else "",
+            f"{len(shapes)} of another shape (first {shapes[0]}: {tuple(got[shapes[0]])}, "
+            f"{arch} has {tuple(want[shapes[0]])})"
+            if shapes
+            else "",
+        ]
+        raise WeightsNotFound(
+            f"model {arch}: {path} does not hold {arch} weights: tensors "
+            + "; ".join(w for w in what if w)
+            + " (the fc head is ignored: it is replaced)"
+        )
+    fc = {k: v for k, v in state.items() if k.startswith("fc.")}
+    same = all(tuple(v.shape) == tuple(model.state_dict()[k].shape) for k, v in fc.items())
+    keep = {k: v for k, v in state.items() if not k.startswith("fc.") or (same and fc)}
+    model.load_state_dict(keep, strict=False)
 
 
 def split_head(resnet: nn.Module) -> Classifier:
