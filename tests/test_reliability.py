@@ -168,7 +168,17 @@ def test_pretraining_ahead_of_time_leaves_the_runs_alone(tmp_path, monkeypatch):
     assert callable(pretrain.app)
 
 
-# 8. threads: a setting, recorded
+# 8. threads: a setting, recorded, and one per job of the joblib launcher
+def test_joblib_jobs_start_with_one_thread_unless_told():
+    from ttbench.build import launcher_threads
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert launcher_threads(joblib, None) == 1 and launcher_threads(joblib, 3) == 3
+    assert (
+        launcher_threads("hydra._internal.core_plugins.basic_launcher.BasicLauncher", None) is None
+    )
+
+
 def test_threads_are_a_setting_and_recorded(tmp_path, cache_dir):
     import torch
 

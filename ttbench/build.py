@@ -33,6 +33,14 @@ def cpu_threads(threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def launcher_threads(launcher: str, threads: int | None) -> int | None:
+    """The threads a job starts with: the `threads` setting, else one under the joblib
+    launcher, whose jobs run side by side on the same cores, else None (cpu_threads decides)."""
+    if threads is None and "joblib" in launcher:
+        return 1
+    return threads
+
+
 def device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -247,8 +247,7 @@ def task(
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
-    if cfg.threads is None and "joblib" in str(hc.launcher.get("_target_", "")):
-        build.cpu_threads(1)  # parallel local jobs share the cores: one thread each
+    build.cpu_threads(build.launcher_threads(str(hc.launcher.get("_target_", "")), cfg.threads))
     with cli.one_line_errors():
         task(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
 
