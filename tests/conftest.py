@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttbench import record
+from ttbench import cli, record
 from ttbench.build import pretrained_model
 from ttbench.config import compose
 from ttbench.core.linearize import linearize
 from ttbench.models.small_resnet import small_resnet
 from ttbench.run import task
 from ttbench.spec import RunSpec
-from ttbench.validate import validate
+from ttbench.validate import check_cli, validate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,6 +35,18 @@ def run_in_process(overrides: list[str], out: Path, cache: Path) -> record.Recor
     """One run as `python -m ttbench.run <overrides>` does it, in this process: compose, then
     the task function (validation, run, record, summary) into `out`."""
     return task(compose_cfg([*overrides, f"cache_dir={cache}"]), out, list(overrides))
+
+
+def cli_error(args: list[str], tmp_path: Path, capsys) -> str:
+    """What `python -m ttbench.run <args>` prints for bad input, in this process: the checks
+    before Hydra, then the task function; asserts one line, no traceback, exit status 2."""
+    with pytest.raises(SystemExit) as e, cli.one_line_errors():
+        check_cli(args, str(tmp_path / "outputs"))
+        task(compose_cfg(args), tmp_path / "run", args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 def run_cli(

@@ -4,10 +4,8 @@ then the task function; bad input gives one line and exit status 2."""
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, compose_cfg, run_in_process
-from ttbench import cli, pretrain, record
-from ttbench.run import task
-from ttbench.validate import check_cli
+from tests.conftest import TINY, cli_error, compose_cfg, run_in_process
+from ttbench import pretrain, record
 
 
 def test_run_writes_record_curves_and_figure(tmp_path, cache_dir, capsys):
@@ -87,18 +85,6 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
     assert len(list(fresh_cache.glob("small_resnet_w4_digits_*.pt"))) == 1
 
 
-def _cli_error(args: list[str], tmp_path, capsys) -> str:
-    """What the entry point prints for `python -m ttbench.run <args>`: its one line."""
-    with pytest.raises(SystemExit) as e, cli.one_line_errors():
-        check_cli(args, str(tmp_path / "outputs"))
-        task(compose_cfg(args), tmp_path / "run", args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -135,7 +121,7 @@ def _cli_error(args: list[str], tmp_path, capsys) -> str:
     ],
 )
 def test_bad_input_fails_with_one_line(tmp_path, cache_dir, capsys, args, expected):
-    line = _cli_error([*TINY, f"cache_dir={cache_dir}", *args], tmp_path, capsys)
+    line = cli_error([*TINY, f"cache_dir={cache_dir}", *args], tmp_path, capsys)
     assert expected in line
     if "memory_gb" not in args[0]:  # the memory check needs the model, so it comes later
         assert not (tmp_path / "run").exists()  # nothing was computed

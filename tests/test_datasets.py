@@ -8,14 +8,12 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from tests.conftest import compose_cfg, run_in_process
-from ttbench import cli, record
+from tests.conftest import cli_error, run_in_process
+from ttbench import record
 from ttbench.data.cifar import Cifar
 from ttbench.data.finegrained import cub200, fgvc_aircraft, minc2500, stanford_cars
 from ttbench.data.images import DataNotFound, image_folder, mit67
 from ttbench.models.zoo import WEIGHT_FILES, WeightsNotFound, imagenet_resnet
-from ttbench.run import task
-from ttbench.validate import check_cli
 
 RNG = np.random.default_rng(0)
 
@@ -239,13 +237,7 @@ def test_cli_runs_each_dataset_with_a_resnet(tmp_path, cache_dir, name):
     ],
 )
 def test_dataset_and_model_errors_are_one_line(tmp_path, cache_dir, capsys, args, expected):
-    args = [*args, f"cache_dir={cache_dir}"]
-    with pytest.raises(SystemExit) as e, cli.one_line_errors():
-        check_cli(args, str(tmp_path))
-        task(compose_cfg(args), tmp_path / "run", args)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and expected in err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert expected in cli_error([*args, f"cache_dir={cache_dir}"], tmp_path, capsys)
 
 
 def test_task_images_are_decoded_once(tmp_path):

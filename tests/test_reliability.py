@@ -8,27 +8,12 @@ import stat
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, compose_cfg, run_in_process
+from tests.conftest import TINY, cli_error, run_in_process
 from ttbench import cli, collect, record
 from ttbench.figures.__main__ import main as figures_main
 from ttbench.files import Busy, atomic_write_all, locked
 from ttbench.points import valid
-from ttbench.run import task
 from ttbench.train import finetune_run
-from ttbench.validate import check_cli, validate
-
-
-def _one_line(capsys, args, tmp_path, *, run=False) -> str:
-    """What the entry point prints for bad input: one line, exit status 2."""
-    with pytest.raises(SystemExit) as e, cli.one_line_errors():
-        check_cli(args, str(tmp_path / "outputs"))
-        cfg = compose_cfg(args)
-        validate(cfg)
-        if run:
-            task(cfg, tmp_path / "run", args)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    return err.strip()
 
 
 # 1. a done marker is trusted only when the record behind it reads back
@@ -87,7 +72,7 @@ def test_collect_refuses_nothing_and_writes_all_or_nothing(tmp_path, cache_dir, 
 
 # 3. degenerate runs do not inflate the headline
 def test_one_class_is_refused_and_flat_curves_are_left_out(tmp_path, capsys):
-    assert "task.k=1 is invalid" in _one_line(capsys, [*TINY, "task.k=1"], tmp_path)
+    assert "task.k=1 is invalid" in cli_error([*TINY, "task.k=1"], tmp_path, capsys)
     rows = pd.DataFrame(
         {"predictor": "ode", "t_real": [0, 5, None], "t_pred": [0, 5, 3], "real_diverged": False}
     )
@@ -105,13 +90,13 @@ def test_one_class_is_refused_and_flat_curves_are_left_out(tmp_path, capsys):
     ],
 )
 def test_unknown_keys_and_bad_directories_are_one_line(tmp_path, capsys, args, expected):
-    assert expected in _one_line(capsys, [*TINY, *args], tmp_path)
+    assert expected in cli_error([*TINY, *args], tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
 def test_a_cache_dir_that_is_a_file_is_refused_before_pretraining(tmp_path, capsys):
     (tmp_path / "cache").write_text("")
-    line = _one_line(capsys, [*TINY, f"cache_dir={tmp_path / 'cache'}"], tmp_path)
+    line = cli_error([*TINY, f"cache_dir={tmp_path / 'cache'}"], tmp_path, capsys)
     assert "cache_dir" in line and "must be a directory" in line
 
 
