@@ -72,6 +72,40 @@ def test_trace_mode_is_mean_of_diagonal_blocks(model_and_input):
         assert lin.full_theta().shape == theta.shape
 
 
+def test_output_projections_estimate_the_trace_without_bias(model_and_input):
+    """P random output directions: P = C (one orthonormal group) gives Theta_s to float
+    precision; fewer are unbiased (the mean over seeds converges) and err less as P grows."""
+    model, x = model_and_input
+    _, theta = explicit_theta(model, x)
+    n = x.shape[0]
+    C = theta.shape[0] // n
+    expected = torch.einsum("icjc->ij", theta.reshape(n, C, n, C)) / C
+
+    def err(t):
+        return ((t - expected).norm() / expected.norm()).item()
+
+    full = linearize(model, x, mode="trace", outputs=C, seed=5)
+    assert full.mode == "trace" and err(full.theta) <= 1e-10
+    ones = [linearize(model, x, mode="trace", outputs=1, seed=s).theta for s in range(48)]
+    single = sum(map(err, ones)) / len(ones)
+    assert single > 1e-3
+    assert err(sum(ones) / len(ones)) < 0.35 * single
+    assert err(linearize(model, x, mode="trace", outputs=C - 1, seed=0).theta) < single
+    with pytest.raises(ValueError, match="needs every class"):
+        linearize(model, x, mode="exact", outputs=1)
+
+
+def test_output_projections_are_exact_for_a_model_linear_in_its_head():
+    """A linear model's Jacobian has no cross-class blocks, so one direction gives Theta_s."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4).double()
+    x = torch.randn(10, 6, dtype=torch.float64)
+    exact = linearize(model, x, mode="trace").theta
+    for seed in range(3):
+        one = linearize(model, x, mode="trace", outputs=1, seed=seed).theta
+        torch.testing.assert_close(one, exact, rtol=1e-12, atol=1e-12)
+
+
 def test_inplace_activations_are_restored():
     model = _randomise_bn(conv_net().double())
     linearize(model, torch.randn(3, 2, 5, 5, dtype=torch.float64))

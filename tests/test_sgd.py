@@ -7,7 +7,13 @@ import torch
 from ttbench.bench.baseline import jacobian
 from ttbench.core import dynamics, losses, sgd
 from ttbench.core.curves import t_eps_quantiles
-from ttbench.core.linearize import LinearizedModel, diagonal_noise_gram, jacobian_factors
+from ttbench.core.linearize import (
+    LinearizedModel,
+    diagonal_noise_features,
+    diagonal_noise_gram,
+    jacobian_factors,
+)
+from ttbench.core.sketch import Sketch
 from ttbench.train import finetune
 
 
@@ -121,6 +127,30 @@ def test_diagonal_noise_gram_equals_explicit(sgd_problem):
     got = diagonal_noise_gram(jacobian_factors(model, x), s)
     assert ((got - expected).norm() / expected.norm()).item() < 1e-10
     assert torch.allclose(lin.theta, J @ J.T, rtol=1e-9, atol=1e-12)
+
+
+def test_sketched_diagonal_noise_is_an_unbiased_square_root(sgd_problem):
+    """The run's noise: phi = J diag(sigma) P, streamed over chunks, with E[phi phi^T] equal to
+    the exact J diag(sigma^2) J^T; the error of one sketch falls like 1 / sqrt(D0)."""
+    model, x, _, _, _ = sgd_problem
+    y = torch.arange(12) % 3
+    with torch.no_grad():
+        s = losses.grad_f(model(x), y, "ce") * 12
+    exact = diagonal_noise_gram(jacobian_factors(model, x), s)
+
+    def err(cov):
+        return ((cov - exact).norm() / exact.norm()).item()
+
+    def phi(dim, seed, chunk=5):
+        return diagonal_noise_features(model, x, s, Sketch("countsketch", dim, seed), chunk)
+
+    torch.testing.assert_close(phi(64, 1), phi(64, 1, chunk=12), rtol=1e-12, atol=1e-14)
+    small = [phi(16, k) for k in range(16)]
+    large = [phi(256, k) for k in range(8)]
+    e_small = sum(err(p @ p.T) for p in small) / len(small)
+    e_large = sum(err(p @ p.T) for p in large) / len(large)
+    assert 2.5 < e_small / e_large < 6.5  # sqrt(16) = 4
+    assert err(sum(p @ p.T for p in small) / len(small)) < 0.4 * e_small
 
 
 def test_quantiles_ordered_and_seeded(sgd_problem):

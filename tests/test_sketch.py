@@ -33,13 +33,19 @@ def test_projection_matrices_have_the_documented_entries():
     assert torch.equal(_matrix("gaussian", 20, 8, seed=3), _matrix("gaussian", 20, 8, seed=3))
 
 
+@pytest.mark.parametrize("route", ["materialised", "structured"])
 @pytest.mark.parametrize("kind", SKETCHES)
-def test_projected_theta_is_unbiased_and_error_shrinks_like_inverse_sqrt_dim(problem, kind):
+def test_projected_theta_is_unbiased_and_error_shrinks_like_inverse_sqrt_dim(problem, kind, route):
+    """Both ways of sketching a weight matrix: its materialised per-sample gradients, or its
+    factors (route "structured": the Kronecker-factored sketch, never forming them)."""
     model, x, exact = problem
     norm = exact.norm()
 
     def thetas(dim, seeds):
-        return [linearize(model, x, "projected", sketch=Sketch(kind, dim, s)).theta for s in seeds]
+        return [
+            linearize(model, x, "projected", route=route, sketch=Sketch(kind, dim, s)).theta
+            for s in seeds
+        ]
 
     small = thetas(64, range(12))
     large = thetas(1024, range(4))
@@ -50,10 +56,40 @@ def test_projected_theta_is_unbiased_and_error_shrinks_like_inverse_sqrt_dim(pro
     assert (mean - exact).norm() / norm < 0.5 * err_small  # averaging seeds converges to Theta
 
 
-def test_streamed_projection_equals_unstreamed(problem):
+@pytest.mark.parametrize("route", ["auto", "materialised", "structured"])
+@pytest.mark.parametrize("outputs", [None, 2])
+def test_streamed_projection_equals_unstreamed(problem, route, outputs):
+    """Every chunk sees the same sketch and the same output directions."""
     model, x, _ = problem
     sketch = Sketch("achlioptas", 128, seed=7)
-    f_a, phi_a = projected_features(model, x, sketch, chunk=5)
-    f_b, phi_b = projected_features(model, x, sketch, chunk=len(x))
+    f_a, phi_a = projected_features(model, x, sketch, 5, outputs, seed=3, route=route)
+    f_b, phi_b = projected_features(model, x, sketch, len(x), outputs, seed=3, route=route)
     torch.testing.assert_close(f_a, f_b, rtol=0, atol=1e-13)
     torch.testing.assert_close(phi_a, phi_b, rtol=1e-12, atol=1e-13)
+    assert phi_a.shape == (len(x) * (outputs or 3), 128)
+
+
+def test_factored_sketch_is_chosen_where_it_costs_less():
+    sketch = Sketch("countsketch", 4096, seed=0)
+    A = torch.zeros(1, 64, 432)  # a 3x3 convolution 48 -> 48 at 8x8: O K = 20736 > D0
+    D = torch.zeros(5, 1, 64, 48)
+    assert sketch.factored_dims(48, 432) == (48, 85)
+    assert sketch.factored_is_cheaper(A, D)
+    # O K barely above D0 over many positions: projecting both sides costs more
+    assert not sketch.factored_is_cheaper(torch.zeros(1, 64, 65), torch.zeros(5, 1, 64, 64))
+
+
+def test_projected_trace_estimates_the_class_averaged_theta(problem):
+    """With output directions the projected mode sketches Theta_s: P = C directions and an
+    averaged sketch converge to it."""
+    model, x, exact = problem
+    n = len(x)
+    trace = torch.einsum("icjc->ij", exact.reshape(n, 3, n, 3)) / 3
+    lins = [
+        linearize(model, x, "projected", sketch=Sketch("gaussian", 256, s), outputs=3, seed=s)
+        for s in range(8)
+    ]
+    assert lins[0].mode == "trace" and lins[0].theta.shape == (n, n)
+    errs = [((lin.theta - trace).norm() / trace.norm()).item() for lin in lins]
+    mean = sum(lin.theta for lin in lins) / len(lins)
+    assert ((mean - trace).norm() / trace.norm()).item() < 0.6 * sum(errs) / len(errs)

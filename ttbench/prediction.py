@@ -28,12 +28,13 @@ from ttbench.core import losses, refine, sgd
 from ttbench.core.curves import Curves, t_eps_quantiles
 from ttbench.core.dynamics import discrete, sharpness
 from ttbench.core.linearize import (
-    diagonal_noise_gram,
+    diagonal_noise_features,
     exact_memory_bytes,
     gram,
     jacobian_factors,
     jvp,
     projected_features,
+    sketched_theta,
 )
 from ttbench.core.sketch import Sketch
 from ttbench.predictors import PREDICTORS, W0, WK, Inputs, Solved
@@ -55,27 +56,30 @@ class Predicted:
         return self.solved.curves
 
 
-def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, factors: bool, at: str = ""):
-    """f, Theta and, when asked for, the unprojected Jacobian factors (free unless projected),
-    timed as the stages jacobian<at> and theta<at>; at w_k (at="_k") in refine.theta's mode."""
+def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, at: str = ""):
+    """f and Theta, timed as the stages jacobian<at> and theta<at>; at w_k (at="_k") in
+    refine.theta's mode."""
     th = spec.theta
     if at and spec.refine.theta is not None:
         th = replace(th, mode=spec.refine.theta)
+    outputs = None if th.mode == "exact" else th.outputs
     kept = None
     with stages(f"jacobian{at}"):
         if th.mode == "projected":
-            f0, phi = projected_features(model, x, Sketch(th.sketch, th.dim, spec.seed), th.chunk)
+            sketch = Sketch(th.sketch, th.dim, spec.seed)
+            f0, phi = projected_features(model, x, sketch, th.chunk, outputs, spec.seed)
         else:
             check_memory(spec, model, x)
-            kept = jacobian_factors(model, x)
+            kept = jacobian_factors(model, x, outputs, spec.seed)
             f0 = kept.f0
     with stages(f"theta{at}"):
-        theta = phi @ phi.T if th.mode == "projected" else gram(kept, th.mode, block=th.block)
-    if factors and kept is None:  # the diagonal of Sigma needs unprojected gradients
-        kept = jacobian_factors(model, x)
+        if th.mode == "projected":
+            theta = sketched_theta(phi, len(f0), outputs is not None)
+        else:
+            theta = gram(kept, th.mode, block=th.block)
     built = stages.stats[f"jacobian{at}"]["wall_s"] + stages.stats[f"theta{at}"]["wall_s"]
     log.info("Theta%s (%s) %s built in %.2f s", at, th.mode, tuple(theta.shape), built)
-    return f0, theta, kept if factors else None
+    return f0, theta
 
 
 def _solve_all(chosen, inputs: Inputs, stages: Stages, shared: dict[str, tuple[str, ...]]):
@@ -103,12 +107,13 @@ def at_w0(
     if any(p.theta == W0 for p in every):
         diagonal = spec.stochastic.noise == "diagonal"
         noise = [p for p in chosen if p.diagonal_noise and diagonal]
-        inputs.f0, inputs.theta, factors = _theta(spec, model, x, stages, bool(noise))
+        inputs.f0, inputs.theta = _theta(spec, model, x, stages)
         if noise:
             with stages("noise"):
                 s0 = losses.grad_f(inputs.f0, y, spec.train.loss) * len(y)
-                inputs.noise_sqrt = sgd.noise_factor(diagonal_noise_gram(factors, s0))
-        del factors
+                dim = min(spec.theta.dim, inputs.f0.numel())
+                sketch = Sketch("countsketch", dim, spec.seed)
+                inputs.noise_sqrt = diagonal_noise_features(model, x, s0, sketch, spec.theta.chunk)
         t = spec.train
         lam = sharpness(inputs.theta, inputs.f0, t.loss)
         signals["stability"] = t.lr * lam / (2 * (1 + t.momentum))
@@ -147,7 +152,7 @@ def after_prefix(
     x = inputs.x
     signals: dict[str, float] = {}
     if any(p.theta == WK for p in chosen):
-        inputs.f_k, inputs.theta_k, _ = _theta(spec, model_k, x, stages, False, at="_k")
+        inputs.f_k, inputs.theta_k = _theta(spec, model_k, x, stages, at="_k")
         if velocity:
             with stages("velocity_k"):  # u_k = J_k v_k, one forward-mode pass
                 _, u = jvp(model_k, x, velocity)

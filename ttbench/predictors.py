@@ -151,7 +151,8 @@ def subset_prediction(spec: RunSpec, model: nn.Module, x: torch.Tensor, y: torch
     gen = torch.Generator().manual_seed(spec.seed)
     idx = torch.randperm(len(y), generator=gen)[:n0].to(x.device)
     mode = "exact" if spec.theta.mode == "projected" else spec.theta.mode
-    lin = linearize(model, x[idx], mode=mode)
+    outputs = spec.theta.outputs if mode == "trace" else None
+    lin = linearize(model, x[idx], mode=mode, outputs=outputs, seed=spec.seed)
     with torch.no_grad():
         f0_all = model(x)
     t = spec.train

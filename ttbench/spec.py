@@ -42,6 +42,7 @@ class ThetaSpec:
     sketch: str  # projected: countsketch | achlioptas | gaussian
     chunk: int  # projected: samples per streamed chunk
     memory_gb: float  # exact/trace: the budget above which they refuse
+    outputs: int | None = None  # trace/projected: random output directions (None: the C classes)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,14 @@ def validate(cfg: DictConfig) -> RunSpec:
     _integer(cfg, "theta.dim", 1)
     _integer(cfg, "theta.chunk", 1)
     _choice("theta.sketch", cfg.theta.sketch, SKETCHES)
+    if cfg.theta.get("outputs") is not None:
+        _integer(cfg, "theta.outputs", 1)
+        if cfg.theta.mode == "exact":
+            raise ConfigError(
+                "theta.outputs",
+                cfg.theta.outputs,
+                "estimates the class-averaged Theta_s: use theta.mode=trace or projected",
+            )
     if _number(cfg, "theta.memory_gb") <= 0:
         raise ConfigError("theta.memory_gb", cfg.theta.memory_gb, "must be > 0")
     names = predictor_names(cfg)

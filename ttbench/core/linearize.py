@@ -13,7 +13,11 @@ Only one layer's block of J exists at a time. Supported layers: Conv2d (groups=1
 BatchNorm in eval mode; anything else with trainable weights is refused with a clear message.
 
 The "trace" mode returns Theta_s = mean_c Theta[(i, c), (j, c)] (N x N), the approximation
-Theta ~ Theta_s (x) I_C; it costs about 1/C of the exact build.
+Theta ~ Theta_s (x) I_C. With `outputs=P` it is estimated from P random unit output directions
+r_p (shared by all samples, E[r r^T] = I / C, orthonormal in groups of C): one backward pass of
+f r_p each instead of C, and E[<J_i^T r, J_j^T r>] = Theta_s[i, j], so mean_p is unbiased. The
+head's weights contribute exactly (their cross-class blocks are zero and |r| = 1); the error is
+the backbone's cross-class blocks, it falls like 1 / sqrt(P), and P = C is exact.
 """
 
 from __future__ import annotations
@@ -61,7 +65,24 @@ class _Layer:
     module: nn.Module
     inp: torch.Tensor | None = None
     out: torch.Tensor | None = None
-    delta: torch.Tensor | None = None  # (C, n, *out.shape[1:])
+    delta: torch.Tensor | None = None  # (R, n, *out.shape[1:]), one per output direction
+
+
+def output_directions(n_outputs: int, outputs: int | None, seed: int) -> torch.Tensor | None:
+    """P random unit output directions (P, C), orthonormal in groups of C (rows of independent
+    Haar-random orthogonal matrices), so E[r r^T] = I / C and P = C gives Theta_s exactly;
+    None (the C classes themselves) when `outputs` is None."""
+    if outputs is None:
+        return None
+    if outputs < 1:
+        raise ValueError(f"outputs must be >= 1, got {outputs}")
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 7)
+    groups = []
+    for _ in range(-(-outputs // n_outputs)):
+        g = torch.randn(n_outputs, n_outputs, generator=gen, dtype=torch.float64)
+        q, r = torch.linalg.qr(g)
+        groups.append((q * torch.sign(torch.diagonal(r))).T)  # the sign fix makes q Haar
+    return torch.cat(groups)[:outputs]
 
 
 def trainable_layers(model: nn.Module) -> list[nn.Module]:
@@ -103,8 +124,11 @@ def _no_inplace(model: nn.Module) -> Iterator[None]:
             m.inplace = True
 
 
-def _capture(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[_Layer]]:
-    """Forward once recording layer inputs/outputs, then one backward pass per output class."""
+def _capture(
+    model: nn.Module, x: torch.Tensor, rows_of: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, list[_Layer]]:
+    """Forward once recording layer inputs/outputs, then one backward pass per column of
+    rows_of(f) (n, R): the output classes, output directions f r, or a loss's f . s_i."""
     layers = [_Layer(m) for m in trainable_layers(model)]
 
     def hook(layer: _Layer):
@@ -123,10 +147,11 @@ def _capture(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[_Lay
         for h in handles:
             h.remove()
     outs = [lay.out for lay in layers]
+    rows = rows_of(f)
     per_class = []
-    for c in range(f.shape[1]):
+    for c in range(rows.shape[1]):
         grads = torch.autograd.grad(
-            f[:, c].sum(), outs, retain_graph=c < f.shape[1] - 1, allow_unused=True
+            rows[:, c].sum(), outs, retain_graph=c < rows.shape[1] - 1, allow_unused=True
         )
         per_class.append(
             [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outs, strict=True)]
@@ -226,7 +251,8 @@ def _add_gram(theta: torch.Tensor, rows: torch.Tensor, parts: int = 4) -> None:
 
 
 class _Gram:
-    """Accumulates G G^T over materialised (n, C, d) gradient pieces, batching small ones."""
+    """Accumulates G G^T over materialised (n, R, d) gradient pieces (R output directions),
+    batching small ones; trace mode averages over the directions."""
 
     def __init__(self, n: int, C: int, mode: str, like: torch.Tensor) -> None:
         self.mode, self.C = mode, C
@@ -256,17 +282,33 @@ class _Gram:
 
 @dataclass
 class JacobianFactors:
-    """f0 and, per trainable layer, its inputs and the output gradients of each class: all
-    that is needed to contract any layer's block of J J^T (output of `jacobian_factors`)."""
+    """f0 and, per trainable layer, its inputs and the output gradients of each class (or of
+    each random output projection): all that is needed to contract any layer's block of J J^T
+    (output of `jacobian_factors`)."""
 
     f0: torch.Tensor
     layers: list[_Layer]
+    directions: torch.Tensor | None = None  # (P, C) output projections; None: the C classes
+
+    @property
+    def n_directions(self) -> int:
+        return self.layers[0].delta.shape[0] if self.layers else self.f0.shape[1]
 
 
-def jacobian_factors(model: nn.Module, x: torch.Tensor) -> JacobianFactors:
-    """One forward pass and C backward passes of `model` (BatchNorm in eval mode) on x."""
-    f0, layers = _capture(model, x)
-    return JacobianFactors(f0, layers)
+def jacobian_factors(
+    model: nn.Module, x: torch.Tensor, outputs: int | None = None, seed: int = 0
+) -> JacobianFactors:
+    """One forward pass and C backward passes (or, with `outputs=P`, one per output direction
+    of `output_directions(C, P, seed)`) of `model` (BatchNorm in eval mode) on x."""
+    directions = None
+
+    def rows_of(f: torch.Tensor) -> torch.Tensor:
+        nonlocal directions
+        directions = output_directions(f.shape[1], outputs, seed)
+        return f if directions is None else f @ directions.to(f.device, f.dtype).T
+
+    f0, layers = _capture(model, x, rows_of)
+    return JacobianFactors(f0, layers, directions)
 
 
 def _blocks(
@@ -296,8 +338,10 @@ def gram(
         raise ValueError(f"mode must be exact or trace, got {mode!r}")
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
-    n, C = factors.f0.shape
-    acc = _Gram(n, C, mode, factors.f0)
+    if mode == "exact" and factors.directions is not None:
+        raise ValueError("the exact mode needs every class: output projections estimate Theta_s")
+    n, R = len(factors.f0), factors.n_directions
+    acc = _Gram(n, R, mode, factors.f0)
     chosen = {
         "auto": _structured_is_cheaper,
         "structured": lambda A, D: True,
@@ -319,7 +363,10 @@ def gram(
 def diagonal_noise_gram(factors: JacobianFactors, sample_grads: torch.Tensor) -> torch.Tensor:
     """J diag(sigma^2) J^T (N*C x N*C): the function-space covariance of SGD noise with the
     gradient covariance Sigma approximated by its diagonal (Section 4). sigma^2 is, per weight,
-    the variance over samples of the per-sample loss gradient h_i = J_i^T sample_grads[i]."""
+    the variance over samples of the per-sample loss gradient h_i = J_i^T sample_grads[i].
+    Exact, at the cost of an (N C)^2 D Gram; runs use `diagonal_noise_features`."""
+    if factors.directions is not None:
+        raise ValueError("the diagonal noise needs every class's gradients")
     n, C = factors.f0.shape
     acc = _Gram(n, C, "exact", factors.f0)
     s = sample_grads.to(factors.f0.dtype)
@@ -330,21 +377,93 @@ def diagonal_noise_gram(factors: JacobianFactors, sample_grads: torch.Tensor) ->
     return acc.theta
 
 
-def projected_features(
-    model: nn.Module, x: torch.Tensor, sketch: Sketch, chunk: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """f0 (N, C) and J P (N*C, D0), rows (i, c) i-major, streamed over chunks of samples: peak
-    memory is J P plus one chunk's factors and one layer's per-sample gradients."""
-    f0s, rows = [], []
-    for start in range(0, len(x), chunk):
+def diagonal_noise_features(
+    model: nn.Module,
+    x: torch.Tensor,
+    sample_grads: torch.Tensor,
+    sketch: Sketch,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """A sketched square root of J diag(sigma^2) J^T (see `diagonal_noise_gram`): phi =
+    J diag(sigma) P, (N*C, D0) rows (i, c) i-major, E[phi phi^T] = J diag(sigma^2) J^T. Two
+    streamed passes over chunks of samples: the first accumulates each weight's mean and mean
+    square of h_i = J_i^T sample_grads[i] (one backward pass of sum_i f_i . s_i), the second
+    projects every class's per-sample gradients scaled by sigma. No (N C)^2 D Gram and no
+    eigendecomposition: the SDE draws its noise as phi z, z ~ N(0, I_D0)."""
+    s = sample_grads
+    starts = range(0, len(x), chunk)
+    moments: list[torch.Tensor] = []  # per block: (2, d) sums of h and h^2, in float64
+    for start in starts:
+        ss = s[start : start + chunk]
+        f, layers = _capture(
+            model, x[start : start + chunk], lambda f, ss=ss: (f * ss.to(f)).sum(1, keepdim=True)
+        )
+        for b, h in enumerate(_blocks(JacobianFactors(f, layers))):
+            h = h[:, 0].double()
+            m = torch.stack([h.sum(0), (h * h).sum(0)])
+            if b < len(moments):
+                moments[b] += m
+            else:
+                moments.append(m)
+    n_all = len(x)
+    sigma = [(m[1] / n_all - (m[0] / n_all) ** 2).clamp_min(0).sqrt() for m in moments]
+    rows = []
+    for start in starts:
         factors = jacobian_factors(model, x[start : start + chunk])
         n, C = factors.f0.shape
         phi = torch.zeros(n * C, sketch.dim, dtype=factors.f0.dtype, device=factors.f0.device)
-        for block, g in enumerate(_blocks(factors)):
-            sketch.project_into(phi, block, g.reshape(n * C, -1))
+        for b, g in enumerate(_blocks(factors)):
+            sketch.project_into(phi, b, (g * sigma[b].to(g.dtype)).reshape(n * C, -1))
+        rows.append(phi)
+    return torch.cat(rows)
+
+
+def projected_features(
+    model: nn.Module,
+    x: torch.Tensor,
+    sketch: Sketch,
+    chunk: int = 256,
+    outputs: int | None = None,
+    seed: int = 0,
+    route: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f0 (N, C) and J P (N*R, D0), rows (i, r) i-major over the R output directions (the C
+    classes, or `outputs` random ones drawn from `seed`), streamed over chunks of samples:
+    peak memory is J P plus one chunk's factors and one layer's sketch. Each weight matrix is
+    sketched in the cheaper of two ways by the sketch's flop model (`route` forces one): its
+    per-sample gradients materialised then projected, or its factors projected without
+    forming them."""
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    factored = {
+        "auto": sketch.factored_is_cheaper,
+        "structured": lambda A, D: True,
+        "materialised": lambda A, D: False,
+    }[route]
+    f0s, rows = [], []
+    for start in range(0, len(x), chunk):
+        factors = jacobian_factors(model, x[start : start + chunk], outputs, seed)
+        n, R = len(factors.f0), factors.n_directions
+        phi = torch.zeros(n * R, sketch.dim, dtype=factors.f0.dtype, device=factors.f0.device)
+        for block, g in enumerate(_blocks(factors, factored)):
+            if isinstance(g, tuple):
+                sketch.project_factors_into(phi, block, *g)
+            else:
+                sketch.project_into(phi, block, g.reshape(n * R, -1))
         f0s.append(factors.f0)
         rows.append(phi)
     return torch.cat(f0s), torch.cat(rows)
+
+
+def sketched_theta(phi: torch.Tensor, n: int, trace: bool) -> torch.Tensor:
+    """Theta from projected features phi (N*R, D0): phi phi^T, or with `trace` the mean over
+    the R output directions of their (N, N) Grams (an estimate of Theta_s)."""
+    if not trace:
+        theta = torch.zeros(len(phi), len(phi), dtype=phi.dtype, device=phi.device)
+        _add_gram(theta, phi)
+        return theta
+    per = phi.view(n, -1, phi.shape[1]).transpose(0, 1)  # (R, N, D0)
+    return torch.bmm(per, per.transpose(1, 2)).mean(0)
 
 
 def linearize(
@@ -355,17 +474,22 @@ def linearize(
     block: int = 128,
     sketch: Sketch | None = None,
     chunk: int = 256,
+    outputs: int | None = None,
+    seed: int = 0,
 ) -> Linearization:
     """f0 and Theta of `model` (BatchNorm in eval mode) at its current weights on inputs x.
-    mode "projected" needs a `sketch` and streams over `chunk` samples at a time."""
+    mode "projected" needs a `sketch` and streams over `chunk` samples at a time. `outputs=P`
+    (trace and projected modes) estimates Theta_s from P random output projections drawn from
+    `seed`: the result is then in trace form (N x N)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "projected":
         if sketch is None:
             raise ValueError("mode='projected' needs a sketch")
-        f0, phi = projected_features(model, x, sketch, chunk)
-        theta = torch.zeros(len(phi), len(phi), dtype=phi.dtype, device=phi.device)
-        _add_gram(theta, phi)
-        return Linearization(f0, theta, "exact")
-    factors = jacobian_factors(model, x)
+        f0, phi = projected_features(model, x, sketch, chunk, outputs, seed, route)
+        trace = outputs is not None
+        return Linearization(f0, sketched_theta(phi, len(f0), trace), "trace" if trace else "exact")
+    factors = jacobian_factors(model, x, outputs, seed)
     return Linearization(factors.f0, gram(factors, mode, route, block), mode)
 
 

@@ -187,8 +187,9 @@ def sde(
     u0: torch.Tensor | None = None,
 ) -> PathPrediction:
     """Euler-Maruyama paths of eq. (1), momentum through a velocity (module docstring), from
-    velocity u0 (N, C). `noise_sqrt` is a square root of J diag(sigma^2) J^T at w0 (see
-    `noise_factor`), needed for noise="diagonal"."""
+    velocity u0 (N, C). `noise_sqrt` (N*C, r), any L with L L^T = J diag(sigma^2) J^T at w0
+    (`noise_factor` of the covariance, or the sketched features of
+    ttbench.core.linearize.diagonal_noise_features), is needed for noise="diagonal"."""
     if noise not in NOISES or schedule not in SCHEDULES or scheme not in SCHEMES:
         raise ValueError(f"noise in {NOISES}, schedule in {SCHEDULES}, scheme in {SCHEMES}")
     theta, f, y = _prepare(theta, f0, y, paths)
@@ -213,7 +214,9 @@ def sde(
             z = torch.randn(paths, n, 1, generator=gen, dtype=f.dtype, device=f.device)
             xi = _apply(theta, s * (z - z.mean(1, keepdim=True))) / n**0.5
         else:
-            z = torch.randn(paths, n * c, generator=gen, dtype=f.dtype, device=f.device)
+            z = torch.randn(
+                paths, noise_sqrt.shape[1], generator=gen, dtype=f.dtype, device=f.device
+            )
             xi = (z @ noise_sqrt.T).view(paths, n, c)
             if schedule == "grad_norm":
                 scale = (s / n).flatten(1).norm(dim=1) / norm0

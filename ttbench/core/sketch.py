@@ -7,6 +7,15 @@ for the dense kinds, a bounded number of rows at a time), so every sample chunk 
   * "gaussian":   entries N(0, 1/D0);
   * "countsketch": each weight goes to one random column with a random sign (sparse JL with one
     non-zero per row): O(D) per gradient instead of O(D D0 / 3), same unbiasedness.
+
+A weight matrix's per-sample gradient g = sum_p delta_p a_p^T (O x K) can instead be sketched
+from its factors without forming it: S(g) = R1^T g R2 = sum_p (R1^T delta_p)(R2^T a_p)^T, with
+R1 (O x d1) and R2 (K x d2) independent Gaussian N(0, 1/d) maps (the identity on a side that is
+already small), d1 d2 <= D0, placed on random columns of the D0. E[R R^T] = I on each side, so
+E[<S(g), S(h)>] = <g, h>: unbiased like the others, at a cost set by O d1 + K d2 + d1 d2 per
+position instead of O K. `factored_is_cheaper` picks between the two per layer by their
+multiply-adds per sample (a choice that does not depend on the number of samples, so every
+streamed chunk makes the same one).
 """
 
 from __future__ import annotations
@@ -15,6 +24,9 @@ import torch
 
 SKETCHES = ("countsketch", "achlioptas", "gaussian")
 _ROWS = 8192  # rows of a dense P generated at once (bounds memory to _ROWS x D0)
+# Measured on 2 CPU cores: scattering one element with index_add_ costs about as much as this
+# many multiply-adds of a large GEMM (it is memory-bound).
+_SCATTER_COST = 16
 
 
 class Sketch:
@@ -47,3 +59,40 @@ class Sketch:
                 u = torch.randint(6, shape, generator=gen, device=g.device)
                 p = ((u == 0).to(g.dtype) - (u == 1).to(g.dtype)) * (3 / self.dim) ** 0.5
             out.addmm_(g[:, start:stop], p)
+
+    def factored_dims(self, n_out: int, n_in: int) -> tuple[int, int]:
+        """(d1, d2): the sketch sizes of the output and input sides of an O x K weight."""
+        d1 = min(n_out, max(1, int(self.dim**0.5)))
+        d2 = min(n_in, self.dim // d1)
+        return min(n_out, self.dim // d2), d2
+
+    def factored_is_cheaper(self, A: torch.Tensor, D: torch.Tensor) -> bool:
+        """Whether sketching the factors A (n, P, K), D (R, n, P, O) costs fewer multiply-adds
+        per sample than materialising the R per-sample gradients and projecting them."""
+        R, _, P, n_out = D.shape
+        n_in = A.shape[2]
+        d1, d2 = self.factored_dims(n_out, n_in)
+        apply = _SCATTER_COST if self.kind == "countsketch" else self.dim
+        materialised = R * P * n_out * n_in + R * n_out * n_in * apply
+        factored = R * d1 * d2 * (P + _SCATTER_COST)
+        factored += R * P * n_out * d1 * (d1 < n_out) + P * n_in * d2 * (d2 < n_in)
+        return factored < materialised
+
+    def project_factors_into(
+        self, out: torch.Tensor, block: int, A: torch.Tensor, D: torch.Tensor
+    ) -> None:
+        """out += S(g) for the gradients g[i, r] = sum_p D[r, i, p] A[i, p]^T, rows (i, r)
+        i-major: A (n, P, K), D (R, n, P, O), out (n * R, D0)."""
+        gen = self._generator(block, A.device)
+        n_out, n_in = D.shape[3], A.shape[2]
+        d1, d2 = self.factored_dims(n_out, n_in)
+        columns = torch.randperm(self.dim, generator=gen, device=A.device)[: d1 * d2]
+
+        def side(m: torch.Tensor, size: int) -> torch.Tensor:
+            if size == m.shape[-1]:
+                return m
+            r = torch.randn(m.shape[-1], size, generator=gen, dtype=m.dtype, device=m.device)
+            return m @ r.div_(size**0.5)
+
+        s = torch.einsum("rnpx,npy->nrxy", side(D, d1), side(A, d2))
+        out.index_add_(1, columns, s.reshape(out.shape[0], d1 * d2))

@@ -1,0 +1,32 @@
+"""The cheap ways to build Theta and the SGD noise, end to end through a run."""
+
+import pytest
+
+from tests.conftest import TINY, run_in_process, spec_of
+from ttbench.validate import ConfigError
+
+SGD_TRACE = ["optim=sgd", "optim.batch_size=5", "theta.mode=trace", "theta.outputs=1"]
+SGD_TRACE += ["predictor.names=[sde,exact_sgd]", "stochastic.paths=4"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["theta.mode=trace", "theta.outputs=1", "predictor.names=[ode,discrete,relin]"],
+        ["theta.mode=projected", "theta.dim=64", "theta.outputs=2", "predictor.names=[discrete]"],
+        SGD_TRACE,
+    ],
+)
+def test_cheap_modes_predict_end_to_end(overrides, tmp_path, cache_dir):
+    rec = run_in_process([*TINY, "steps=20", *overrides], tmp_path / "r", cache_dir)
+    assert rec.predictors and not any(p.diverged for p in rec.predictors.values())
+    assert rec.stages["theta"]["wall_s"] > 0
+    if overrides is SGD_TRACE:
+        assert "noise" in rec.predictors["sde"].stages
+
+
+def test_output_directions_need_a_mode_that_estimates_the_trace():
+    with pytest.raises(ConfigError, match=r"theta\.outputs=1 is invalid: estimates"):
+        spec_of(["theta.outputs=1"])
+    with pytest.raises(ConfigError, match=r"theta\.outputs=0"):
+        spec_of(["theta.mode=trace", "theta.outputs=0"])
