@@ -108,7 +108,7 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
         (["predictor=sde"], "predictor='sde' is invalid: sde needs optim=sgd"),
         (["optim=sgd", "optim.batch_size=31"], "optim.batch_size=31 is invalid: must be <= N"),
         (["optim=adam"], "optim='adam' is invalid: must be one of gd, sgd"),
-        (["theta.memory_gb=0.0001"], "theta.mode='exact' is invalid: needs about"),
+        (["theta.memory_gb=0.0001"], "theta.mode='exact' is invalid: needs at least"),
         (["theta.sketch=fft"], "theta.sketch='fft' is invalid: must be one of"),
         (
             ["predictor=subset", "loss=mse", "subset.n0=4", "subset.k0=20"],

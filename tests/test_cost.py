@@ -1,8 +1,12 @@
 """The cheap ways to build Theta and the SGD noise, end to end through a run."""
 
+import logging
+
 import pytest
 
 from tests.conftest import TINY, run_in_process, spec_of
+from ttbench import build
+from ttbench.core.linearize import exact_memory_bytes
 from ttbench.validate import ConfigError
 
 SGD_TRACE = ["optim=sgd", "optim.batch_size=5", "theta.mode=trace", "theta.outputs=1"]
@@ -30,3 +34,17 @@ def test_output_directions_need_a_mode_that_estimates_the_trace():
         spec_of(["theta.outputs=1"])
     with pytest.raises(ConfigError, match=r"theta\.outputs=0"):
         spec_of(["theta.mode=trace", "theta.outputs=0"])
+
+
+def test_a_run_over_its_memory_budget_builds_theta_in_blocks(tmp_path, cache_dir, caplog):
+    spec = spec_of([*TINY, f"cache_dir={cache_dir}"])
+    s = build.setup(spec)
+    need = exact_memory_bytes(s.model(), s.x, len(s.x)) / 2**30
+    names = "predictor.names=[discrete]"
+    whole = run_in_process([*TINY, names], tmp_path / "a", cache_dir)
+    with caplog.at_level(logging.INFO):
+        blocks = run_in_process(
+            [*TINY, names, f"theta.memory_gb={0.8 * need}"], tmp_path / "b", cache_dir
+        )
+    assert "Theta in blocks of" in caplog.text
+    assert blocks.predictors["discrete"].t_eps == whole.predictors["discrete"].t_eps

@@ -3,7 +3,13 @@ import torch
 from torch import nn
 
 from ttbench.bench.baseline import func_theta
-from ttbench.core.linearize import linearize
+from ttbench.core.linearize import (
+    ROUTES,
+    block_size,
+    blocked_gram,
+    exact_memory_bytes,
+    linearize,
+)
 from ttbench.models.small_resnet import small_resnet
 
 
@@ -104,6 +110,25 @@ def test_output_projections_are_exact_for_a_model_linear_in_its_head():
     for seed in range(3):
         one = linearize(model, x, mode="trace", outputs=1, seed=seed).theta
         torch.testing.assert_close(one, exact, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode,outputs", [("exact", None), ("trace", None), ("trace", 2)])
+def test_theta_in_sample_blocks_equals_theta_at_once(model_and_input, mode, outputs):
+    """Bounded memory: Theta block pair by block pair (uneven blocks, every route) is the same
+    matrix, and a budget below the one-shot build's estimate picks blocks."""
+    model, x = model_and_input
+    whole = linearize(model, x, mode=mode, outputs=outputs, seed=1)
+    for route in ROUTES:
+        f0, theta = blocked_gram(model, x, 4, mode, route, block=3, outputs=outputs, seed=1)
+        torch.testing.assert_close(f0, whole.f0, rtol=0, atol=1e-12)
+        assert ((theta - whole.theta).norm() / whole.theta.norm()).item() <= 1e-12
+    need = exact_memory_bytes(model, x, len(x)) / 2**30
+    size = block_size(model, x, 0.8 * need)
+    assert 1 <= size < len(x)
+    limited = linearize(model, x, mode=mode, outputs=outputs, seed=1, memory_gb=0.8 * need)
+    assert ((limited.theta - whole.theta).norm() / whole.theta.norm()).item() <= 1e-12
+    with pytest.raises(ValueError, match="needs at least"):
+        block_size(model, x, 1e-9)
 
 
 def test_inplace_activations_are_restored():

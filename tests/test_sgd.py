@@ -151,6 +151,17 @@ def test_sketched_diagonal_noise_is_an_unbiased_square_root(sgd_problem):
     e_large = sum(err(p @ p.T) for p in large) / len(large)
     assert 2.5 < e_small / e_large < 6.5  # sqrt(16) = 4
     assert err(sum(p @ p.T for p in small) / len(small)) < 0.4 * e_small
+    # trace form: C output directions (one orthonormal group) and the class-averaged covariance
+    n, C = 12, 3
+    cov_s = torch.einsum("icjc->ij", exact.view(n, C, n, C)) / C
+    ls = [
+        diagonal_noise_features(model, x, s, Sketch("countsketch", 64, k), 5, outputs=C, seed=k)
+        for k in range(16)
+    ]
+    assert ls[0].shape == (n, C * 64)
+    mean = sum(L @ L.T for L in ls) / len(ls)
+    one = ((ls[0] @ ls[0].T - cov_s).norm() / cov_s.norm()).item()
+    assert ((mean - cov_s).norm() / cov_s.norm()).item() < 0.5 * one
 
 
 def test_quantiles_ordered_and_seeded(sgd_problem):

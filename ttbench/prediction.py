@@ -28,8 +28,9 @@ from ttbench.core import losses, refine, sgd
 from ttbench.core.curves import Curves, t_eps_quantiles
 from ttbench.core.dynamics import discrete, sharpness
 from ttbench.core.linearize import (
+    block_size,
+    blocked_gram,
     diagonal_noise_features,
-    exact_memory_bytes,
     gram,
     jacobian_factors,
     jvp,
@@ -69,12 +70,16 @@ def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, at: str = ""):
             sketch = Sketch(th.sketch, th.dim, spec.seed)
             f0, phi = projected_features(model, x, sketch, th.chunk, outputs, spec.seed)
         else:
-            check_memory(spec, model, x)
-            kept = jacobian_factors(model, x, outputs, spec.seed)
-            f0 = kept.f0
+            size = samples_per_block(spec, model, x)
+            if size == len(x):
+                kept = jacobian_factors(model, x, outputs, spec.seed)
+                f0 = kept.f0
     with stages(f"theta{at}"):
         if th.mode == "projected":
             theta = sketched_theta(phi, len(f0), outputs is not None)
+        elif kept is None:  # over theta.memory_gb at once: capture and contract in blocks
+            log.info("Theta%s in blocks of %d samples (theta.memory_gb)", at, size)
+            f0, theta = blocked_gram(model, x, size, th.mode, "auto", th.block, outputs, spec.seed)
         else:
             theta = gram(kept, th.mode, block=th.block)
     built = stages.stats[f"jacobian{at}"]["wall_s"] + stages.stats[f"theta{at}"]["wall_s"]
@@ -111,9 +116,13 @@ def at_w0(
         if noise:
             with stages("noise"):
                 s0 = losses.grad_f(inputs.f0, y, spec.train.loss) * len(y)
-                dim = min(spec.theta.dim, inputs.f0.numel())
+                th = spec.theta
+                outputs = None if th.mode == "exact" else th.outputs
+                dim = min(th.dim, len(y) * (outputs or inputs.f0.shape[1]))
                 sketch = Sketch("countsketch", dim, spec.seed)
-                inputs.noise_sqrt = diagonal_noise_features(model, x, s0, sketch, spec.theta.chunk)
+                inputs.noise_sqrt = diagonal_noise_features(
+                    model, x, s0, sketch, th.chunk, outputs, spec.seed
+                )
         t = spec.train
         lam = sharpness(inputs.theta, inputs.f0, t.loss)
         signals["stability"] = t.lr * lam / (2 * (1 + t.momentum))
@@ -197,16 +206,17 @@ def _drift(spec: RunSpec, i: Inputs, f_k: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def check_memory(spec: RunSpec, model: nn.Module, x: torch.Tensor) -> None:
-    """Refuse the exact and trace modes above theta.memory_gb, suggesting projected mode."""
-    need = exact_memory_bytes(model, x, len(x)) / 2**30
-    if need > spec.theta.memory_gb:
+def samples_per_block(spec: RunSpec, model: nn.Module, x: torch.Tensor) -> int:
+    """The samples per block of an exact or trace Theta within theta.memory_gb (all of them
+    when it fits at once); refused, suggesting projected mode, when Theta alone does not."""
+    try:
+        return block_size(model, x, spec.theta.memory_gb)
+    except ValueError as e:
         raise ConfigError(
             "theta.mode",
             spec.theta.mode,
-            f"needs about {need:.1f} GB for N={len(x)}, above theta.memory_gb="
-            f"{spec.theta.memory_gb}: use theta.mode=projected (theta.dim={spec.theta.dim})",
-        )
+            f"{e} (theta.memory_gb): use theta.mode=projected (theta.dim={spec.theta.dim})",
+        ) from None
 
 
 def bands(paths: sgd.PathPrediction) -> dict[float, Curves]:

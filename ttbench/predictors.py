@@ -152,7 +152,9 @@ def subset_prediction(spec: RunSpec, model: nn.Module, x: torch.Tensor, y: torch
     idx = torch.randperm(len(y), generator=gen)[:n0].to(x.device)
     mode = "exact" if spec.theta.mode == "projected" else spec.theta.mode
     outputs = spec.theta.outputs if mode == "trace" else None
-    lin = linearize(model, x[idx], mode=mode, outputs=outputs, seed=spec.seed)
+    lin = linearize(
+        model, x[idx], mode=mode, outputs=outputs, seed=spec.seed, memory_gb=spec.theta.memory_gb
+    )
     with torch.no_grad():
         f0_all = model(x)
     t = spec.train

@@ -41,7 +41,7 @@ class ThetaSpec:
     dim: int  # projected: D0
     sketch: str  # projected: countsketch | achlioptas | gaussian
     chunk: int  # projected: samples per streamed chunk
-    memory_gb: float  # exact/trace: the budget above which they refuse
+    memory_gb: float  # exact/trace: the budget; above it Theta is built in sample blocks
     outputs: int | None = None  # trace/projected: random output directions (None: the C classes)
 
 

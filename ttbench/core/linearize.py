@@ -209,31 +209,34 @@ def _structured_is_cheaper(A: torch.Tensor, D: torch.Tensor) -> bool:
     return structured < materialised
 
 
-def _structured(A: torch.Tensor, D: torch.Tensor, mode: str, block: int) -> torch.Tensor:
-    """Theta share of g = sum_p D A^T without per-sample gradients:
-    Theta[(i,c),(j,d)] = sum_{p,q} <D[c,i,p], D[d,j,q]> <A[i,p], A[j,q]>, in sample blocks."""
-    C, n, P, n_out = D.shape
+def _structured(
+    Aa: torch.Tensor, Da: torch.Tensor, Ab: torch.Tensor, Db: torch.Tensor, mode: str, block: int
+) -> torch.Tensor:
+    """Theta share of g = sum_p D A^T between samples a and b, without per-sample gradients:
+    Theta[(i,c),(j,d)] = sum_{p,q} <Da[c,i,p], Db[d,j,q]> <Aa[i,p], Ab[j,q]>, in sample blocks."""
+    C, na, P, n_out = Da.shape
+    nb = Db.shape[1]
     exact = mode == "exact"
-    out = torch.zeros((n, C, n, C) if exact else (n, n), dtype=D.dtype, device=D.device)
+    out = torch.zeros((na, C, nb, C) if exact else (na, nb), dtype=Da.dtype, device=Da.device)
     # rows ordered (sample, position, class) so the GEMM output is already in (i,p,c,j,q,d) layout
-    rows = D.permute(1, 2, 0, 3)  # (n, P, C, O)
-    for i in range(0, n, block):
-        for j in range(0, n, block):
-            Ai, Aj = A[i : i + block], A[j : j + block]
+    rows_a, rows_b = Da.permute(1, 2, 0, 3), Db.permute(1, 2, 0, 3)  # (n, P, C, O)
+    for i in range(0, na, block):
+        for j in range(0, nb, block):
+            Ai, Aj = Aa[i : i + block], Ab[j : j + block]
             bi, bj = len(Ai), len(Aj)
             ka = (Ai.reshape(bi * P, -1) @ Aj.reshape(bj * P, -1).T).view(bi, P, 1, bj, P, 1)
             if exact:
-                Ri = rows[i : i + block].reshape(-1, n_out)
-                Rj = rows[j : j + block].reshape(-1, n_out)
+                Ri = rows_a[i : i + block].reshape(-1, n_out)
+                Rj = rows_b[j : j + block].reshape(-1, n_out)
                 kd = (Ri @ Rj.T).view(bi, P, C, bj, P, C)
                 out[i : i + bi, :, j : j + bj] = kd.mul_(ka).sum((1, 4))
             else:
                 for c in range(C):
-                    Ri = rows[i : i + block, :, c].reshape(-1, n_out)
-                    Rj = rows[j : j + block, :, c].reshape(-1, n_out)
+                    Ri = rows_a[i : i + block, :, c].reshape(-1, n_out)
+                    Rj = rows_b[j : j + block, :, c].reshape(-1, n_out)
                     kd = (Ri @ Rj.T).view(bi, P, 1, bj, P, 1)
                     out[i : i + bi, j : j + bj] += kd.mul_(ka).sum((1, 2, 4, 5)) / C
-    return out.reshape(n * C, n * C) if exact else out
+    return out.reshape(na * C, nb * C) if exact else out
 
 
 def _add_gram(theta: torch.Tensor, rows: torch.Tensor, parts: int = 4) -> None:
@@ -251,32 +254,37 @@ def _add_gram(theta: torch.Tensor, rows: torch.Tensor, parts: int = 4) -> None:
 
 
 class _Gram:
-    """Accumulates G G^T over materialised (n, R, d) gradient pieces (R output directions),
-    batching small ones; trace mode averages over the directions."""
+    """Accumulates G_a G_b^T over materialised (n, R, d) gradient pieces of samples a and b (R
+    output directions), batching small ones; trace mode averages over the directions. When
+    a and b are the same samples (`symmetric`) only the upper block triangle is computed."""
 
-    def __init__(self, n: int, C: int, mode: str, like: torch.Tensor) -> None:
-        self.mode, self.C = mode, C
-        side = n * C if mode == "exact" else n
-        self.theta = torch.zeros(side, side, dtype=like.dtype, device=like.device)
-        self.pending: list[torch.Tensor] = []
+    def __init__(self, na: int, nb: int, R: int, mode: str, like: torch.Tensor, symmetric: bool):
+        self.mode, self.R, self.symmetric = mode, R, symmetric
+        shape = (na * R, nb * R) if mode == "exact" else (na, nb)
+        self.theta = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.size = 0
 
-    def add(self, piece: torch.Tensor) -> None:
-        self.pending.append(piece)
-        self.size += piece.numel()
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.pending.append((a, b))
+        self.size += a.numel()
         if self.size >= _FLUSH_ELEMENTS:
             self.flush()
 
     def flush(self) -> None:
         if not self.pending:
             return
-        G = torch.cat(self.pending, dim=2)  # (n, C, d)
+        Ga = torch.cat([a for a, _ in self.pending], dim=2)  # (n, R, d)
+        Gb = Ga if self.symmetric else torch.cat([b for _, b in self.pending], dim=2)
         if self.mode == "exact":
-            rows = G.view(-1, G.shape[2])  # (n*C, d), i-major
-            _add_gram(self.theta, rows)
+            rows = Ga.view(-1, Ga.shape[2])  # (n*R, d), i-major
+            if self.symmetric:
+                _add_gram(self.theta, rows)
+            else:
+                self.theta.addmm_(rows, Gb.view(-1, Gb.shape[2]).T)
         else:
-            Gc = G.transpose(0, 1)  # (C, n, d)
-            self.theta.add_(torch.bmm(Gc, Gc.transpose(1, 2)).sum(0), alpha=1 / self.C)
+            Gac, Gbc = Ga.transpose(0, 1), Gb.transpose(0, 1)  # (R, n, d)
+            self.theta.add_(torch.bmm(Gac, Gbc.transpose(1, 2)).sum(0), alpha=1 / self.R)
         self.pending, self.size = [], 0
 
 
@@ -318,18 +326,41 @@ def _blocks(
     (n, C, d), or, for a weight matrix that `structured(A, D)` picks, its factors (A, D)."""
     for layer in factors.layers:
         pieces, weight = _factors(layer)
-        if weight is not None:
-            if structured is not None and structured(*weight):
-                yield weight
-            else:
-                pieces.append(_materialise(*weight))
-        yield from pieces
+        chosen = weight is not None and structured is not None and structured(*weight)
+        yield from _split(pieces, weight, chosen)
+
+
+def _split(pieces: list, weight: tuple | None, factored: bool) -> Iterator:
+    if weight is not None:
+        if factored:
+            yield weight
+        else:
+            pieces.append(_materialise(*weight))
+    yield from pieces
+
+
+def _block_pairs(
+    fa: JacobianFactors,
+    fb: JacobianFactors,
+    structured: Callable[[torch.Tensor, torch.Tensor], bool],
+) -> Iterator[tuple]:
+    """`_blocks` of two sets of samples side by side, each layer contracted the same way."""
+    for la, lb in zip(fa.layers, fb.layers, strict=True):
+        pa, wa = _factors(la)
+        pb, wb = _factors(lb)
+        factored = wa is not None and structured(*wa)
+        yield from zip(_split(pa, wa, factored), _split(pb, wb, factored), strict=True)
 
 
 def gram(
-    factors: JacobianFactors, mode: str = "exact", route: str = "auto", block: int = 128
+    factors: JacobianFactors,
+    mode: str = "exact",
+    route: str = "auto",
+    block: int = 128,
+    other: JacobianFactors | None = None,
 ) -> torch.Tensor:
-    """Theta from the factors, layer by layer.
+    """Theta from the factors, layer by layer; with `other`, the cross block between the
+    samples of `factors` (rows) and those of `other` (columns).
 
     `route` forces one contraction order for every weight matrix (default: the cheaper per
     layer); `block` bounds the samples per side of a structured block, i.e. its memory.
@@ -340,24 +371,64 @@ def gram(
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     if mode == "exact" and factors.directions is not None:
         raise ValueError("the exact mode needs every class: output projections estimate Theta_s")
-    n, R = len(factors.f0), factors.n_directions
-    acc = _Gram(n, R, mode, factors.f0)
     chosen = {
         "auto": _structured_is_cheaper,
         "structured": lambda A, D: True,
         "materialised": lambda A, D: False,
     }[route]
+    symmetric = other is None
+    other = factors if other is None else other
+    acc = _Gram(len(factors.f0), len(other.f0), factors.n_directions, mode, factors.f0, symmetric)
+    if symmetric:
+        pairs = ((piece, piece) for piece in _blocks(factors, chosen))
+    else:
+        pairs = _block_pairs(factors, other, chosen)
     structured = []
-    for piece in _blocks(factors, chosen):
-        if isinstance(piece, tuple):
-            structured.append(_structured(*piece, mode, block))
+    for a, b in pairs:
+        if isinstance(a, tuple):
+            structured.append(_structured(*a, *b, mode, block))
         else:
-            acc.add(piece)
+            acc.add(a, b)
     acc.flush()
     theta = acc.theta
     for s in structured:
         theta += s
     return theta
+
+
+def blocked_gram(
+    model: nn.Module,
+    x: torch.Tensor,
+    size: int,
+    mode: str = "exact",
+    route: str = "auto",
+    block: int = 128,
+    outputs: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f0 and Theta built block pair by block pair over `size` samples at a time. Peak memory
+    is Theta plus two blocks' factors: the second block of each pair is captured again (one
+    forward and R backward passes over it) rather than stored, so the capture costs
+    (k + 1) / 2 times that of `gram` for k blocks; the contractions cost the same."""
+    starts = list(range(0, len(x), size))
+    f0s: list[torch.Tensor] = []
+    theta = torch.empty(0)
+    for k, a in enumerate(starts):
+        fa = jacobian_factors(model, x[a : a + size], outputs, seed)
+        r = fa.n_directions if mode == "exact" else 1
+        if k == 0:
+            side = len(x) * r
+            theta = torch.zeros(side, side, dtype=fa.f0.dtype, device=fa.f0.device)
+        rows = slice(a * r, (a + len(fa.f0)) * r)
+        theta[rows, rows] = gram(fa, mode, route, block)
+        for b in starts[k + 1 :]:
+            fb = jacobian_factors(model, x[b : b + size], outputs, seed)
+            cols = slice(b * r, (b + len(fb.f0)) * r)
+            cross = gram(fa, mode, route, block, other=fb)
+            theta[rows, cols] = cross
+            theta[cols, rows] = cross.T
+        f0s.append(fa.f0)
+    return torch.cat(f0s), theta
 
 
 def diagonal_noise_gram(factors: JacobianFactors, sample_grads: torch.Tensor) -> torch.Tensor:
@@ -368,11 +439,12 @@ def diagonal_noise_gram(factors: JacobianFactors, sample_grads: torch.Tensor) ->
     if factors.directions is not None:
         raise ValueError("the diagonal noise needs every class's gradients")
     n, C = factors.f0.shape
-    acc = _Gram(n, C, "exact", factors.f0)
+    acc = _Gram(n, n, C, "exact", factors.f0, symmetric=True)
     s = sample_grads.to(factors.f0.dtype)
     for g in _blocks(factors):  # (n, C, d)
         h = torch.einsum("ncd,nc->nd", g, s)
-        acc.add(g * h.var(0, unbiased=False).sqrt())
+        scaled = g * h.var(0, unbiased=False).sqrt()
+        acc.add(scaled, scaled)
     acc.flush()
     return acc.theta
 
@@ -383,13 +455,21 @@ def diagonal_noise_features(
     sample_grads: torch.Tensor,
     sketch: Sketch,
     chunk: int = 256,
+    outputs: int | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """A sketched square root of J diag(sigma^2) J^T (see `diagonal_noise_gram`): phi =
     J diag(sigma) P, (N*C, D0) rows (i, c) i-major, E[phi phi^T] = J diag(sigma^2) J^T. Two
     streamed passes over chunks of samples: the first accumulates each weight's mean and mean
     square of h_i = J_i^T sample_grads[i] (one backward pass of sum_i f_i . s_i), the second
     projects every class's per-sample gradients scaled by sigma. No (N C)^2 D Gram and no
-    eigendecomposition: the SDE draws its noise as phi z, z ~ N(0, I_D0)."""
+    eigendecomposition: the SDE draws its noise as phi z, z ~ N(0, I_D0).
+
+    With `outputs=P` the second pass takes P random output directions (as for Theta_s) and
+    returns a square root (N, P*D0) of the class-averaged covariance, for the trace form
+    Cov ~ Cov_s (x) I_C."""
+    if sketch.kind != "countsketch":
+        raise ValueError("the diagonal noise is sketched with a countsketch")
     s = sample_grads
     starts = range(0, len(x), chunk)
     moments: list[torch.Tensor] = []  # per block: (2, d) sums of h and h^2, in float64
@@ -398,9 +478,12 @@ def diagonal_noise_features(
         f, layers = _capture(
             model, x[start : start + chunk], lambda f, ss=ss: (f * ss.to(f)).sum(1, keepdim=True)
         )
-        for b, h in enumerate(_blocks(JacobianFactors(f, layers))):
-            h = h[:, 0].double()
-            m = torch.stack([h.sum(0), (h * h).sum(0)])
+        for b, piece in enumerate(_blocks(JacobianFactors(f, layers), _factored)):
+            m = 0
+            for h in _in_slices(piece):
+                h = h[:, 0]
+                f64 = torch.float64
+                m = m + torch.stack([h.sum(0, dtype=f64), (h * h).sum(0, dtype=f64)])
             if b < len(moments):
                 moments[b] += m
             else:
@@ -409,13 +492,43 @@ def diagonal_noise_features(
     sigma = [(m[1] / n_all - (m[0] / n_all) ** 2).clamp_min(0).sqrt() for m in moments]
     rows = []
     for start in starts:
-        factors = jacobian_factors(model, x[start : start + chunk])
-        n, C = factors.f0.shape
-        phi = torch.zeros(n * C, sketch.dim, dtype=factors.f0.dtype, device=factors.f0.device)
-        for b, g in enumerate(_blocks(factors)):
-            sketch.project_into(phi, b, (g * sigma[b].to(g.dtype)).reshape(n * C, -1))
+        factors = jacobian_factors(model, x[start : start + chunk], outputs, seed)
+        n, R = len(factors.f0), factors.n_directions
+        f0 = factors.f0
+        phi = torch.zeros(n * R, sketch.dim, dtype=f0.dtype, device=f0.device)
+        for b, piece in enumerate(_blocks(factors, _factored)):
+            bucket, sign = sketch.countsketch_map(b, len(sigma[b]), f0.device, f0.dtype)
+            scale = sign * sigma[b].to(f0.dtype)
+            row = 0
+            for g in _in_slices(piece):
+                g = g.reshape(-1, g.shape[2])
+                phi[row : row + len(g)].index_add_(1, bucket, g * scale)
+                row += len(g)
         rows.append(phi)
-    return torch.cat(rows)
+    phi = torch.cat(rows)
+    if outputs is None:
+        return phi
+    return phi.view(len(x), -1) / outputs**0.5  # (N, P*D0): mean_p phi_p phi_p^T
+
+
+def _factored(A: torch.Tensor, D: torch.Tensor) -> bool:
+    return True
+
+
+_SLICE_ELEMENTS = 2**21  # materialised per-sample gradients are processed this many at a time
+
+
+def _in_slices(piece: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> Iterator[torch.Tensor]:
+    """A piece's per-sample gradients (n, R, d), a few samples at a time for a weight matrix's
+    factors, so that the working set stays in cache: there, every element costs a memory
+    access or two for a handful of multiply-adds."""
+    if not isinstance(piece, tuple):
+        yield piece
+        return
+    A, D = piece
+    step = max(1, _SLICE_ELEMENTS // (D.shape[0] * D.shape[3] * A.shape[2]))
+    for s in range(0, A.shape[0], step):
+        yield _materialise(A[s : s + step], D[:, s : s + step])
 
 
 def projected_features(
@@ -445,10 +558,17 @@ def projected_features(
         factors = jacobian_factors(model, x[start : start + chunk], outputs, seed)
         n, R = len(factors.f0), factors.n_directions
         phi = torch.zeros(n * R, sketch.dim, dtype=factors.f0.dtype, device=factors.f0.device)
-        for block, g in enumerate(_blocks(factors, factored)):
-            if isinstance(g, tuple):
-                sketch.project_factors_into(phi, block, *g)
+        for block, piece in enumerate(_blocks(factors, _factored)):
+            if isinstance(piece, tuple) and factored(*piece):
+                sketch.project_factors_into(phi, block, *piece)
+            elif sketch.kind == "countsketch":  # cheap to regenerate: slice to stay in cache
+                row = 0
+                for g in _in_slices(piece):
+                    g = g.reshape(-1, g.shape[2])
+                    sketch.project_into(phi[row : row + len(g)], block, g)
+                    row += len(g)
             else:
+                g = _materialise(*piece) if isinstance(piece, tuple) else piece
                 sketch.project_into(phi, block, g.reshape(n * R, -1))
         f0s.append(factors.f0)
         rows.append(phi)
@@ -476,11 +596,13 @@ def linearize(
     chunk: int = 256,
     outputs: int | None = None,
     seed: int = 0,
+    memory_gb: float | None = None,
 ) -> Linearization:
     """f0 and Theta of `model` (BatchNorm in eval mode) at its current weights on inputs x.
     mode "projected" needs a `sketch` and streams over `chunk` samples at a time. `outputs=P`
     (trace and projected modes) estimates Theta_s from P random output projections drawn from
-    `seed`: the result is then in trace form (N x N)."""
+    `seed`: the result is then in trace form (N x N). With `memory_gb` the exact and trace
+    modes build Theta block pair by block pair when building it at once would not fit."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "projected":
@@ -489,6 +611,10 @@ def linearize(
         f0, phi = projected_features(model, x, sketch, chunk, outputs, seed, route)
         trace = outputs is not None
         return Linearization(f0, sketched_theta(phi, len(f0), trace), "trace" if trace else "exact")
+    size = len(x) if memory_gb is None else block_size(model, x, memory_gb)
+    if size < len(x):
+        f0, theta = blocked_gram(model, x, size, mode, route, block, outputs, seed)
+        return Linearization(f0, theta, mode)
     factors = jacobian_factors(model, x, outputs, seed)
     return Linearization(factors.f0, gram(factors, mode, route, block), mode)
 
@@ -496,14 +622,35 @@ def linearize(
 def exact_memory_bytes(model: nn.Module, x: torch.Tensor, n: int) -> int:
     """An upper estimate of the exact engine's memory for n samples like x[:1]: the factors of
     every layer, the largest per-sample gradient block, and Theta itself."""
+    per_sample, C, item = _per_sample_bytes(model, x)
+    return n * per_sample + item * (n * C) ** 2
+
+
+def _per_sample_bytes(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int]:
+    """Bytes per sample of the factors and the largest per-sample gradient block; C; item."""
     factors = jacobian_factors(model, x[:1])
     C = factors.f0.shape[1]
-    per_sample = sum(lay.inp.numel() + lay.delta.numel() for lay in factors.layers)
+    factor = sum(lay.inp.numel() + lay.delta.numel() for lay in factors.layers)
     largest = max(
         sum(p.numel() for p in lay.module.parameters(recurse=False)) for lay in factors.layers
     )
     item = factors.f0.element_size()
-    return item * (n * per_sample + n * C * largest + (n * C) ** 2)
+    return item * (factor + C * largest), C, item
+
+
+def block_size(model: nn.Module, x: torch.Tensor, memory_gb: float) -> int:
+    """Samples per block for `blocked_gram` within memory_gb (len(x) when the whole build
+    fits at once); a ValueError when Theta alone does not fit."""
+    budget = memory_gb * 2**30
+    if exact_memory_bytes(model, x, len(x)) <= budget:
+        return len(x)
+    per_sample, C, item = _per_sample_bytes(model, x)
+    left = budget - item * (len(x) * C) ** 2
+    size = int(left // (2 * per_sample))
+    if size < 1:
+        need = (item * (len(x) * C) ** 2 + 2 * per_sample) / 2**30
+        raise ValueError(f"needs at least {need:.2g} GB for N={len(x)}, above {memory_gb} GB")
+    return size
 
 
 def jvp(

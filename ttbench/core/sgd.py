@@ -189,7 +189,8 @@ def sde(
     """Euler-Maruyama paths of eq. (1), momentum through a velocity (module docstring), from
     velocity u0 (N, C). `noise_sqrt` (N*C, r), any L with L L^T = J diag(sigma^2) J^T at w0
     (`noise_factor` of the covariance, or the sketched features of
-    ttbench.core.linearize.diagonal_noise_features), is needed for noise="diagonal"."""
+    ttbench.core.linearize.diagonal_noise_features), or (N, r) for the trace form
+    Cov_s (x) I_C, is needed for noise="diagonal"."""
     if noise not in NOISES or schedule not in SCHEDULES or scheme not in SCHEMES:
         raise ValueError(f"noise in {NOISES}, schedule in {SCHEDULES}, scheme in {SCHEMES}")
     theta, f, y = _prepare(theta, f0, y, paths)
@@ -214,10 +215,13 @@ def sde(
             z = torch.randn(paths, n, 1, generator=gen, dtype=f.dtype, device=f.device)
             xi = _apply(theta, s * (z - z.mean(1, keepdim=True))) / n**0.5
         else:
-            z = torch.randn(
-                paths, noise_sqrt.shape[1], generator=gen, dtype=f.dtype, device=f.device
-            )
-            xi = (z @ noise_sqrt.T).view(paths, n, c)
+            rank = noise_sqrt.shape[1]
+            if len(noise_sqrt) == n * c:
+                z = torch.randn(paths, rank, generator=gen, dtype=f.dtype, device=f.device)
+                xi = (z @ noise_sqrt.T).view(paths, n, c)
+            else:  # the trace form: independent classes, each with covariance L L^T
+                z = torch.randn(paths, rank, c, generator=gen, dtype=f.dtype, device=f.device)
+                xi = torch.einsum("ir,prc->pic", noise_sqrt, z)
             if schedule == "grad_norm":
                 scale = (s / n).flatten(1).norm(dim=1) / norm0
                 xi = xi * scale.view(paths, 1, 1)

@@ -40,13 +40,21 @@ class Sketch:
     def _generator(self, block: int, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + block)
 
+    def countsketch_map(
+        self, block: int, d: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The count-sketch of `block`'s d weights: each weight's column and sign."""
+        gen = self._generator(block, device)
+        bucket = torch.randint(self.dim, (d,), generator=gen, device=device)
+        sign = torch.randint(2, (d,), generator=gen, device=device).to(dtype) * 2 - 1
+        return bucket, sign
+
     def project_into(self, out: torch.Tensor, block: int, g: torch.Tensor) -> None:
         """out += g P_block: g (rows, d), out (rows, D0), P_block the rows of P for `block`."""
         gen = self._generator(block, g.device)
         d = g.shape[1]
         if self.kind == "countsketch":
-            bucket = torch.randint(self.dim, (d,), generator=gen, device=g.device)
-            sign = torch.randint(2, (d,), generator=gen, device=g.device).to(g.dtype) * 2 - 1
+            bucket, sign = self.countsketch_map(block, d, g.device, g.dtype)
             out.index_add_(1, bucket, g * sign)
             return
         for start in range(0, d, _ROWS):

@@ -96,12 +96,13 @@ def clustering_frame(
     steps: int,
     loss: str,
     components: int,
+    memory_gb: float | None = None,
 ) -> pd.DataFrame:
     """One row per sample: sample (index in the task), label, t_eps (predicted, in steps),
     grad_pc1..K, feat_pc1..K, and loss_t<step>, the predicted loss at
-    ~TRAJECTORY_POINTS steps."""
+    ~TRAJECTORY_POINTS steps. Theta is built within `memory_gb`."""
     features = head_inputs(model, x)
-    lin = linearize(model, x)
+    lin = linearize(model, x, memory_gb=memory_gb)
     grads = kernel_pcs(gradient_gram(lin.theta, lin.f0, y, loss), components)
     feats = centred_pcs(features, components)
     pred = discrete(lin.theta, lin.f0, y, lr=lr, momentum=momentum, steps=steps, loss=loss)
@@ -130,4 +131,5 @@ def clustering_probe(
         y,
         **spec.train.dynamics,
         components=spec.probes.components,
+        memory_gb=spec.theta.memory_gb,
     )

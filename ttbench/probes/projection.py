@@ -41,16 +41,17 @@ def projection_frame(
     kind: str,
     seed: int,
     chunk: int,
+    memory_gb: float | None = None,
 ) -> pd.DataFrame:
     """One row per (n, method): method "exact" (dim = D, the number of trainable weights) or
     the sketch kind (dim = D0); columns n, method, dim, build_s, rel_error, top_eig_ratio,
-    stored_bytes."""
+    stored_bytes. Each exact Theta is built within `memory_gb`."""
     n_weights = sum(p.numel() for p in model.parameters() if p.requires_grad)
     linearize(model, x[:1])  # warm-up, so that the first timing holds no one-off costs
     rows = []
     for idx in nested_subsets(len(x), sizes, seed):
         xs = x[idx.to(x.device)]
-        exact, build_s = timed(lambda xs=xs: linearize(model, xs), x.device)
+        exact, build_s = timed(lambda xs=xs: linearize(model, xs, memory_gb=memory_gb), x.device)
         n, c = exact.f0.shape
         runs = [("exact", n_weights, build_s, 0.0, 1.0)]
         for dim in map(int, dims):
@@ -80,4 +81,4 @@ def projection_probe(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
 ) -> pd.DataFrame:
     p, th = spec.probes, spec.theta
-    return projection_frame(model, x, p.sizes, p.dims, th.sketch, spec.seed, th.chunk)
+    return projection_frame(model, x, p.sizes, p.dims, th.sketch, spec.seed, th.chunk, th.memory_gb)

@@ -33,15 +33,21 @@ def fit_spectrum(rates: np.ndarray) -> PowerLaw:
 
 
 def spectrum_frame(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, sizes: Iterable[int], seed: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sizes: Iterable[int],
+    seed: int,
+    memory_gb: float | None = None,
 ) -> pd.DataFrame:
     """One row per (n, k), k from 1 in descending order of the eigenvalues: columns n, k,
-    eigenvalue (lambda_k / n), projection (p_k), and the fitted c, s of that n."""
+    eigenvalue (lambda_k / n), projection (p_k), and the fitted c, s of that n. Each exact
+    Theta is built within `memory_gb` (ttbench.core.linearize.linearize)."""
     frames = []
     for idx in nested_subsets(len(y), sizes, seed):
         idx = idx.to(x.device)
         n = len(idx)
-        lin = linearize(model, x[idx])
+        lin = linearize(model, x[idx], memory_gb=memory_gb)
         s = spectrum(lin.theta, lin.f0, y[idx])
         rates = (s.lambdas / n).cpu().numpy()
         law = fit_spectrum(rates)
@@ -64,4 +70,4 @@ def spectrum_frame(
 def spectrum_probe(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
 ) -> pd.DataFrame:
-    return spectrum_frame(model, x, y, spec.probes.sizes, spec.seed)
+    return spectrum_frame(model, x, y, spec.probes.sizes, spec.seed, spec.theta.memory_gb)

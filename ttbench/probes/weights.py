@@ -92,7 +92,7 @@ def weight_function_frame(
     |f_t^lin - f_t| / |f_t - f0| (both NaN at t = 0), weight_distance |w_t - w0|,
     weight_distance_lin |w_t^lin - w0|, output_distance |f_t - f0|, loss and loss_lin."""
     batches = sgd_batches(spec.train, len(y), spec.seed)
-    lin = linearize(model, x)
+    lin = linearize(model, x, memory_gb=spec.theta.memory_gb)
     f_lin, coef = linear_trajectory(
         lin.theta,
         lin.f0,
