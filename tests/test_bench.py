@@ -1,6 +1,8 @@
 """The benchmarks run once at a tiny size, so they cannot rot."""
 
-from ttbench.bench import engine, modes, theta
+import pandas as pd
+
+from ttbench.bench import engine, modes, paper_scale, theta
 from ttbench.bench import sgd as sgd_bench
 
 
@@ -59,3 +61,16 @@ def test_modes_benchmark_runs(cache_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "projected/countsketch" in out and "subset" in out and "power law" in out
     assert (tmp_path / "out" / "spectra.csv").stat().st_size > 0
+
+
+def test_paper_scale_benchmark_runs(tmp_path, capsys):
+    tiny = ["--size", "16", "--per-class", "3", "--steps", "5", "--batch", "5", "--loss", "mse"]
+    paper_scale.main([*tiny, "--csv", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "paper_scale.csv")
+    gd, sgd = table[table.part == "gd"], table[table.part == "sgd"]
+    assert list(gd.stage) == ["fine-tune", *paper_scale.GD_MODES, "subset"]
+    assert list(sgd.stage) == ["fine-tune, loss every 5", "fine-tune", *paper_scale.SGD_MODES]
+    exact = gd[gd.stage == "exact"].iloc[0]
+    assert exact.max_steps_from_exact == 0 and exact.ratio > 0 and exact.gmac > 0
+    assert "jacobian" in exact.stages and "theta" in exact.stages
+    assert "float32 GEMM" in capsys.readouterr().out
