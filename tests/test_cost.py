@@ -17,7 +17,7 @@ SGD_TRACE += ["predictor.names=[sde,exact_sgd]", "stochastic.paths=4"]
     "overrides",
     [
         ["theta.mode=trace", "theta.outputs=1", "predictor.names=[ode,discrete,relin]"],
-        ["theta.mode=projected", "theta.dim=64", "theta.outputs=2", "predictor.names=[discrete]"],
+        ["theta.mode=projected", "theta.dim=4", "theta.outputs=2", "predictor.names=[discrete]"],
         SGD_TRACE,
     ],
 )
@@ -27,6 +27,17 @@ def test_cheap_modes_predict_end_to_end(overrides, tmp_path, cache_dir):
     assert rec.stages["theta"]["wall_s"] > 0
     if overrides is SGD_TRACE:
         assert "noise" in rec.predictors["sde"].stages
+
+
+def test_projected_mode_builds_the_exact_theta_where_that_is_cheaper(tmp_path, cache_dir, caplog):
+    """On the tiny model (D = 5057) a 16384-column sketch costs more than the exact Theta."""
+    names = "predictor.names=[discrete]"
+    exact = run_in_process([*TINY, names], tmp_path / "a", cache_dir)
+    with caplog.at_level(logging.INFO):
+        projected = ["theta.mode=projected", "theta.dim=16384"]
+        rec = run_in_process([*TINY, names, *projected], tmp_path / "b", cache_dir)
+    assert "costs fewer multiply-adds here than the sketch" in caplog.text
+    assert rec.predictors["discrete"].t_eps == exact.predictors["discrete"].t_eps
 
 
 def test_output_directions_need_a_mode_that_estimates_the_trace():

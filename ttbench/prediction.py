@@ -35,6 +35,7 @@ from ttbench.core.linearize import (
     jacobian_factors,
     jvp,
     projected_features,
+    sketch_is_cheaper,
     sketched_theta,
 )
 from ttbench.core.sketch import Sketch
@@ -66,8 +67,16 @@ def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, at: str = ""):
     outputs = None if th.mode == "exact" else th.outputs
     kept = None
     with stages(f"jacobian{at}"):
+        sketch = Sketch(th.sketch, th.dim, spec.seed)
+        if th.mode == "projected" and _exact_is_cheaper(spec, model, x, sketch, outputs):
+            th = replace(th, mode="exact" if outputs is None else "trace")
+            log.info(
+                "theta.mode=projected: the %s Theta costs fewer multiply-adds here than the "
+                "sketch (theta.dim=%d) and fits theta.memory_gb; building it instead",
+                th.mode,
+                th.dim,
+            )
         if th.mode == "projected":
-            sketch = Sketch(th.sketch, th.dim, spec.seed)
             f0, phi = projected_features(model, x, sketch, th.chunk, outputs, spec.seed)
         else:
             size = samples_per_block(spec, model, x)
@@ -204,6 +213,16 @@ def _drift(spec: RunSpec, i: Inputs, f_k: torch.Tensor) -> dict[str, float]:
     if np.all(np.isfinite(plain)) and np.all(np.isfinite(prefix)):
         out["time_scale"] = refine.fit_time_scale(plain, prefix)
     return out
+
+
+def _exact_is_cheaper(spec: RunSpec, model: nn.Module, x, sketch: Sketch, outputs) -> bool:
+    if sketch_is_cheaper(model, x, sketch, outputs):
+        return False
+    try:
+        block_size(model, x, spec.theta.memory_gb)
+    except ValueError:
+        return False
+    return True
 
 
 def samples_per_block(spec: RunSpec, model: nn.Module, x: torch.Tensor) -> int:

@@ -22,7 +22,8 @@ from ttbench.models.small_resnet import small_resnet
 from ttbench.stages import Stages
 
 
-def _models(n_override: int | None) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+def models(n_override: int | None) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """The three benchmark models (eval mode) and their inputs."""
     torch.manual_seed(0)
     mlp = nn.Sequential(
         nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{'model':8s} {'N':>5s} {'C':>3s} {'D':>10s} {'engine s':>9s} {'MB':>6s} "
         f"{'func s':>8s} {'MB':>6s} {'speed-up':>8s} {'rel diff':>9s}"
     )
-    for name, (model, x) in _models(a.n).items():
+    for name, (model, x) in models(a.n).items():
         if name not in a.only.split(","):
             continue
         stages = Stages(torch.device("cpu"))

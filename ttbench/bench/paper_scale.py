@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,15 +33,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from ttbench import build
+from ttbench.bench.counting import CountingStages, gemm_rate
 from ttbench.config import compose
 from ttbench.core.curves import DEFAULT_EPS, Curves
 from ttbench.core.dynamics import sharpness
 from ttbench.core.linearize import linearize
 from ttbench.prediction import at_w0
-from ttbench.stages import Stages
 from ttbench.train import finetune_run
 from ttbench.validate import validate
 
@@ -69,18 +66,6 @@ SGD_MODES = {
 }
 
 
-def gemm_rate(device: torch.device) -> float:
-    """The float32 matrix-multiply rate of this machine, in multiply-adds per second."""
-    n = 4096 if device.type == "cuda" else 1536
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b  # warm-up
-    stages = Stages(device)
-    with stages("gemm"):
-        for _ in range(5):
-            a @ b
-    return 5 * n**3 / stages.stats["gemm"]["wall_s"]
-
-
 def images(classes: int, per_class: int, size: int, seed: int, device: torch.device):
     """Class prototypes (random 8 x 8 patterns, upsampled to size) plus noise; labels."""
     g = torch.Generator().manual_seed(seed)
@@ -90,38 +75,23 @@ def images(classes: int, per_class: int, size: int, seed: int, device: torch.dev
     return x.to(device), y.to(device)
 
 
-class CountingStages(Stages):
-    """Stages that also count each stage's multiply-adds."""
-
-    def __init__(self, device: torch.device) -> None:
-        super().__init__(device)
-        self.macs: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        counter = FlopCounterMode(display=False)
-        with counter, super().__call__(name):
-            yield
-        self.macs[name] = counter.get_total_flops() / 2
-
-
 class Bench:
     """Runs and counts the stages: wall-clock, memory, multiply-adds."""
 
     def __init__(self, device: torch.device, rate: float) -> None:
-        self.stages, self.rate, self.rows = Stages(device), rate, []
+        self.stages, self.rate, self.rows = CountingStages(device), rate, []
 
     def run(self, part: str, name: str, fn, inner: CountingStages | None = None):
         """fn() as one stage; `inner`, the stages that fn itself records (they reset the host
-        peak, so the stage's peak is the largest of theirs and its own; they count the
-        multiply-adds, printed per inner stage)."""
-        counter = FlopCounterMode(display=False)
-        with counter if inner is None else nullcontext(), self.stages(f"{part}/{name}"):
+        peak, so the stage's peak is the largest of theirs and its own; their multiply-adds
+        are printed per inner stage)."""
+        key = f"{part}/{name}"
+        with self.stages(key):
             out = fn()
-        st = self.stages.stats[f"{part}/{name}"]
+        st = self.stages.stats[key]
         inner_stats = inner.stats.values() if inner else []
         peaks = [st["peak_rss_mb"], *(s["peak_rss_mb"] for s in inner_stats)]
-        macs = sum(inner.macs.values()) if inner else counter.get_total_flops() / 2
+        macs = self.stages.macs[key]
         row = {
             "part": part,
             "stage": name,
@@ -134,7 +104,7 @@ class Bench:
         if inner is not None:  # which stage the time went to, and at what rate
             row["stages"] = ", ".join(
                 f"{k} {v['wall_s']:.2f}s {inner.macs[k] / 1e9:.3g}GMAC "
-                f"{inner.macs[k] / v['wall_s'] / self.rate:.0%}"
+                f"{inner.rate(k, self.rate):.0%}"
                 for k, v in inner.stats.items()
             )
         self.rows.append(row)

@@ -3,9 +3,10 @@ plain torch.func baseline.
 
     python -m ttbench.bench.theta [config overrides...] [--no-baseline] [--baseline-chunk 10]
 
-Overrides are those of `python -m ttbench.run` (e.g. `task.n=20 steps=50`). Prints wall-clock
-and peak resident memory per stage, the fine-tuning / prediction ratio, and the relative
-difference between the engine's Theta and the baseline's.
+Overrides are those of `python -m ttbench.run` (e.g. `task.n=20 steps=50`). Prints wall-clock,
+peak resident memory and multiply-adds per stage (torch.utils.flop_counter) with the rate they
+ran at against this machine's float32 matrix-multiply rate, the fine-tuning / prediction ratio,
+and the relative difference between the engine's Theta and the baseline's.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import torch
 
 from ttbench import build
 from ttbench.bench.baseline import func_theta
+from ttbench.bench.counting import CountingStages, gemm_rate
 from ttbench.config import compose
 from ttbench.core.linearize import gram, jacobian_factors
 from ttbench.predictors import predict
-from ttbench.stages import Stages
 from ttbench.train import finetune_run
 from ttbench.validate import validate
 
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         f"task N={s.task.n_samples} C={s.task.n_classes} D={n_params:,}; device {s.device}; "
         f"{torch.get_num_threads()} threads"
     )
-    stages = Stages(s.device)
+    rate = gemm_rate(s.device)
+    print(f"float32 GEMM rate {rate / 1e9:.0f} GMAC/s")
+    stages = CountingStages(s.device)
     thetas = {}
     for mode, route in [("exact", "auto"), ("exact", "materialised"), ("trace", "auto")]:
         label = f"{mode}/{route}"
@@ -62,10 +65,16 @@ def main(argv: list[str] | None = None) -> None:
         finetune_run(spec, s.model(), x, y)
 
     s = stages.stats
-    print(f"\n{'stage':50s} {'wall s':>8s} {'peak RSS MB':>12s} {'added MB':>9s}")
+    print(
+        f"\n{'stage':50s} {'wall s':>8s} {'peak RSS MB':>12s} {'added MB':>9s} {'GMAC':>8s} "
+        f"{'of GEMM':>8s}"
+    )
     for name, st in s.items():
         added = stages.added_mb(name)
-        print(f"{name:50s} {st['wall_s']:8.3f} {st['peak_rss_mb']:12.0f} {added:9.0f}")
+        print(
+            f"{name:50s} {st['wall_s']:8.3f} {st['peak_rss_mb']:12.0f} {added:9.0f} "
+            f"{stages.macs[name] / 1e9:8.3g} {stages.rate(name, rate):8.0%}"
+        )
     finetune_s = s["fine-tune"]["wall_s"]
     print()
     for label in thetas:

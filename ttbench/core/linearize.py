@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ttbench.core.sketch import Sketch
+from ttbench.core.sketch import SCATTER_COST, Sketch
 
 MODES = ("exact", "trace", "projected")
 ROUTES = ("auto", "materialised", "structured")
@@ -201,12 +201,41 @@ def _materialise(A: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     return torch.einsum("cnpo,npk->ncok", D, A).flatten(2)
 
 
+def _exact_costs(R: int, n: int, P: int, n_out: int, K: int) -> tuple[int, int]:
+    """Multiply-adds of one weight matrix's share of the exact Theta: materialised, structured."""
+    materialised = R * n * P * n_out * K + (n * R) ** 2 * n_out * K
+    structured = (n * P) ** 2 * K + (n * R * P) ** 2 * (n_out + _STRUCTURED_ELEMENT_COST)
+    return materialised, structured
+
+
 def _structured_is_cheaper(A: torch.Tensor, D: torch.Tensor) -> bool:
-    C, n, P, n_out = D.shape
-    K = A.shape[2]
-    materialised = C * n * P * n_out * K + (n * C) ** 2 * n_out * K
-    structured = (n * P) ** 2 * K + (n * C * P) ** 2 * (n_out + _STRUCTURED_ELEMENT_COST)
+    R, n, P, n_out = D.shape
+    materialised, structured = _exact_costs(R, n, P, n_out, A.shape[2])
     return structured < materialised
+
+
+def sketch_is_cheaper(
+    model: nn.Module, x: torch.Tensor, sketch: Sketch, outputs: int | None = None
+) -> bool:
+    """Whether projecting with `sketch` costs fewer multiply-adds than contracting the exact
+    Theta (each layer in its cheaper way) for the samples x, estimated from the layer shapes
+    of one sample. Where the exact contraction is cheap (few samples, small layers), a sketch
+    would only add error. Trace form (with `outputs`) is held against the exact-Theta cost,
+    an upper bound of the trace mode's."""
+    factors = jacobian_factors(model, x[:1], outputs)
+    n, R = len(x), factors.n_directions
+    exact, sketched = 0, (n * R) ** 2 * sketch.dim
+    for layer in factors.layers:
+        pieces, weight = _factors(layer)
+        width = sum(p.shape[2] for p in pieces)
+        exact += (n * R) ** 2 * width
+        sketched += n * R * width * SCATTER_COST
+        if weight is not None:
+            A, D = weight
+            P, n_out, K = D.shape[2], D.shape[3], A.shape[2]
+            exact += min(_exact_costs(R, n, P, n_out, K))
+            sketched += n * min(sketch.per_sample_costs(R, P, n_out, K))
+    return sketched < exact
 
 
 def _structured(

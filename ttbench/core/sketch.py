@@ -26,7 +26,7 @@ SKETCHES = ("countsketch", "achlioptas", "gaussian")
 _ROWS = 8192  # rows of a dense P generated at once (bounds memory to _ROWS x D0)
 # Measured on 2 CPU cores: scattering one element with index_add_ costs about as much as this
 # many multiply-adds of a large GEMM (it is memory-bound).
-_SCATTER_COST = 16
+SCATTER_COST = 16
 
 
 class Sketch:
@@ -74,16 +74,21 @@ class Sketch:
         d2 = min(n_in, self.dim // d1)
         return min(n_out, self.dim // d2), d2
 
+    def per_sample_costs(self, R: int, P: int, n_out: int, n_in: int) -> tuple[int, int]:
+        """Multiply-adds per sample of sketching an O x K weight's R gradients over P
+        positions: materialised then projected, and factored."""
+        d1, d2 = self.factored_dims(n_out, n_in)
+        apply = SCATTER_COST if self.kind == "countsketch" else self.dim
+        materialised = R * P * n_out * n_in + R * n_out * n_in * apply
+        factored = R * d1 * d2 * (P + SCATTER_COST)
+        factored += R * P * n_out * d1 * (d1 < n_out) + P * n_in * d2 * (d2 < n_in)
+        return materialised, factored
+
     def factored_is_cheaper(self, A: torch.Tensor, D: torch.Tensor) -> bool:
         """Whether sketching the factors A (n, P, K), D (R, n, P, O) costs fewer multiply-adds
         per sample than materialising the R per-sample gradients and projecting them."""
         R, _, P, n_out = D.shape
-        n_in = A.shape[2]
-        d1, d2 = self.factored_dims(n_out, n_in)
-        apply = _SCATTER_COST if self.kind == "countsketch" else self.dim
-        materialised = R * P * n_out * n_in + R * n_out * n_in * apply
-        factored = R * d1 * d2 * (P + _SCATTER_COST)
-        factored += R * P * n_out * d1 * (d1 < n_out) + P * n_in * d2 * (d2 < n_in)
+        materialised, factored = self.per_sample_costs(R, P, n_out, A.shape[2])
         return factored < materialised
 
     def project_factors_into(
