@@ -1,6 +1,7 @@
 """The benchmarks run once at a tiny size, so they cannot rot."""
 
 import pandas as pd
+import pytest
 
 from ttbench.bench import engine, modes, paper_scale, theta
 from ttbench.bench import sgd as sgd_bench
@@ -63,6 +64,7 @@ def test_modes_benchmark_runs(cache_dir, tmp_path, capsys):
     assert (tmp_path / "out" / "spectra.csv").stat().st_size > 0
 
 
+@pytest.mark.slow  # a torchvision ResNet-18 fine-tuned and linearised eight ways: 13 s
 def test_paper_scale_benchmark_runs(tmp_path, capsys):
     tiny = ["--size", "16", "--per-class", "3", "--steps", "5", "--batch", "5", "--loss", "mse"]
     paper_scale.main([*tiny, "--csv", str(tmp_path)])

@@ -3,13 +3,8 @@ import torch
 from torch import nn
 
 from ttbench.bench.baseline import func_theta
-from ttbench.core.linearize import (
-    ROUTES,
-    block_size,
-    blocked_gram,
-    exact_memory_bytes,
-    linearize,
-)
+from ttbench.core.jacobian import ROUTES
+from ttbench.core.linearize import block_size, blocked_gram, exact_memory_bytes, linearize
 from ttbench.models.small_resnet import small_resnet
 
 

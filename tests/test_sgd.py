@@ -7,12 +7,9 @@ import torch
 from ttbench.bench.baseline import jacobian
 from ttbench.core import dynamics, losses, sgd
 from ttbench.core.curves import t_eps_quantiles
-from ttbench.core.linearize import (
-    LinearizedModel,
-    diagonal_noise_features,
-    diagonal_noise_gram,
-    jacobian_factors,
-)
+from ttbench.core.jacobian import jacobian_factors
+from ttbench.core.linearize import LinearizedModel, diagonal_noise_gram
+from ttbench.core.projected import diagonal_noise_features
 from ttbench.core.sketch import Sketch
 from ttbench.train import finetune
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ttbench.bench.engine import models
-from ttbench.core.linearize import linearize, projected_features, sketch_is_cheaper
+from ttbench.core.linearize import linearize
+from ttbench.core.projected import projected_features, sketch_is_cheaper
 from ttbench.core.sketch import SKETCHES, Sketch
 
 from .test_linearize import _randomise_bn, conv_net

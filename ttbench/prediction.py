@@ -27,13 +27,10 @@ from ttbench.bands import Calibration, disagreement
 from ttbench.core import losses, refine, sgd
 from ttbench.core.curves import Curves, t_eps_quantiles
 from ttbench.core.dynamics import discrete, sharpness
-from ttbench.core.linearize import (
-    block_size,
-    blocked_gram,
+from ttbench.core.jacobian import jacobian_factors
+from ttbench.core.linearize import block_size, blocked_gram, gram, jvp
+from ttbench.core.projected import (
     diagonal_noise_features,
-    gram,
-    jacobian_factors,
-    jvp,
     projected_features,
     sketch_is_cheaper,
     sketched_theta,

@@ -20,7 +20,8 @@ from ttbench import build
 from ttbench.bench.baseline import func_theta
 from ttbench.bench.counting import CountingStages, gemm_rate
 from ttbench.config import compose
-from ttbench.core.linearize import gram, jacobian_factors
+from ttbench.core.jacobian import jacobian_factors
+from ttbench.core.linearize import gram
 from ttbench.predictors import predict
 from ttbench.train import finetune_run
 from ttbench.validate import validate

@@ -189,7 +189,7 @@ def sde(
     """Euler-Maruyama paths of eq. (1), momentum through a velocity (module docstring), from
     velocity u0 (N, C). `noise_sqrt` (N*C, r), any L with L L^T = J diag(sigma^2) J^T at w0
     (`noise_factor` of the covariance, or the sketched features of
-    ttbench.core.linearize.diagonal_noise_features), or (N, r) for the trace form
+    ttbench.core.projected.diagonal_noise_features), or (N, r) for the trace form
     Cov_s (x) I_C, is needed for noise="diagonal"."""
     if noise not in NOISES or schedule not in SCHEDULES or scheme not in SCHEMES:
         raise ValueError(f"noise in {NOISES}, schedule in {SCHEDULES}, scheme in {SCHEMES}")

@@ -1,0 +1,169 @@
+"""Theta from random projections of the Jacobian (Section 4), and the SGD noise's square root
+the same way: the projected features J P (streamed over chunks of samples, each weight matrix
+sketched in the cheaper of its two ways), Theta from them, the sketched diagonal noise, and
+whether a sketch costs fewer multiply-adds than the exact contraction at all.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ttbench.core.jacobian import (
+    ROUTES,
+    JacobianFactors,
+    add_gram,
+    blocks,
+    capture,
+    exact_costs,
+    in_slices,
+    jacobian_factors,
+    layer_factors,
+    materialise,
+)
+from ttbench.core.sketch import SCATTER_COST, Sketch
+
+
+def sketch_is_cheaper(
+    model: nn.Module, x: torch.Tensor, sketch: Sketch, outputs: int | None = None
+) -> bool:
+    """Whether projecting with `sketch` costs fewer multiply-adds than contracting the exact
+    Theta (each layer in its cheaper way) for the samples x, estimated from the layer shapes
+    of one sample. Where the exact contraction is cheap (few samples, small layers), a sketch
+    would only add error. Trace form (with `outputs`) is held against the exact-Theta cost,
+    an upper bound of the trace mode's."""
+    factors = jacobian_factors(model, x[:1], outputs)
+    n, R = len(x), factors.n_directions
+    exact, sketched = 0, (n * R) ** 2 * sketch.dim
+    for layer in factors.layers:
+        pieces, weight = layer_factors(layer)
+        width = sum(p.shape[2] for p in pieces)
+        exact += (n * R) ** 2 * width
+        sketched += n * R * width * SCATTER_COST
+        if weight is not None:
+            A, D = weight
+            P, n_out, K = D.shape[2], D.shape[3], A.shape[2]
+            exact += min(exact_costs(R, n, P, n_out, K))
+            sketched += n * min(sketch.per_sample_costs(R, P, n_out, K))
+    return sketched < exact
+
+
+def _factored(A: torch.Tensor, D: torch.Tensor) -> bool:
+    return True
+
+
+def diagonal_noise_features(
+    model: nn.Module,
+    x: torch.Tensor,
+    sample_grads: torch.Tensor,
+    sketch: Sketch,
+    chunk: int = 256,
+    outputs: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """A sketched square root of J diag(sigma^2) J^T (see `diagonal_noise_gram`): phi =
+    J diag(sigma) P, (N*C, D0) rows (i, c) i-major, E[phi phi^T] = J diag(sigma^2) J^T. Two
+    streamed passes over chunks of samples: the first accumulates each weight's mean and mean
+    square of h_i = J_i^T sample_grads[i] (one backward pass of sum_i f_i . s_i), the second
+    projects every class's per-sample gradients scaled by sigma. No (N C)^2 D Gram and no
+    eigendecomposition: the SDE draws its noise as phi z, z ~ N(0, I_D0).
+
+    With `outputs=P` the second pass takes P random output directions (as for Theta_s) and
+    returns a square root (N, P*D0) of the class-averaged covariance, for the trace form
+    Cov ~ Cov_s (x) I_C."""
+    if sketch.kind != "countsketch":
+        raise ValueError("the diagonal noise is sketched with a countsketch")
+    s = sample_grads
+    starts = range(0, len(x), chunk)
+    moments: list[torch.Tensor] = []  # per block: (2, d) sums of h and h^2, in float64
+    for start in starts:
+        ss = s[start : start + chunk]
+        f, layers = capture(
+            model, x[start : start + chunk], lambda f, ss=ss: (f * ss.to(f)).sum(1, keepdim=True)
+        )
+        for b, piece in enumerate(blocks(JacobianFactors(f, layers), _factored)):
+            m = 0
+            for h in in_slices(piece):
+                h = h[:, 0]
+                f64 = torch.float64
+                m = m + torch.stack([h.sum(0, dtype=f64), (h * h).sum(0, dtype=f64)])
+            if b < len(moments):
+                moments[b] += m
+            else:
+                moments.append(m)
+    n_all = len(x)
+    sigma = [(m[1] / n_all - (m[0] / n_all) ** 2).clamp_min(0).sqrt() for m in moments]
+    rows = []
+    for start in starts:
+        factors = jacobian_factors(model, x[start : start + chunk], outputs, seed)
+        n, R = len(factors.f0), factors.n_directions
+        f0 = factors.f0
+        phi = torch.zeros(n * R, sketch.dim, dtype=f0.dtype, device=f0.device)
+        for b, piece in enumerate(blocks(factors, _factored)):
+            bucket, sign = sketch.countsketch_map(b, len(sigma[b]), f0.device, f0.dtype)
+            scale = sign * sigma[b].to(f0.dtype)
+            row = 0
+            for g in in_slices(piece):
+                g = g.reshape(-1, g.shape[2])
+                phi[row : row + len(g)].index_add_(1, bucket, g * scale)
+                row += len(g)
+        rows.append(phi)
+    phi = torch.cat(rows)
+    if outputs is None:
+        return phi
+    return phi.view(len(x), -1) / outputs**0.5  # (N, P*D0): mean_p phi_p phi_p^T
+
+
+def projected_features(
+    model: nn.Module,
+    x: torch.Tensor,
+    sketch: Sketch,
+    chunk: int = 256,
+    outputs: int | None = None,
+    seed: int = 0,
+    route: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f0 (N, C) and J P (N*R, D0), rows (i, r) i-major over the R output directions (the C
+    classes, or `outputs` random ones drawn from `seed`), streamed over chunks of samples:
+    peak memory is J P plus one chunk's factors and one layer's sketch. Each weight matrix is
+    sketched in the cheaper of two ways by the sketch's flop model (`route` forces one): its
+    per-sample gradients materialised then projected, or its factors projected without
+    forming them."""
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    factored = {
+        "auto": sketch.factored_is_cheaper,
+        "structured": lambda A, D: True,
+        "materialised": lambda A, D: False,
+    }[route]
+    f0s, rows = [], []
+    for start in range(0, len(x), chunk):
+        factors = jacobian_factors(model, x[start : start + chunk], outputs, seed)
+        n, R = len(factors.f0), factors.n_directions
+        phi = torch.zeros(n * R, sketch.dim, dtype=factors.f0.dtype, device=factors.f0.device)
+        for block, piece in enumerate(blocks(factors, _factored)):
+            if isinstance(piece, tuple) and factored(*piece):
+                sketch.project_factors_into(phi, block, *piece)
+            elif sketch.kind == "countsketch":  # cheap to regenerate: slice to stay in cache
+                row = 0
+                for g in in_slices(piece):
+                    g = g.reshape(-1, g.shape[2])
+                    sketch.project_into(phi[row : row + len(g)], block, g)
+                    row += len(g)
+            else:
+                g = materialise(*piece) if isinstance(piece, tuple) else piece
+                sketch.project_into(phi, block, g.reshape(n * R, -1))
+        f0s.append(factors.f0)
+        rows.append(phi)
+    return torch.cat(f0s), torch.cat(rows)
+
+
+def sketched_theta(phi: torch.Tensor, n: int, trace: bool) -> torch.Tensor:
+    """Theta from projected features phi (N*R, D0): phi phi^T, or with `trace` the mean over
+    the R output directions of their (N, N) Grams (an estimate of Theta_s)."""
+    if not trace:
+        theta = torch.zeros(len(phi), len(phi), dtype=phi.dtype, device=phi.device)
+        add_gram(theta, phi)
+        return theta
+    per = phi.view(n, -1, phi.shape[1]).transpose(0, 1)  # (R, N, D0)
+    return torch.bmm(per, per.transpose(1, 2)).mean(0)
