@@ -120,8 +120,10 @@ def test_one_list_decides_a_runs_identity(tmp_path):
         "cache_dir",
         "cluster",
         "threads",
+        "plan",
     }
     ignored = ["device=cpu", f"cache_dir={tmp_path}", "checkpoint_s=5", f"out_root={tmp_path}"]
+    ignored += ["plan.set_steps=true", "plan.margin=0.5"]  # a key below an ignored one too
     name = run_name(["seed=2", "lr=0.01", *ignored])
     assert name == "lr=0.01,seed=2" == run_name(["lr=0.01", "seed=2"])
     assert run_name([]) == "default" and run_name(["dataset.root=/a/b"]) == "dataset.root=_a_b"

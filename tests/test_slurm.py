@@ -3,6 +3,7 @@ driven through Hydra's submitit launcher (cluster=localhost). Needs root and Deb
 skipped, with the reason, where either is missing."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -126,3 +127,34 @@ def test_sweep_cancel_and_requeue_on_a_real_scheduler(slurm, tmp_path, cache_dir
     assert got["predictors"]["discrete"]["t_eps"] == want["predictors"]["discrete"]["t_eps"]
     pd.testing.assert_frame_equal(got_curves, want_curves)
     assert _wait_for("sacct to record completion", lambda: _sacct_state(job) == "COMPLETED", 60)
+
+
+@pytest.mark.slow
+def test_a_plan_sets_each_jobs_time_limit_on_a_real_scheduler(slurm, tmp_path, cache_dir):
+    """`ttbench.plan` plans a sweep as SLURM jobs; the sweep launched from the plan takes each
+    job's planned steps and time limit (1 minute here, against the cluster's 20)."""
+    env = {**os.environ, "TTBENCH_CACHE": str(cache_dir)}
+    out = tmp_path / "out"
+    sweep = [*BASE, "steps=40", "seed=0,1", f"out_root={out}", "plan.overhead_s=30"]
+
+    def cli(module, *args):
+        done = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=400)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    cli("ttbench.plan", "-m", *sweep)
+    (path,) = out.glob("plans/*/plan.parquet")
+    assert len([p for p in out.glob("plans/*/.submitit/*_*") if p.is_dir()]) == 2  # on SLURM
+    cli("ttbench.run", "-m", *sweep, f"plan.table={path}", "plan.set_steps=true")
+    plan = pd.read_parquet(path).query("target").set_index("job")
+    runs = [p.name for p in (out / "runs").iterdir() if p.is_dir() and p.name[0] != "."]
+    assert len(runs) == 2
+    for run in runs:
+        steps = next(o for o in run.split(",") if o.startswith("steps="))
+        assert steps == f"steps={int(plan.loc[run.replace(steps, 'steps=40'), 'planned_steps'])}"
+    sacct = ["sacct", "-n", "-X", "-P", "-o", "Timelimit", "-j"]
+    jobs = [j.name for j in (out / "runs" / ".submitit").iterdir() if j.is_dir() and "_" in j.name]
+    limits = [subprocess.run([*sacct, j], capture_output=True, text=True).stdout for j in jobs]
+    limits = [limit.strip() for limit in limits]
+    want = [f"00:{math.ceil(s / 60):02d}:00" for s in plan["planned_limit_s"]]
+    assert sorted(limits) == sorted(want) == ["00:01:00", "00:01:00"]

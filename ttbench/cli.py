@@ -4,7 +4,7 @@ cause, printed as one line with exit status 2 instead of a traceback."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from omegaconf import OmegaConf
@@ -33,10 +33,11 @@ def one_line_errors() -> Iterator[None]:
         fail(e)
 
 
-def main(app: Callable[[], None], run_dir: str | None = None) -> None:
+def main(app: Callable[[], None], run_dir: str | None = None, extra: Sequence[str] = ()) -> None:
     """Run a Hydra app from the command line: resolvers known, the command line checked and,
     for a single run, its config validated before Hydra makes its directory (a sweep's jobs
-    are, by the sweeper); `run_dir` puts a single run's Hydra output elsewhere."""
+    are, by the sweeper); `run_dir` puts a single run's Hydra output elsewhere; `extra` are
+    Hydra overrides of the app's own, after the user's."""
     register_resolvers()
     argv = sys.argv[1:]
     multirun = "-m" in argv or "--multirun" in argv
@@ -47,4 +48,5 @@ def main(app: Callable[[], None], run_dir: str | None = None) -> None:
             validate(compose(task))
     if run_dir is not None and not multirun:
         sys.argv += [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    sys.argv += list(extra)
     app()

@@ -28,7 +28,7 @@ def run_name(overrides: Iterable[str]) -> str:
     replaced; 'default' for none, hashed past 200 characters. Deterministic, so a run started
     again, alone or in a sweep, finds its own record."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    kept = sorted(o.input_line for o in parsed if o.key_or_group not in NOT_IDENTITY)
+    kept = sorted(o.input_line for o in parsed if o.key_or_group.split(".")[0] not in NOT_IDENTITY)
     name = ",".join(kept).replace("/", "_") or "default"
     if len(name) > 200:
         name = f"{name[:150]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"

@@ -10,7 +10,7 @@ from typing import Any
 
 # Settings that do not change what a run computes: left out of its directory's name and of the
 # identity its fine-tuning checkpoint is checked against. The one list of them.
-NOT_IDENTITY = ("out_root", "device", "checkpoint_s", "cache_dir", "cluster", "threads")
+NOT_IDENTITY = ("out_root", "device", "checkpoint_s", "cache_dir", "cluster", "threads", "plan")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,20 @@ class StochasticSpec:
 class RefineSpec:
     steps: int  # k: real steps the refined predictors observe (0: none)
     theta: str | None = None  # the mode of Theta at w_k (None: theta.mode)
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """Planning a sweep without training (ttbench.plan), and launching one from a plan."""
+
+    eps: float  # the target: T_eps of the loss at this eps
+    predictor: str  # the plain predictor the plan solves
+    theta: dict[str, Any]  # the plan's Theta settings (over theta.*)
+    probe_steps: int  # real steps timed per job, after one warm-up step
+    margin: float  # recommended steps: the band's 95% point x (1 + margin)
+    overhead_s: float  # added to every time limit
+    table: str | None  # launching: the plan whose time limits (and steps) the jobs take
+    set_steps: bool  # launching: each job's steps from the plan
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,7 @@ class RunSpec:
     stochastic: StochasticSpec
     refine: RefineSpec
     probes: ProbeSpec
+    plan: PlanSpec
     device: str
     threads: int | None  # CPU threads (None: build.cpu_threads decides)
     cache_dir: Path

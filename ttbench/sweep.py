@@ -11,6 +11,7 @@ Each job's directory is named by `ttbench.config.run_name` of its overrides.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -77,6 +78,35 @@ def before_launch(
     s = status(root, jobs)
     print(s.line(), flush=True)
     return s
+
+
+def from_plan(
+    jobs: Sequence[Sequence[str]], table: str, set_steps: bool
+) -> list[tuple[int, list[list[str]]]]:
+    """The jobs grouped by the time limit in minutes that the plan (ttbench.plan) gives each,
+    shortest first: planned_limit_s with `set_steps` (and steps=planned_steps added to the
+    job), limit_s otherwise. ConfigError for a job the plan does not hold."""
+    import pandas as pd  # here: the sweeper plugin imports this module at every Hydra start
+
+    plan = pd.read_parquet(Path(table).expanduser())
+    rows = plan[plan["target"]].set_index("job")
+    groups: dict[int, list[list[str]]] = {}
+    for job in jobs:
+        name = run_name(job)
+        if name not in rows.index:
+            raise ConfigError("plan.table", table, f"holds no job {name}: plan this sweep first")
+        row = rows.loc[name]
+        limit = row["limit_s"]
+        if set_steps:
+            if pd.isna(row["planned_steps"]):
+                raise ConfigError(
+                    "plan.set_steps", True, f"job {name} is not predicted to reach the target"
+                )
+            job = [o for o in job if not o.lstrip("+").startswith("steps=")]
+            job.append(f"steps={int(row['planned_steps'])}")
+            limit = row["planned_limit_s"]
+        groups.setdefault(max(1, math.ceil(limit / 60)), []).append(list(job))
+    return sorted(groups.items())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from ttbench.probes import PROBES
 from ttbench.spec import (
     DataSpec,
     ModelSpec,
+    PlanSpec,
     PretrainSettings,
     ProbeSpec,
     RefineSpec,
@@ -154,11 +155,47 @@ def validate(cfg: DictConfig) -> RunSpec:
     for name in cfg.probes:
         _choice("probes", name, PROBES)
     _probe_settings(cfg)
+    _plan_settings(cfg)
     if names and cfg.weight_decay != 0:
         raise ConfigError(
             "weight_decay", cfg.weight_decay, "the predictors model 0 only (or use predictor=none)"
         )
     return spec_of(cfg, tuple(names))
+
+
+def plan_eps(cfg: DictConfig) -> float:
+    """The plan's target eps: plan.eps, else the one of eps nearest 0.05."""
+    if cfg.plan.eps is not None:
+        return float(cfg.plan.eps)
+    return float(min(cfg.eps, key=lambda e: abs(e - 0.05)))
+
+
+def plan_predictor(cfg: DictConfig) -> str:
+    """The plain predictor a plan solves: plan.predictor, else discrete (GD) or exact_sgd."""
+    if cfg.plan.predictor is not None:
+        return cfg.plan.predictor
+    return "exact_sgd" if cfg.optim.name == "sgd" else "discrete"
+
+
+def _plan_settings(cfg: DictConfig) -> None:
+    p = cfg.plan
+    if p.eps is not None and p.eps not in cfg.eps:
+        raise ConfigError("plan.eps", p.eps, f"must be one of eps={list(cfg.eps)}")
+    name = plan_predictor(cfg)
+    _choice("plan.predictor", name, PREDICTORS)
+    pred = PREDICTORS[name]
+    why = pred.applies(cfg.loss, cfg.optim.name, 0)
+    if pred.prefix or pred.pooled or why:
+        raise ConfigError("plan.predictor", name, why or "must be a plain predictor (no prefix)")
+    if p.theta.get("mode") is not None:
+        _choice("plan.theta.mode", p.theta.mode, MODES)
+    _integer(cfg, "plan.probe_steps", 1)
+    if _number(cfg, "plan.margin") < 0:
+        raise ConfigError("plan.margin", p.margin, "must be >= 0")
+    if _number(cfg, "plan.overhead_s") < 0:
+        raise ConfigError("plan.overhead_s", p.overhead_s, "must be >= 0")
+    if p.table is not None and not Path(p.table).expanduser().is_file():
+        raise ConfigError("plan.table", p.table, "is not a file: run python -m ttbench.plan first")
 
 
 def _pretrained(cfg: DictConfig) -> None:
@@ -370,6 +407,16 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         subset=SubsetSpec(**_plain(cfg.subset)),
         stochastic=StochasticSpec(**_plain(cfg.stochastic)),
         refine=RefineSpec(refine_steps(cfg), cfg.refine.theta),
+        plan=PlanSpec(
+            eps=plan_eps(cfg),
+            predictor=plan_predictor(cfg),
+            theta=_plain(cfg.plan.theta),
+            probe_steps=cfg.plan.probe_steps,
+            margin=float(cfg.plan.margin),
+            overhead_s=float(cfg.plan.overhead_s),
+            table=cfg.plan.table,
+            set_steps=bool(cfg.plan.set_steps),
+        ),
         probes=ProbeSpec(
             tuple(cfg.probes),
             tuple(cfg.probe.sizes),

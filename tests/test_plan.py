@@ -1,0 +1,134 @@
+"""Planning a sweep without training (ttbench.plan), launching from a plan (the sweeper),
+and judging a plan against the real runs (ttbench.judge)."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, run_in_process, spec_of
+from ttbench import judge
+from ttbench.config import run_name
+from ttbench.plan import finish, plan_job
+from ttbench.sweep import from_plan
+from ttbench.validate import ConfigError
+
+JOB = [*TINY[:-1], "steps=20"]
+EXACT = ["plan.theta.mode=exact", "plan.theta.outputs=null"]
+
+
+def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir, capsys):
+    """With the run's own Theta the plan predicts exactly what the run's discrete predictor
+    does, band included; its times and limits follow from the probe's seconds per step."""
+    jobs = [[*JOB, "seed=0", *EXACT], [*JOB, "seed=1", "lr=0.01", *EXACT]]
+    for job in jobs:
+        spec = spec_of([*job, f"cache_dir={cache_dir}"])
+        plan_job(spec, tmp_path / "plan" / run_name(job), job)
+    table = finish(tmp_path / "plan")
+    assert "plan of 2 jobs (discrete on Theta exact)" in capsys.readouterr().out
+    assert (tmp_path / "plan" / "plan.parquet").is_file()
+    assert not list(tmp_path.glob("plan/*/result.json"))  # nothing was run
+    rec = run_in_process([*jobs[0], "predictor.names=[discrete]"], tmp_path / "run", cache_dir)
+    mine = table[table["job"] == run_name(jobs[0])]
+    assert mine["t_eps"].tolist() == list(rec.predictors["discrete"].t_eps["loss"])
+    assert mine["q95"].tolist() == [q.q95 for q in rec.predictors["discrete"].band["loss"]]
+    p = spec.plan
+    for r in table[table["target"]].itertuples():
+        assert r.eps == p.eps and r.step_s > 0 and r.plan_s > r.setup_s
+        assert r.planned_steps == max(1, math.ceil(r.q95 * (1 + p.margin)))
+        assert np.isclose(r.predicted_s, r.t_eps * r.step_s)
+        assert np.isclose(r.planned_limit_s, p.overhead_s + r.setup_s + r.planned_steps * r.step_s)
+        assert np.isclose(r.limit_s, p.overhead_s + r.setup_s + 20 * r.step_s * (1 + p.margin))
+
+
+def _plan(rows):
+    cols = ["job", "limit_s", "planned_steps", "planned_limit_s"]
+    return pd.DataFrame([dict(zip(cols, r, strict=True)) for r in rows]).assign(target=True)
+
+
+def test_a_sweep_from_a_plan_takes_its_limits_and_steps(tmp_path):
+    path = tmp_path / "plan.parquet"
+    _plan(
+        [
+            ("lr=0.1", 70, 30, 65),
+            ("lr=0.2,steps=150", 200, 90, 130),
+            ("lr=0.3", 110, np.nan, np.nan),
+        ]
+    ).to_parquet(path)
+    jobs = [["lr=0.1"], ["lr=0.2", "steps=150"], ["lr=0.3"]]
+    assert from_plan(jobs, str(path), False) == [
+        (2, [["lr=0.1"], ["lr=0.3"]]),
+        (4, [["lr=0.2", "steps=150"]]),
+    ]
+    with pytest.raises(ConfigError, match=r"lr=0\.3 is not predicted to reach the target"):
+        from_plan(jobs, str(path), True)
+    groups = from_plan(jobs[:2], str(path), True)
+    assert groups == [(2, [["lr=0.1", "steps=30"]]), (3, [["lr=0.2", "steps=90"]])]
+    with pytest.raises(ConfigError, match=r"holds no job lr=0\.4: plan this sweep first"):
+        from_plan([["lr=0.4"]], str(path), False)
+
+
+def test_judging_a_plan():
+    plan = pd.DataFrame(
+        {
+            "job": ["a", "b", "c", "d"],
+            "target": True,
+            "eps": 0.05,
+            "t_eps": [10.0, 20.0, 30.0, 40.0],
+            "q05": [8.0, 15.0, 20.0, 30.0],
+            "q95": [12.0, 25.0, 40.0, 50.0],
+            "planned_steps": [15, 30, 50, 60],
+            "step_s": 1.0,
+            "predicted_s": [10.0, 20.0, 30.0, 40.0],
+            "limit_s": [100.0, 100.0, 100.0, 100.0],
+            "plan_s": 1.0,
+        }
+    )
+    real = pd.DataFrame(
+        {
+            "job": ["a", "b", "c", "d"],
+            "t_real": [20.0, 15.0, 35.0, 70.0],
+            "real_step_s": [1.0, 1.0, 1.0, 2.0],
+            "job_s": [50.0, 50.0, 150.0, 150.0],
+        }
+    )
+    m, jobs = judge.judge(plan, real)
+    assert m["spearman_steps"] == pytest.approx(0.8)  # ranks 2 1 3 4 against 1 2 3 4
+    assert m["regret"] == pytest.approx(20 / 15 - 1)  # picked a (20 s), b was fastest (15 s)
+    assert m["band_coverage"] == 0.5  # b and c
+    assert m["hit_limit"] == 0.5 and m["short_of_target"] == 0.5  # a and d
+    assert m["step_time_error"] == pytest.approx(0.0)  # median of 0, 0, 0, 0.5
+    assert m["plan_cost"] == pytest.approx(4 / 400)
+    assert jobs["real_s"].tolist() == [20.0, 15.0, 35.0, 140.0]
+    judge.figure(jobs)
+
+
+@pytest.mark.slow
+def test_plan_launch_and_judge_from_the_command_line(tmp_path, cache_dir):
+    """The process boundary is the point: Hydra's multirun, its callback, the sweeper."""
+    env = {**os.environ, "TTBENCH_CACHE": str(cache_dir)}
+    out = tmp_path / "out"
+    sweep = [*JOB, "seed=0,1", "predictor=discrete", f"out_root={out}"]
+
+    def cli(module, *args):
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    printed = cli("ttbench.plan", "-m", *sweep)
+    assert "plan of 2 jobs" in printed and "configurations (median over seeds)" in printed
+    (table,) = out.glob("plans/*/plan.parquet")
+    cli("ttbench.run", "-m", *sweep, f"plan.table={table}", "plan.set_steps=true")
+    planned = pd.read_parquet(table).query("target")["planned_steps"].astype(int)
+    names = [p.name for p in (out / "runs").iterdir() if p.is_dir()]
+    assert sorted(n.split("steps=")[1].split(",")[0] for n in names) == sorted(map(str, planned))
+    cli("ttbench.run", "-m", *sweep, f"plan.table={table}")
+    printed = cli("ttbench.judge", str(table), str(out / "runs"), "--out", str(tmp_path / "j"))
+    assert "against 2 real runs" in printed and (tmp_path / "j" / "plan.png").is_file()

@@ -1,0 +1,242 @@
+"""`python -m ttbench.plan [-m] <the overrides of a sweep>`: every job's training time, predicted
+without training it.
+
+Each job, validated as `python -m ttbench.run` would validate it, runs only a prediction:
+`plan.predictor` (discrete under GD, exact_sgd under SGD) on a cheap Theta (`plan.theta`, over
+`theta.*`), with its model-error band (ttbench.bands), and a timing probe of `plan.probe_steps`
+real fine-tuning steps on the job's device, after one warm-up step, to turn steps into seconds.
+The jobs' rows make one plan table, `out_root/plans/<date_time>/plan.parquet`, one row per
+(job, eps), and the summary ranks the configurations by predicted time to the target eps
+(`plan.eps`). Per job and eps:
+
+* t_eps, q05, q95: the predicted T_eps of the loss and its 5-95% band, in steps;
+* planned_steps: q95 x (1 + plan.margin), rounded up to optim.eval_every: the steps a job
+  needs to reach eps with a margin (`plan.set_steps=true` launches the job with them);
+* predicted_s = t_eps x step_s, the predicted fine-tuning time to eps;
+* planned_limit_s = plan.overhead_s + setup_s + planned_steps x step_s, the time limit of a
+  job that stops at planned_steps, and limit_s = plan.overhead_s + setup_s + steps x step_s x
+  (1 + plan.margin), that of the job as configured (all of its steps);
+* plan_s: what planning the job cost (setup, prediction, probe).
+
+`python -m ttbench.run -m <the same overrides> plan.table=<plan.parquet>` then launches the
+sweep with each job's time limit from the plan (launchers that have one: submitit's SLURM),
+and with `plan.set_steps=true` each job's steps; `python -m ttbench.judge` measures the plan
+against the sweep's real runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ttbench import build, cli
+from ttbench.bands import default_calibration
+from ttbench.config import CONF_DIR, run_name
+from ttbench.files import atomic_write
+from ttbench.prediction import at_w0, entry, with_bands
+from ttbench.spec import RunSpec
+from ttbench.stages import Stages, timed
+from ttbench.train import finetune_run
+from ttbench.validate import validate
+
+log = logging.getLogger("ttbench.plan")
+
+ROW = "plan.json"  # one job's plan, in its directory
+TABLE = "plan.parquet"  # the sweep's plan, in the plan directory
+STAMP = "${now:%Y-%m-%d_%H-%M-%S}"
+DIRS = [  # a plan's own directory under out_root/plans, one sub-directory per job
+    f"hydra.sweep.dir='${{out_root}}/plans/{STAMP}'",
+    f"hydra.run.dir='${{out_root}}/plans/{STAMP}/${{ttbench.run_name:${{hydra.overrides.task}}}}'",
+    "+hydra.callbacks.plan_table._target_=ttbench.plan.PlanTable",
+]
+
+
+def planning_spec(spec: RunSpec) -> RunSpec:
+    """The job's spec as the plan predicts it: plan.predictor alone, on plan.theta's Theta, no
+    refinement and no probes."""
+    return replace(
+        spec,
+        predictors=(spec.plan.predictor,),
+        theta=replace(spec.theta, **spec.plan.theta),
+        refine=replace(spec.refine, steps=0),
+        probes=replace(spec.probes, names=()),
+    )
+
+
+def step_seconds(spec: RunSpec, model, x, y) -> float:
+    """Seconds per fine-tuning step of this job on its device: plan.probe_steps real steps,
+    rounded up to a multiple of optim.eval_every so that the whole-task loss is recorded as
+    often as in the run, timed after a warm-up of eval_every steps (first-call allocations,
+    kernel selection). The model is fine-tuned in place."""
+    every = spec.train.eval_every
+    k = -(-spec.plan.probe_steps // every) * every
+
+    def steps(n: int) -> RunSpec:
+        return replace(spec, train=replace(spec.train, steps=n))
+
+    finetune_run(steps(every), model, x, y)
+    _, seconds = timed(lambda: finetune_run(steps(k), model, x, y), x.device)
+    return seconds / k
+
+
+def _round_up(value: float, every: int) -> int:
+    return max(every, math.ceil(value / every) * every)
+
+
+def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
+    """Plan one job into out_dir/plan.json; returns what it wrote."""
+    device = build.device(spec.device)
+    build.cpu_threads(spec.threads)
+    stages = Stages(device)
+    s = build.setup(spec, stages)
+    pspec = planning_spec(spec)
+    name = pspec.predictors[0]
+    with stages("predict"):
+        _, predicted, signals = at_w0(pspec, s.model(), s.x, s.y, Stages(device))
+        rec = entry(name, predicted[name], pspec)
+        rec = with_bands({name: rec}, pspec, default_calibration())[name]
+    with stages("probe"):
+        step_s = step_seconds(spec, s.model(), s.x, s.y)
+    setup_s = sum(v["wall_s"] for k, v in stages.stats.items() if k not in ("predict", "probe"))
+    p, every, steps = spec.plan, spec.train.eval_every, spec.train.steps
+    rows = []
+    for eps, t, q in zip(spec.eps, rec.t_eps["loss"], rec.band["loss"], strict=True):
+        planned = None if q.q95 is None else _round_up(q.q95 * (1 + p.margin), every)
+        rows.append(
+            {
+                "eps": eps,
+                "target": eps == p.eps,
+                "t_eps": t,
+                "q05": q.q05,
+                "q95": q.q95,
+                "planned_steps": planned,
+                "predicted_s": None if t is None else t * step_s,
+                "planned_limit_s": None
+                if planned is None
+                else p.overhead_s + setup_s + planned * step_s,
+            }
+        )
+    job = {
+        "job": run_name(overrides),
+        "overrides": list(overrides),
+        "predictor": name,
+        "theta": pspec.theta.mode,
+        "device": str(device),
+        "steps": steps,
+        "step_s": step_s,
+        "setup_s": setup_s,
+        "limit_s": p.overhead_s + setup_s + steps * step_s * (1 + p.margin),
+        "plan_s": sum(v["wall_s"] for v in stages.stats.values()),
+        "stability": signals.get("stability"),
+        "rows": rows,
+    }
+    atomic_write(out_dir / ROW, json.dumps(job, indent=1).encode())
+    target = next(r for r in rows if r["target"])
+    log.info(
+        "%s: T_eps(%g) %s steps (band %s-%s), %.3g s per step, planned in %.1f s",
+        job["job"],
+        p.eps,
+        target["t_eps"],
+        target["q05"],
+        target["q95"],
+        step_s,
+        job["plan_s"],
+    )
+    return job
+
+
+def gather(plan_dir: Path) -> pd.DataFrame:
+    """The plan table of every job planned under plan_dir."""
+    out = []
+    for path in sorted(plan_dir.glob(f"*/{ROW}")):
+        job = json.loads(path.read_text())
+        rows = job.pop("rows")
+        settings = dict(o.lstrip("+").split("=", 1) for o in job["overrides"] if "=" in o)
+        job["overrides"] = " ".join(job["overrides"])
+        out += [{**job, **{f"cfg.{k}": v for k, v in settings.items()}, **r} for r in rows]
+    return pd.DataFrame(out)
+
+
+def summary(table: pd.DataFrame) -> str:
+    """The jobs at the target eps, fastest first, and the configurations over seeds."""
+    t = table[table["target"]].sort_values("predicted_s", na_position="last")
+    if t.empty:
+        return "plan: no jobs"
+    eps = t["eps"].iloc[0]
+    shown = pd.DataFrame(
+        {
+            "job": t["job"],
+            f"steps to eps={eps:g}": [_steps(r) for r in t.itertuples()],
+            "predicted": [_duration(v) for v in t["predicted_s"]],
+            "recommended steps": t["planned_steps"].map(lambda v: "-" if pd.isna(v) else int(v)),
+            "limit (those steps)": [_duration(v) for v in t["planned_limit_s"]],
+            "limit (all steps)": [_duration(v) for v in t["limit_s"]],
+        }
+    )
+    lines = [
+        f"plan of {len(t)} jobs ({t['predictor'].iloc[0]} on Theta {t['theta'].iloc[0]}), "
+        f"cost {t['plan_s'].sum():.0f} s; fastest to eps={eps:g} first:",
+        shown.to_string(index=False),
+    ]
+    if "cfg.seed" in t and t["cfg.seed"].nunique() > 1:  # configurations: the median over seeds
+        config = t["job"].map(
+            lambda j: ",".join(o for o in j.split(",") if not o.startswith("seed="))
+        )
+        ranked = t.groupby(config)["predicted_s"].median().sort_values()
+        lines.append("configurations (median over seeds), fastest first:")
+        lines += [f"  {_duration(v):>8s}  {c or 'default'}" for c, v in ranked.items()]
+    return "\n".join(lines)
+
+
+def _steps(r) -> str:
+    if pd.isna(r.t_eps):
+        return "not within the steps"
+    band = "" if pd.isna(r.q05) else f" ({r.q05:.0f}-{r.q95:.0f})"
+    return f"{r.t_eps:.0f}{band}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or pd.isna(seconds):
+        return "-"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def finish(plan_dir: Path) -> pd.DataFrame:
+    """Gather the jobs' plans into plan_dir/plan.parquet and print the summary."""
+    table = gather(plan_dir)
+    atomic_write(plan_dir / TABLE, table.to_parquet(index=False))
+    print(summary(table))
+    print(f"plan: {plan_dir / TABLE}")
+    return table
+
+
+class PlanTable(Callback):
+    """Hydra callback: once every job of a planned sweep is done, the plan table."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        finish(Path(config.hydra.sweep.dir))
+
+
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+def app(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    build.cpu_threads(build.launcher_threads(str(hc.launcher.get("_target_", "")), cfg.threads))
+    out = Path(hc.runtime.output_dir)
+    with cli.one_line_errors():
+        plan_job(validate(cfg), out, list(hc.overrides.task))
+    if hc.mode == RunMode.RUN:
+        finish(out.parent)
+
+
+if __name__ == "__main__":
+    cli.main(app, extra=DIRS)
