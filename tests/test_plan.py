@@ -75,7 +75,7 @@ def test_a_sweep_from_a_plan_takes_its_limits_and_steps(tmp_path):
 def test_judging_a_plan():
     plan = pd.DataFrame(
         {
-            "job": ["a", "b", "c", "d"],
+            "job": ["lr=1,seed=0", "lr=1,seed=1", "lr=2,seed=0", "lr=2,seed=1"],
             "target": True,
             "eps": 0.05,
             "t_eps": [10.0, 20.0, 30.0, 40.0],
@@ -90,7 +90,7 @@ def test_judging_a_plan():
     )
     real = pd.DataFrame(
         {
-            "job": ["a", "b", "c", "d"],
+            "job": ["lr=1,seed=0", "lr=1,seed=1", "lr=2,seed=0", "lr=2,seed=1"],
             "t_real": [20.0, 15.0, 35.0, 70.0],
             "real_step_s": [1.0, 1.0, 1.0, 2.0],
             "job_s": [50.0, 50.0, 150.0, 150.0],
@@ -99,6 +99,7 @@ def test_judging_a_plan():
     m, jobs = judge.judge(plan, real)
     assert m["spearman_steps"] == pytest.approx(0.8)  # ranks 2 1 3 4 against 1 2 3 4
     assert m["regret"] == pytest.approx(20 / 15 - 1)  # picked a (20 s), b was fastest (15 s)
+    assert m["regret_config"] == 0  # lr=1 (medians 15 and 35 predicted, 17.5 and 87.5 real)
     assert m["band_coverage"] == 0.5  # b and c
     assert m["hit_limit"] == 0.5 and m["short_of_target"] == 0.5  # a and d
     assert m["step_time_error"] == pytest.approx(0.0)  # median of 0, 0, 0, 0.5

@@ -23,6 +23,9 @@ ENTRY_POINTS = [
     "ttbench.bench.modes",
     "ttbench.bench.sgd",
     "ttbench.bench.theta",
+    "ttbench.bench.paper_scale",
+    "ttbench.plan",
+    "ttbench.judge",
 ]
 
 CHECK = """

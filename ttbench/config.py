@@ -35,6 +35,11 @@ def run_name(overrides: Iterable[str]) -> str:
     return name
 
 
+def configuration(name: str) -> str:
+    """A run's configuration: its run name less the seed, shared by the seeds of a sweep."""
+    return ",".join(o for o in name.split(",") if not o.startswith("seed=")) or "default"
+
+
 def register_resolvers() -> None:
     """Make `${ttbench.run_name:...}` (config.yaml's run directory) known to OmegaConf. Called by
     the entry points and `compose`, never on import; sweep jobs get their directory's name

@@ -6,7 +6,8 @@ At the plan's target eps, over the jobs that both planned and ran:
 * spearman_steps, spearman_time: rank correlation of predicted and real T_eps, and of
   predicted and real time to the target (real T_eps x the run's seconds per step);
 * regret: the real time to the target of the job the plan ranks fastest, over the real
-  fastest one's, minus 1 (0: the plan picked the best);
+  fastest one's, minus 1 (0: the plan picked the best); regret_config the same for the
+  configurations (a job less its seed), by their median over seeds;
 * band_coverage: the share of real T_eps inside the plan's 5-95% band;
 * hit_limit: the share of jobs whose whole run took longer than the plan's limit_s;
 * short_of_target: the share of jobs that, stopped at the plan's recommended steps
@@ -31,6 +32,7 @@ from matplotlib.ticker import FuncFormatter
 from scipy.stats import spearmanr
 
 from ttbench import record
+from ttbench.config import configuration
 from ttbench.prediction import PREFIX
 
 
@@ -60,12 +62,14 @@ def judge(plan: pd.DataFrame, real: pd.DataFrame) -> tuple[dict[str, float], pd.
     jobs = target.merge(real, on="job", how="inner")
     jobs["real_s"] = jobs["t_real"] * jobs["real_step_s"]
     both = jobs.dropna(subset=["t_eps", "t_real"])
-    fastest = both.loc[both["predicted_s"].idxmin()] if len(both) else None
+    config = both["job"].map(configuration)
+    configs = both.groupby(config)[["predicted_s", "real_s"]].median()
     metrics = {
         "jobs": float(len(jobs)),
         "spearman_steps": _spearman(both["t_eps"], both["t_real"]),
         "spearman_time": _spearman(both["predicted_s"], both["real_s"]),
-        "regret": float(fastest["real_s"] / both["real_s"].min() - 1) if len(both) else np.nan,
+        "regret": _regret(both),
+        "regret_config": _regret(configs),
         "band_coverage": float(
             ((both["q05"] <= both["t_real"]) & (both["t_real"] <= both["q95"])).mean()
         ),
@@ -75,6 +79,12 @@ def judge(plan: pd.DataFrame, real: pd.DataFrame) -> tuple[dict[str, float], pd.
         "plan_cost": float(target["plan_s"].sum() / real["job_s"].sum()),
     }
     return metrics, jobs
+
+
+def _regret(t: pd.DataFrame) -> float:
+    if not len(t):
+        return np.nan
+    return float(t.loc[t["predicted_s"].idxmin(), "real_s"] / t["real_s"].min() - 1)
 
 
 def _spearman(a: pd.Series, b: pd.Series) -> float:
@@ -100,9 +110,9 @@ def figure(jobs: pd.DataFrame) -> Figure:
     ax.plot(span, span, color="grey", lw=0.8)
     ax.set(xscale="log", yscale="log", xlabel="predicted time to target (s)",
            ylabel="real time to target (s)")  # fmt: skip
-    for axis in (ax.xaxis, ax.yaxis):
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers, minor ticks too: spans are short
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.legend(frameon=False)
     return fig
 

@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 
 from ttbench import build, cli
 from ttbench.bands import default_calibration
-from ttbench.config import CONF_DIR, run_name
+from ttbench.config import CONF_DIR, configuration, run_name
 from ttbench.files import atomic_write
 from ttbench.prediction import at_w0, entry, with_bands
 from ttbench.spec import RunSpec
@@ -189,12 +189,10 @@ def summary(table: pd.DataFrame) -> str:
         shown.to_string(index=False),
     ]
     if "cfg.seed" in t and t["cfg.seed"].nunique() > 1:  # configurations: the median over seeds
-        config = t["job"].map(
-            lambda j: ",".join(o for o in j.split(",") if not o.startswith("seed="))
-        )
+        config = t["job"].map(configuration)
         ranked = t.groupby(config)["predicted_s"].median().sort_values()
         lines.append("configurations (median over seeds), fastest first:")
-        lines += [f"  {_duration(v):>8s}  {c or 'default'}" for c, v in ranked.items()]
+        lines += [f"  {_duration(v):>8s}  {c}" for c, v in ranked.items()]
     return "\n".join(lines)
 
 
