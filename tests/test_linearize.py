@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from ttbench.bench.baseline import func_theta
-from ttbench.core.jacobian import ROUTES
+from ttbench.core.jacobian import ROUTES, routes
 from ttbench.core.linearize import block_size, blocked_gram, exact_memory_bytes, linearize
 from ttbench.models.small_resnet import small_resnet
 
@@ -142,13 +142,117 @@ def test_frozen_weights_are_left_out():
     assert torch.allclose(linearize(model, x).theta, theta, rtol=1e-10, atol=1e-12)
 
 
-def test_unsupported_layers_are_refused():
-    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)).double()
-    with pytest.raises(NotImplementedError, match="LayerNorm"):
+class _Scale(nn.Module):
+    """A free parameter (like a ConvNeXt layer scale) acting on what its submodule returns."""
+
+    def __init__(self, inner: nn.Module, width: int) -> None:
+        super().__init__()
+        self.inner, self.gamma = inner, nn.Parameter(torch.randn(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma.view(1, -1, 1, 1) * self.inner(x)
+
+
+class _Tokens(nn.Module):
+    """Patches to tokens plus a position embedding and a class token (free parameters), then
+    LayerNorm and Linear layers over the tokens (3-D inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(2, 6, 2, stride=2)
+        self.pos = nn.Parameter(torch.randn(1, 10, 6))
+        self.cls = nn.Parameter(torch.randn(1, 1, 6))
+        self.norm, self.mlp = nn.LayerNorm(6), nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(x), -1, -1), t], 1) + self.pos
+        return self.mlp(torch.tanh(self.norm(t)))[:, 0]
+
+
+def mixed_net() -> nn.Module:
+    """Every layer type beyond Conv2d, Linear and BatchNorm: GroupNorm, a depthwise and a
+    grouped convolution, a layer scale, tokens with position embedding and class token,
+    LayerNorm over tokens, and a LoRA adapter."""
+    from ttbench.models.lora import LoRALinear
+
+    torch.manual_seed(0)
+    conv = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.GroupNorm(2, 4),
+        nn.Tanh(),
+        _Scale(nn.Conv2d(4, 4, 3, padding=1, groups=4), 4),
+        nn.Conv2d(4, 2, 1, groups=2),
+    )
+    head = LoRALinear(nn.Linear(6, 3), rank=2, alpha=4.0)
+    nn.init.normal_(head.lora_b.weight)  # not zero, so that both factors have gradients
+    for m in conv.modules():
+        if isinstance(m, nn.GroupNorm):
+            nn.init.normal_(m.weight)
+            nn.init.normal_(m.bias)
+    return nn.Sequential(conv, _Tokens(), head).double().eval()
+
+
+def test_every_layer_type_and_the_generic_route_are_exact():
+    model = mixed_net()
+    x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    f0, theta = explicit_theta(model, x)
+    for mode in ("exact", "trace"):
+        lin = linearize(model, x, mode=mode)
+        want = theta if mode == "exact" else torch.einsum("icjc->ij", theta.view(5, 3, 5, 3)) / 3
+        torch.testing.assert_close(lin.f0, f0, rtol=0, atol=1e-12)
+        assert ((lin.theta - want).norm() / want.norm()).item() <= 1e-10
+    assert routes(model) == {
+        "0.0": "factored",
+        "0.1": "generic",  # GroupNorm
+        "0.3": "generic",  # the layer scale
+        "0.3.inner": "generic",  # depthwise
+        "0.4": "generic",  # grouped
+        "1": "generic",  # position embedding and class token
+        "1.patch": "factored",
+        "1.norm": "generic",  # LayerNorm
+        "1.mlp": "factored",  # over tokens
+        "2.base": "factored",
+        "2.lora_a": "factored",
+        "2.lora_b": "factored",
+    }
+
+
+def test_modules_the_engine_cannot_take_are_refused():
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.w, x
+
+    model = nn.Sequential(Pair()).double()
+    with pytest.raises(NotImplementedError, match="returns tuple, not a tensor"):
         linearize(model, torch.randn(2, 3, dtype=torch.float64))
     bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).double().train()
     with pytest.raises(ValueError, match="eval mode"):
         linearize(bn, torch.randn(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 8}),
+        ("convnext_atto", {}),
+    ],
+)
+def test_timm_vit_and_convnext_are_exact(name, kwargs):
+    """timm's ViT (built at 16 px with 8 px patches) and ConvNeXt, random weights, float64."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=3, **kwargs).double().eval()
+    x = torch.randn(3, 3, 16 if kwargs else 32, 16 if kwargs else 32, dtype=torch.float64)
+    f0, theta = explicit_theta(model, x)
+    lin = linearize(model, x)
+    torch.testing.assert_close(lin.f0, f0, rtol=0, atol=1e-10)
+    assert ((lin.theta - theta).norm() / theta.norm()).item() <= 1e-10
 
 
 @pytest.mark.slow

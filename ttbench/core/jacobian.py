@@ -17,21 +17,37 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 ROUTES = ("auto", "materialised", "structured")
+_BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
 @dataclass
 class _Layer:
     module: nn.Module
+    generic: bool = False  # per-sample gradients through torch.func, not factors
     inp: torch.Tensor | None = None
+    args: tuple = ()  # generic: the forward's positional and keyword arguments
+    kwargs: dict = field(default_factory=dict)
     out: torch.Tensor | None = None
     delta: torch.Tensor | None = None  # (R, n, *out.shape[1:]), one per output direction
+
+
+FACTORED = "factored"
+GENERIC = "generic"
+
+
+def _route(m: nn.Module) -> str:
+    """How a module's own weights enter Theta: through factors (Conv2d with groups = 1,
+    Linear, BatchNorm in eval mode), or through torch.func per-sample gradients."""
+    if (isinstance(m, nn.Conv2d) and m.groups == 1) or isinstance(m, nn.Linear | _BatchNorm):
+        return FACTORED
+    return GENERIC
 
 
 def output_directions(n_outputs: int, outputs: int | None, seed: int) -> torch.Tensor | None:
@@ -51,11 +67,17 @@ def output_directions(n_outputs: int, outputs: int | None, seed: int) -> torch.T
     return torch.cat(groups)[:outputs]
 
 
-def trainable_layers(model: nn.Module) -> list[nn.Module]:
-    """Modules owning trainable weights; refuses layer types the engine cannot contract."""
+def routes(model: nn.Module) -> dict[str, str]:
+    """Each module owning trainable weights, by name: the route its weights take."""
+    return {name: _route(m) for name, m in trainable_layers(model)}
+
+
+def trainable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules owning trainable weights (their own, not their submodules'), by name;
+    refuses BatchNorm that would make samples interact."""
     layers = []
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):  # with or without weights
+        if isinstance(m, _BatchNorm):  # with or without weights
             if m.training:
                 raise ValueError(f"layer {name}: BatchNorm must be in eval mode (model.eval())")
             if not m.track_running_stats:
@@ -63,17 +85,8 @@ def trainable_layers(model: nn.Module) -> list[nn.Module]:
                     f"layer {name}: BatchNorm without running statistics normalises with the "
                     "batch's even in eval mode, so samples interact: not supported"
                 )
-        own = [p for p in m.parameters(recurse=False) if p.requires_grad]
-        if not own:
-            continue
-        if isinstance(m, nn.Conv2d) and m.groups != 1:
-            raise NotImplementedError(f"layer {name}: grouped convolutions are not supported")
-        if not isinstance(m, nn.Conv2d | nn.Linear | nn.modules.batchnorm._BatchNorm):
-            raise NotImplementedError(
-                f"layer {name} ({type(m).__name__}) has trainable weights and is not supported "
-                "by the Theta engine (Conv2d, Linear, BatchNorm in eval mode)"
-            )
-        layers.append(m)
+        if any(p.requires_grad for p in m.parameters(recurse=False)):
+            layers.append((name, m))
     return layers
 
 
@@ -95,17 +108,25 @@ def capture(
 ) -> tuple[torch.Tensor, list[_Layer]]:
     """Forward once recording layer inputs/outputs, then one backward pass per column of
     rows_of(f) (n, R): the output classes, output directions f r, or a loss's f . s_i."""
-    layers = [_Layer(m) for m in trainable_layers(model)]
+    layers = [_Layer(m, _route(m) == GENERIC) for _, m in trainable_layers(model)]
 
     def hook(layer: _Layer):
-        def record(module, args, output):
+        def record(module, args, kwargs, output):
             if layer.out is not None:
                 raise NotImplementedError("a layer used twice in one forward pass is not supported")
+            if not isinstance(output, torch.Tensor):
+                raise NotImplementedError(
+                    f"{type(module).__name__} owns trainable weights and returns "
+                    f"{type(output).__name__}, not a tensor: not supported"
+                )
             layer.inp, layer.out = args[0].detach(), output
+            if layer.generic:
+                layer.args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
+                layer.kwargs = kwargs
 
         return record
 
-    handles = [lay.module.register_forward_hook(hook(lay)) for lay in layers]
+    handles = [lay.module.register_forward_hook(hook(lay), with_kwargs=True) for lay in layers]
     try:
         with _no_inplace(model), torch.enable_grad():
             f = model(x)
@@ -135,8 +156,10 @@ def layer_factors(
     the factors (A: (n, P, K) inputs, D: (C, n, P, O) output gradients) of g = sum_p D A^T."""
     m, a, d = layer.module, layer.inp, layer.delta
     C, n = d.shape[:2]
+    if layer.generic:
+        return [_generic(layer)], None
     pieces: list[torch.Tensor] = []
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+    if isinstance(m, _BatchNorm):
         shape = (1, -1) + (1,) * (a.dim() - 2)
         xhat = (a - m.running_mean.view(shape)) / torch.sqrt(m.running_var.view(shape) + m.eps)
         dims = tuple(range(3, d.dim()))
@@ -157,6 +180,30 @@ def layer_factors(
     if m.bias is not None and m.bias.requires_grad:
         pieces.append(D.sum(2).transpose(0, 1))
     return pieces, ((A, D) if m.weight.requires_grad else None)
+
+
+def _generic(layer: _Layer) -> torch.Tensor:
+    """Per-sample gradients (n, R, d) of a module's own trainable weights: for each sample
+    and output direction, the vector-Jacobian product of the module's forward (its weights
+    alone the variables) with the captured output gradient, by torch.func, vectorised over
+    both. Exact for any module whose forward treats samples independently."""
+    m = layer.module
+    own = {k: p.detach() for k, p in m.named_parameters(recurse=False) if p.requires_grad}
+    n = layer.delta.shape[1]
+    batched = tuple(
+        0 if torch.is_tensor(a) and a.dim() and len(a) == n else None for a in layer.args
+    )
+
+    def sample(args: tuple, deltas: torch.Tensor) -> torch.Tensor:
+        def forward(weights: dict) -> torch.Tensor:
+            one = tuple(a.unsqueeze(0) if b == 0 else a for a, b in zip(args, batched, strict=True))
+            return torch.func.functional_call(m, weights, one, layer.kwargs)
+
+        _, pull = torch.func.vjp(forward, own)
+        grads = torch.func.vmap(lambda dr: pull(dr.unsqueeze(0))[0])(deltas)
+        return torch.cat([grads[k].flatten(1) for k in own], 1)  # (R, d)
+
+    return torch.func.vmap(sample, in_dims=(batched, 1))(layer.args, layer.delta)
 
 
 # Measured on 2 CPU cores: an element of the structured product costs about as much as this
