@@ -12,9 +12,10 @@ import torch
 from ttbench.data.cache import cached_task
 from ttbench.data.registry import get_dataset
 from ttbench.data.task import Task, sample_task
-from ttbench.models.classifier import Classifier, finetune_model
+from ttbench.models.classifier import Classifier, finetune_model, set_trainable
+from ttbench.models.lora import add_lora
 from ttbench.models.pretrain import PretrainSpec, load_or_pretrain
-from ttbench.models.zoo import TTBENCH, WEIGHT_FILES, imagenet_resnet
+from ttbench.models.zoo import TIMM_MODELS, TTBENCH, WEIGHT_FILES, imagenet_resnet, timm_classifier
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
 from ttbench.validate import check_classes
@@ -76,6 +77,7 @@ def pretrain_spec(spec: RunSpec) -> PretrainSpec:
         conv_scale=p.conv_scale,
         arch=spec.model.name,
         resolution=options.get("resolution"),
+        patch_size=spec.model.patch_size,
         source_fraction=options.get("source_fraction", 0.5),
         split_seed=options.get("split_seed", 0),
     )
@@ -87,6 +89,16 @@ def pretrained_model(spec: RunSpec) -> Classifier:
     m = spec.model
     if m.name in WEIGHT_FILES and m.pretrained != TTBENCH:
         return imagenet_resnet(m.name, m.pretrained, m.weights, m.source)
+    if m.name in TIMM_MODELS and m.pretrained != TTBENCH:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random weights (model.pretrained=false) are the same each run
+            return timm_classifier(
+                m.name,
+                10,
+                spec.dataset.resolution,
+                m.patch_size,
+                m.weights if m.pretrained else None,
+            )
     pre = pretrain_spec(spec)
     source = get_dataset(pre.dataset, **_source_options(spec)).source
     return load_or_pretrain(pre, spec.cache_dir, source)
@@ -113,9 +125,17 @@ class Setup:
     pretrained: Classifier
 
     def model(self) -> Classifier:
-        """A fresh fine-tuning model at w0: the pretrained body, the seed's k-way head."""
-        head_std = self.spec.model.head_init_std
-        model = finetune_model(self.pretrained, self.task.n_classes, head_std, self.spec.seed)
+        """A fresh fine-tuning model at w0: the pretrained body, the seed's k-way head, the
+        adapters (drawn from the seed), and the weights that train set (spec.finetune)."""
+        spec = self.spec
+        model = finetune_model(
+            self.pretrained, self.task.n_classes, spec.model.head_init_std, spec.seed
+        )
+        if spec.finetune.lora_rank is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(spec.seed)
+                add_lora(model.body, spec.finetune.lora_rank, spec.finetune.lora_alpha)
+        set_trainable(model, spec.finetune.trainable)
         return model.to(self.device)
 
 

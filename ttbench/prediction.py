@@ -27,7 +27,7 @@ from ttbench.bands import Calibration, disagreement
 from ttbench.core import losses, refine, sgd
 from ttbench.core.curves import Curves, t_eps_quantiles
 from ttbench.core.dynamics import discrete, sharpness
-from ttbench.core.jacobian import jacobian_factors
+from ttbench.core.jacobian import GENERIC, jacobian_factors, routes
 from ttbench.core.linearize import block_size, blocked_gram, gram, jvp
 from ttbench.core.projected import (
     diagonal_noise_features,
@@ -93,6 +93,19 @@ def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, at: str = ""):
     return f0, theta
 
 
+def log_routes(model: nn.Module) -> None:
+    """Which route each module's weights take through the Theta engine."""
+    generic = [n or type(model).__name__ for n, r in routes(model).items() if r == GENERIC]
+    factored = len(routes(model)) - len(generic)
+    log.info(
+        "Theta engine: %d modules through factors, %d generic (torch.func per-sample "
+        "gradients, slower)%s",
+        factored,
+        len(generic),
+        f": {', '.join(generic[:8])}{', ...' if len(generic) > 8 else ''}" if generic else "",
+    )
+
+
 def _solve_all(chosen, inputs: Inputs, stages: Stages, shared: dict[str, tuple[str, ...]]):
     out = {}
     for p in chosen:
@@ -116,6 +129,7 @@ def at_w0(
     inputs = Inputs(spec, model, x, y)
     signals: dict[str, float] = {}
     if any(p.theta == W0 for p in every):
+        log_routes(model)
         diagonal = spec.stochastic.noise == "diagonal"
         noise = [p for p in chosen if p.diagonal_noise and diagonal]
         inputs.f0, inputs.theta = _theta(spec, model, x, stages)

@@ -108,6 +108,16 @@ class ModelSpec:
     source: str | None = None  # ImageNet ResNets: torchvision | timm
     pretrained: bool | str = True  # ImageNet weights, none, or "ttbench": pretrained by ttbench
     weights: str | None = None
+    patch_size: int | None = None  # a ViT's
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """Which weights fine-tuning trains (and Theta is built over), and the adapters."""
+
+    trainable: str  # all | head | norm | adapters (the head always trains)
+    lora_rank: int | None  # LoRA on every Linear of the body (None: none)
+    lora_alpha: float  # the adapters' scale is alpha / rank
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,7 @@ class RunSpec:
     refine: RefineSpec
     probes: ProbeSpec
     plan: PlanSpec
+    finetune: FinetuneSpec
     device: str
     threads: int | None  # CPU threads (None: build.cpu_threads decides)
     cache_dir: Path

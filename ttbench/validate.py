@@ -22,11 +22,12 @@ from ttbench.core.losses import LOSSES
 from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
 from ttbench.core.sketch import SKETCHES
 from ttbench.data.registry import DATASETS, NUM_CLASSES
-from ttbench.models.zoo import TTBENCH
+from ttbench.models.zoo import TIMM_MODELS, TTBENCH
 from ttbench.predictors import PREDICTORS, STOCHASTIC
 from ttbench.probes import PROBES
 from ttbench.spec import (
     DataSpec,
+    FinetuneSpec,
     ModelSpec,
     PlanSpec,
     PretrainSettings,
@@ -156,6 +157,7 @@ def validate(cfg: DictConfig) -> RunSpec:
         _choice("probes", name, PROBES)
     _probe_settings(cfg)
     _plan_settings(cfg)
+    _finetune_settings(cfg)
     if names and cfg.weight_decay != 0:
         raise ConfigError(
             "weight_decay", cfg.weight_decay, "the predictors model 0 only (or use predictor=none)"
@@ -198,12 +200,32 @@ def _plan_settings(cfg: DictConfig) -> None:
         raise ConfigError("plan.table", p.table, "is not a file: run python -m ttbench.plan first")
 
 
+TRAINABLE = ("all", "head", "norm", "adapters")
+
+
+def _finetune_settings(cfg: DictConfig) -> None:
+    _choice("trainable", cfg.trainable, TRAINABLE)
+    if cfg.lora.rank is not None:
+        _integer(cfg, "lora.rank", 1)
+        if _number(cfg, "lora.alpha") <= 0:
+            raise ConfigError("lora.alpha", cfg.lora.alpha, "must be > 0")
+    elif cfg.trainable == "adapters":
+        raise ConfigError("trainable", "adapters", "needs adapters: set lora.rank (e.g. 8)")
+
+
 def _pretrained(cfg: DictConfig) -> None:
     """model.pretrained of an ImageNet ResNet: its weights, none, or ttbench's own, pretrained
     on the source part of the run's dataset (which must have one)."""
     value = cfg.model.pretrained
     if value not in (True, False, TTBENCH):
         raise ConfigError("model.pretrained", value, f"must be true, false or {TTBENCH}")
+    if value is True and cfg.model.name in TIMM_MODELS and not cfg.model.weights:
+        raise ConfigError(
+            "model.pretrained",
+            value,
+            f"{cfg.model.name}: set model.weights=FILE (timm's weights, .safetensors or .pth), "
+            f"or model.pretrained={TTBENCH} (pretrained here on the digits) or false",
+        )
     if value == TTBENCH and (cfg.model.get("pretrain") is None or cfg.dataset.name != "digits"):
         raise ConfigError(
             "model.pretrained",
@@ -372,6 +394,7 @@ def _model(m: DictConfig) -> ModelSpec:
         pretrained=m.pretrained,
         weights=m.weights,
         pretrain=PretrainSettings(**_plain(m.pretrain)) if own else None,
+        patch_size=m.get("patch_size"),
     )
 
 
@@ -407,6 +430,7 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         subset=SubsetSpec(**_plain(cfg.subset)),
         stochastic=StochasticSpec(**_plain(cfg.stochastic)),
         refine=RefineSpec(refine_steps(cfg), cfg.refine.theta),
+        finetune=FinetuneSpec(cfg.trainable, cfg.lora.rank, float(cfg.lora.alpha)),
         plan=PlanSpec(
             eps=plan_eps(cfg),
             predictor=plan_predictor(cfg),

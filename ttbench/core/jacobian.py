@@ -203,7 +203,10 @@ def _generic(layer: _Layer) -> torch.Tensor:
         grads = torch.func.vmap(lambda dr: pull(dr.unsqueeze(0))[0])(deltas)
         return torch.cat([grads[k].flatten(1) for k in own], 1)  # (R, d)
 
-    return torch.func.vmap(sample, in_dims=(batched, 1))(layer.args, layer.delta)
+    with (
+        torch.no_grad()
+    ):  # the module's other weights stay out of autograd; torch.func still differentiates
+        return torch.func.vmap(sample, in_dims=(batched, 1))(layer.args, layer.delta)
 
 
 # Measured on 2 CPU cores: an element of the structured product costs about as much as this

@@ -18,6 +18,24 @@ class Classifier(nn.Module):
         return self.head(self.body(x))
 
 
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def set_trainable(model: Classifier, which: str) -> None:
+    """Which weights train: all; the head only; the head and the body's normalisation layers'
+    affine weights (BatchNorm, LayerNorm, GroupNorm, and their subclasses such as timm's
+    LayerNorm2d); the head and the LoRA adapters (ttbench.models.lora)."""
+    for name, p in model.body.named_parameters():
+        owner = name.rpartition(".")[0]
+        module = model.body.get_submodule(owner)
+        p.requires_grad_(
+            which == "all"
+            or (which == "norm" and isinstance(module, NORMS))
+            or (which == "adapters" and owner.rpartition(".")[2] in ("lora_a", "lora_b"))
+        )
+    model.head.requires_grad_(True)
+
+
 def finetune_model(pretrained: Classifier, k: int, head_init_std: float, seed: int) -> Classifier:
     """The model at w0: the pretrained body with a fresh k-way head (weights N(0, std^2), bias 0,
     drawn from `seed`), in eval mode so BatchNorm statistics stay frozen while all weights train.

@@ -21,7 +21,7 @@ from torch import nn
 from ttbench.files import atomic_save
 from ttbench.models.classifier import Classifier
 from ttbench.models.small_resnet import small_resnet
-from ttbench.models.zoo import split_head
+from ttbench.models.zoo import TIMM_MODELS, split_head, timm_classifier
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -40,14 +40,17 @@ class PretrainSpec:
     batch_size: int
     seed: int
     conv_scale: float = 1.0  # function-preserving rescale applied after pretraining
-    arch: str = "small_resnet"  # or a torchvision ResNet (resnet18, resnet34)
+    arch: str = "small_resnet"  # or a torchvision ResNet (resnet18, resnet34), or TIMM_MODELS
     resolution: int | None = None  # the source images' size (None: the dataset's own)
+    patch_size: int | None = None  # a ViT's
     source_fraction: float = 0.5  # the source part of the dataset (its target part is tasks)
     split_seed: int = 0
 
     def build(self) -> Classifier:
         if self.arch == "small_resnet":
             return small_resnet(self.in_channels, self.width, self.num_classes)
+        if self.arch in TIMM_MODELS:
+            return timm_classifier(self.arch, self.num_classes, self.resolution, self.patch_size)
         return split_head(getattr(torchvision.models, self.arch)(num_classes=self.num_classes))
 
     def identity(self) -> dict:
@@ -58,6 +61,7 @@ class PretrainSpec:
             "resolution": None,
             "source_fraction": 0.5,
             "split_seed": 0,
+            "patch_size": None,
         }
         return {k: v for k, v in asdict(self).items() if later.get(k, object()) != v}
 

@@ -16,6 +16,7 @@ from torch import nn
 from ttbench.models.classifier import Classifier
 
 WEIGHT_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth"}
+TIMM_MODELS = {"vit_tiny": "vit_tiny_patch16_224", "convnext_atto": "convnext_atto"}
 TTBENCH = "ttbench"  # model.pretrained=ttbench: weights ttbench pretrains on a source task
 
 
@@ -98,6 +99,37 @@ def _load_body(model: nn.Module, state: dict, arch: str, path: Path) -> None:
     same = all(tuple(v.shape) == tuple(model.state_dict()[k].shape) for k, v in fc.items())
     keep = {k: v for k, v in state.items() if not k.startswith("fc.") or (same and fc)}
     model.load_state_dict(keep, strict=False)
+
+
+def timm_classifier(
+    arch: str,
+    num_classes: int,
+    img_size: int | None = None,
+    patch_size: int | None = None,
+    weights: str | None = None,
+) -> Classifier:
+    """timm's ViT or ConvNeXt (TIMM_MODELS) as body (its classifier reset: the body returns
+    pooled features) and its classifier as the head. A ViT takes `img_size` and `patch_size`;
+    `weights` (a local file of timm's weights, loaded through timm's own filter, which
+    resamples a ViT's position embedding to img_size) or random weights."""
+    import timm
+
+    kwargs = {"num_classes": num_classes}
+    if arch == "vit_tiny":
+        kwargs |= {k: v for k, v in (("img_size", img_size), ("patch_size", patch_size)) if v}
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFound(f"model {arch}: no weights at {path}")
+        kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+    try:
+        model = timm.create_model(TIMM_MODELS[arch], **kwargs)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise WeightsNotFound(f"model {arch}: {weights} cannot be loaded ({first})") from e
+    head = model.get_classifier()
+    model.reset_classifier(0)
+    return Classifier(model, head).eval()
 
 
 def split_head(resnet: nn.Module) -> Classifier:
