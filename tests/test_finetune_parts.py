@@ -73,3 +73,24 @@ def test_timm_models_and_adapters_run_end_to_end(overrides, tmp_path):
     assert not rec.real.diverged and not rec.predictors["discrete"].diverged
     partial = any(o.startswith("finetune=") for o in overrides)
     assert (rec.task.D < 1_000_000) == partial  # the trainable weights: all, or a few
+
+
+def test_timm_weights_from_a_local_file(tmp_path):
+    """model.pretrained=true reads timm's weights from model.weights through timm's loader
+    (its classifier of another size dropped); a file that is not such weights is one line."""
+    import timm
+
+    from ttbench.models.zoo import WeightsNotFound, timm_classifier
+
+    torch.manual_seed(0)
+    source = timm.create_model("convnext_atto", pretrained=False)  # 1000 classes
+    path = tmp_path / "convnext_atto.pth"
+    torch.save(source.state_dict(), path)
+    model = timm_classifier("convnext_atto", 5, weights=str(path))
+    torch.testing.assert_close(model.body.stem[0].weight, source.stem[0].weight)
+    assert model.head.out_features == 5
+    torch.save({"nothing": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsNotFound, match="cannot be loaded"):
+        timm_classifier("convnext_atto", 5, weights=str(tmp_path / "bad.pth"))
+    with pytest.raises(ConfigError, match=r"set model\.weights=FILE"):
+        spec_of(["model=convnext_atto", "model.pretrained=true", "dataset.channels=3"])

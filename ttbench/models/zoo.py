@@ -7,6 +7,7 @@ downloaded them with torchvision needs nothing else; `model.weights=<file>` name
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -109,27 +110,48 @@ def timm_classifier(
     weights: str | None = None,
 ) -> Classifier:
     """timm's ViT or ConvNeXt (TIMM_MODELS) as body (its classifier reset: the body returns
-    pooled features) and its classifier as the head. A ViT takes `img_size` and `patch_size`;
-    `weights` (a local file of timm's weights, loaded through timm's own filter, which
-    resamples a ViT's position embedding to img_size) or random weights."""
+    pooled features) and its classifier as the head. A ViT takes `img_size` and `patch_size`.
+    Random weights, or `weights`: a local file of timm's weights, passed through timm's own
+    checkpoint filter (which resamples a ViT's position embedding to img_size)."""
     import timm
 
     kwargs = {"num_classes": num_classes}
     if arch == "vit_tiny":
         kwargs |= {k: v for k, v in (("img_size", img_size), ("patch_size", patch_size)) if v}
+    model = timm.create_model(TIMM_MODELS[arch], **kwargs)
     if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsNotFound(f"model {arch}: no weights at {path}")
-        kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
-    try:
-        model = timm.create_model(TIMM_MODELS[arch], **kwargs)
-    except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise WeightsNotFound(f"model {arch}: {weights} cannot be loaded ({first})") from e
+        _load_timm(model, arch, Path(weights).expanduser())
     head = model.get_classifier()
     model.reset_classifier(0)
     return Classifier(model, head).eval()
+
+
+def _load_timm(model: nn.Module, arch: str, path: Path) -> None:
+    """Load timm weights, a classifier of another size left out; WeightsNotFound names what
+    is missing, unexpected or of another shape."""
+    if not path.is_file():
+        raise WeightsNotFound(f"model {arch}: no weights at {path}")
+    try:
+        state = _load_state(path)
+        if not isinstance(state, dict):
+            raise TypeError("not a state dict")
+        filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            state = filter_fn(state, model)
+        own = model.state_dict()
+        head = {id(p) for p in model.get_classifier().parameters()}
+        classifier = {k for k, p in model.named_parameters() if id(p) in head}
+        state = {k: v for k, v in state.items() if k not in classifier or v.shape == own[k].shape}
+        result = model.load_state_dict(state, strict=False)
+    except Exception as e:  # any unreadable or mismatching file, whatever raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsNotFound(f"model {arch}: {path} cannot be loaded ({first})") from e
+    missing = [k for k in result.missing_keys if k not in classifier]
+    if missing or result.unexpected_keys:
+        raise WeightsNotFound(
+            f"model {arch}: {path} cannot be loaded (not {arch} weights: {len(missing)} tensors "
+            f"missing, {len(result.unexpected_keys)} unexpected)"
+        )
 
 
 def split_head(resnet: nn.Module) -> Classifier:
