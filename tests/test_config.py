@@ -22,8 +22,8 @@ def test_every_config_group_option_composes_and_validates():
             extra += ["optim=sgd"] if option in ("relin_sgd",) else []
             if group == "dataset" and option != "digits":
                 extra += ["model=resnet18"]
-            if group == "model" and option == "resnet18_digits":
-                extra += ["dataset.channels=3", "dataset.resolution=16"]
+            if group == "model" and option in ("resnet18_digits", "vit_tiny", "convnext_atto"):
+                extra += ["dataset.channels=3", "dataset.resolution=32"]
             elif group == "model" and option != "small_resnet":
                 extra += ["dataset=cifar10"]
             cfg = compose_cfg([f"{group}={option}", *extra])

@@ -14,7 +14,7 @@ PAPER = [
     *("fig1_gd", "fig1_sgd", "table1", "fig6_lr", "fig6_batch", "fig6_size", "fig2_elr"),
     *("fig4_projection", "fig4_spectrum", "fig7_subset", "fig8_noise"),
     *("fig9_weight_vs_function", "fig3_clustering"),
-    *("fidelity_gd", "fidelity_lazy", "fidelity_sgd", "fidelity_resnet"),
+    *("fidelity_gd", "fidelity_lazy", "fidelity_sgd", "fidelity_resnet", "fidelity_vit"),
 ]
 
 
