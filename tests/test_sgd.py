@@ -7,9 +7,9 @@ import torch
 from ttbench.bench.baseline import jacobian
 from ttbench.core import dynamics, losses, sgd
 from ttbench.core.curves import t_eps_quantiles
-from ttbench.core.jacobian import jacobian_factors
+from ttbench.core.jacobian import blocks, jacobian_factors, materialise
 from ttbench.core.linearize import LinearizedModel, diagonal_noise_gram
-from ttbench.core.projected import diagonal_noise_features
+from ttbench.core.projected import diagonal_noise_features, weight_variances
 from ttbench.core.sketch import Sketch
 from ttbench.train import finetune
 
@@ -202,3 +202,20 @@ def test_sde_with_momentum_is_stable_where_heavy_ball_is(sgd_problem):
     exact = sgd.exact_sgd(lin.theta, lin.f0, y, lr=lr, momentum=m, loss="mse", batches=batches)
     gap = np.abs(new.curves.loss - exact.curves.loss) / exact.curves.loss[0]
     assert gap.max() < 0.03, gap.max()  # Monte-Carlo and Gaussian-noise error only
+
+
+def test_weight_variances_equal_those_of_the_materialised_gradients(sgd_problem):
+    """The diagonal of Sigma, by both routes: per-sample gradients materialised, and the GEMM
+    of position pairs for layers with few positions (this small ResNet's 2x2 stage)."""
+    model, x, _, _, _ = sgd_problem
+    y = torch.arange(12) % 3
+    with torch.no_grad():
+        s = losses.grad_f(model(x), y, "ce") * 12
+    factors = jacobian_factors(model, x)
+    pieces = blocks(factors, lambda A, D: True)  # the order weight_variances uses
+    grads = [materialise(*p) if isinstance(p, tuple) else p for p in pieces]
+    want = [torch.einsum("ncd,nc->nd", g, s).var(0, unbiased=False) for g in grads]
+    got = weight_variances(model, x, s, chunk=5)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w.double(), rtol=1e-9, atol=1e-14)

@@ -48,6 +48,45 @@ def sketch_is_cheaper(
     return sketched < exact
 
 
+def weight_variances(
+    model: nn.Module, x: torch.Tensor, sample_grads: torch.Tensor, chunk: int = 256
+) -> list[torch.Tensor]:
+    """Per block of weights (in `blocks` order), the variance over the samples of the per-sample
+    loss gradients h_i = J_i^T sample_grads[i]: the diagonal of Sigma (Section 4), in float64.
+    One backward pass of sum_i f_i . s_i per chunk of samples. For a weight matrix with few
+    positions P, sum_i h_i^2 = sum_{i,p,q} (e_ip * e_iq)(a_ip * a_iq)^T is one GEMM of
+    n P^2 rows instead of n per-sample gradients of O K elements each (memory traffic)."""
+    moments: list[torch.Tensor] = []  # per block: (2, d) sums of h and h^2
+    f64 = torch.float64
+    for start in range(0, len(x), chunk):
+        ss = sample_grads[start : start + chunk]
+        f, layers = capture(
+            model, x[start : start + chunk], lambda f, ss=ss: (f * ss.to(f)).sum(1, keepdim=True)
+        )
+        for b, piece in enumerate(blocks(JacobianFactors(f, layers), _factored)):
+            if (
+                isinstance(piece, tuple)
+                and piece[0].shape[1] ** 2 <= piece[0].shape[1] + SCATTER_COST
+            ):
+                A, D = piece[0].double(), piece[1][0].double()  # (n, P, K), (n, P, O)
+                a2 = (A.unsqueeze(2) * A.unsqueeze(1)).flatten(0, 2)  # (n P^2, K)
+                e2 = (D.unsqueeze(2) * D.unsqueeze(1)).flatten(0, 2)  # (n P^2, O)
+                m = torch.stack(
+                    [(D.flatten(0, 1).T @ A.flatten(0, 1)).flatten(), (e2.T @ a2).flatten()]
+                )
+            else:
+                m = 0
+                for h in in_slices(piece):
+                    h = h[:, 0]
+                    m = m + torch.stack([h.sum(0, dtype=f64), (h * h).sum(0, dtype=f64)])
+            if b < len(moments):
+                moments[b] += m
+            else:
+                moments.append(m)
+    n = len(x)
+    return [(m[1] / n - (m[0] / n) ** 2).clamp_min(0) for m in moments]
+
+
 def _factored(A: torch.Tensor, D: torch.Tensor) -> bool:
     return True
 
@@ -73,26 +112,8 @@ def diagonal_noise_features(
     Cov ~ Cov_s (x) I_C."""
     if sketch.kind != "countsketch":
         raise ValueError("the diagonal noise is sketched with a countsketch")
-    s = sample_grads
     starts = range(0, len(x), chunk)
-    moments: list[torch.Tensor] = []  # per block: (2, d) sums of h and h^2, in float64
-    for start in starts:
-        ss = s[start : start + chunk]
-        f, layers = capture(
-            model, x[start : start + chunk], lambda f, ss=ss: (f * ss.to(f)).sum(1, keepdim=True)
-        )
-        for b, piece in enumerate(blocks(JacobianFactors(f, layers), _factored)):
-            m = 0
-            for h in in_slices(piece):
-                h = h[:, 0]
-                f64 = torch.float64
-                m = m + torch.stack([h.sum(0, dtype=f64), (h * h).sum(0, dtype=f64)])
-            if b < len(moments):
-                moments[b] += m
-            else:
-                moments.append(m)
-    n_all = len(x)
-    sigma = [(m[1] / n_all - (m[0] / n_all) ** 2).clamp_min(0).sqrt() for m in moments]
+    sigma = [v.sqrt() for v in weight_variances(model, x, sample_grads, chunk)]
     rows = []
     for start in starts:
         factors = jacobian_factors(model, x[start : start + chunk], outputs, seed)
