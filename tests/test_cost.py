@@ -41,6 +41,7 @@ def test_projected_mode_builds_the_exact_theta_where_that_is_cheaper(tmp_path, c
 
 
 def test_output_directions_need_a_mode_that_estimates_the_trace():
+    assert spec_of(["theta.outputs=1", "refine.theta=projected"]).theta.outputs == 1  # at w_k
     with pytest.raises(ConfigError, match=r"theta\.outputs=1 is invalid: estimates"):
         spec_of(["theta.outputs=1"])
     with pytest.raises(ConfigError, match=r"theta\.outputs=0"):

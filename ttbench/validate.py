@@ -126,11 +126,12 @@ def validate(cfg: DictConfig) -> RunSpec:
     _choice("theta.sketch", cfg.theta.sketch, SKETCHES)
     if cfg.theta.get("outputs") is not None:
         _integer(cfg, "theta.outputs", 1)
-        if cfg.theta.mode == "exact":
+        if cfg.theta.mode == "exact" and cfg.refine.theta in (None, "exact"):
             raise ConfigError(
                 "theta.outputs",
                 cfg.theta.outputs,
-                "estimates the class-averaged Theta_s: use theta.mode=trace or projected",
+                "estimates the class-averaged Theta_s: use theta.mode (or refine.theta) = "
+                "trace or projected",
             )
     if _number(cfg, "theta.memory_gb") <= 0:
         raise ConfigError("theta.memory_gb", cfg.theta.memory_gb, "must be > 0")
