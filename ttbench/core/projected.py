@@ -91,6 +91,16 @@ def _factored(A: torch.Tensor, D: torch.Tensor) -> bool:
     return True
 
 
+def _by_slices(phi: torch.Tensor, piece, add) -> None:
+    """add(rows of phi, their per-sample gradients (rows, d)) for a piece, a few samples at a
+    time (`in_slices`), rows (i, r) i-major."""
+    row = 0
+    for g in in_slices(piece):
+        g = g.reshape(-1, g.shape[2])
+        add(phi[row : row + len(g)], g)
+        row += len(g)
+
+
 def diagonal_noise_features(
     model: nn.Module,
     x: torch.Tensor,
@@ -123,11 +133,7 @@ def diagonal_noise_features(
         for b, piece in enumerate(blocks(factors, _factored)):
             bucket, sign = sketch.countsketch_map(b, len(sigma[b]), f0.device, f0.dtype)
             scale = sign * sigma[b].to(f0.dtype)
-            row = 0
-            for g in in_slices(piece):
-                g = g.reshape(-1, g.shape[2])
-                phi[row : row + len(g)].index_add_(1, bucket, g * scale)
-                row += len(g)
+            _by_slices(phi, piece, lambda out, g, i=bucket, w=scale: out.index_add_(1, i, g * w))
         rows.append(phi)
     phi = torch.cat(rows)
     if outputs is None:
@@ -166,11 +172,7 @@ def projected_features(
             if isinstance(piece, tuple) and factored(*piece):
                 sketch.project_factors_into(phi, block, *piece)
             elif sketch.kind == "countsketch":  # cheap to regenerate: slice to stay in cache
-                row = 0
-                for g in in_slices(piece):
-                    g = g.reshape(-1, g.shape[2])
-                    sketch.project_into(phi[row : row + len(g)], block, g)
-                    row += len(g)
+                _by_slices(phi, piece, lambda out, g, b=block: sketch.project_into(out, b, g))
             else:
                 g = materialise(*piece) if isinstance(piece, tuple) else piece
                 sketch.project_into(phi, block, g.reshape(n * R, -1))
