@@ -95,8 +95,9 @@ def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, at: str = ""):
 
 def log_routes(model: nn.Module) -> None:
     """Which route each module's weights take through the Theta engine."""
-    generic = [n or type(model).__name__ for n, r in routes(model).items() if r == GENERIC]
-    factored = len(routes(model)) - len(generic)
+    every = routes(model)
+    generic = [n or type(model).__name__ for n, r in every.items() if r == GENERIC]
+    factored = len(every) - len(generic)
     log.info(
         "Theta engine: %d modules through factors, %d generic (torch.func per-sample "
         "gradients, slower)%s",
