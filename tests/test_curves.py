@@ -1,7 +1,21 @@
 import numpy as np
 import pytest
 
-from ttbench.core.curves import Curves, relative_error, smooth, t_eps, t_eps_grid, t_eps_quantiles
+from ttbench.core.curves import (
+    CATAPULT,
+    CONVERGED,
+    EXPLODED,
+    Curves,
+    blew_up,
+    exploding,
+    outcome,
+    relative_error,
+    smooth,
+    spike_at,
+    t_eps,
+    t_eps_grid,
+    t_eps_quantiles,
+)
 
 
 def test_exponential_decay_matches_closed_form():
@@ -43,6 +57,39 @@ def test_noisy_curve_must_stay_in_band():
 
 def test_increasing_curve_uses_range():
     assert t_eps([0.0, 1.0, 2.0, 3.0, 4.0], 0.3) == 3
+
+
+def test_a_spike_above_the_start_does_not_widen_the_range():
+    # R = max(L_0, L_T) - min = 10 - 1, not 50 - 1: the band is measured against the progress
+    curve = [10.0, 4.0, 50.0, 6.0, 2.0, 1.2, 1.0]
+    assert t_eps(curve, 0.1) == 5  # |1.2 - 1| = 0.2 < 0.9, |2 - 1| = 1 >= 0.9
+    assert t_eps(curve, 0.4) == 4  # the spike and its descent lie outside the band
+
+
+def test_outcomes_converged_catapult_exploded():
+    assert outcome([2.0, 1.0, 0.5, 0.4]) == CONVERGED
+    # a bump that undoes a quarter of the progress is not a spike
+    assert outcome([2.0, 1.0, 1.25, 0.5]) == CONVERGED
+    # undoing half of it (1.0 -> 1.5 of 2.0 -> 1.0) is, above the start or not
+    assert outcome([2.0, 1.0, 1.5, 0.5]) == CATAPULT
+    assert spike_at([2.0, 1.0, 1.5, 0.5]) == 2
+    assert outcome([2.0, 1.0, 100.0, 0.5]) == CATAPULT  # 50x its start, then recovered
+    # near zero, a large relative bump is no spike: it rises by less than 10% of the start
+    assert outcome([2.0, 0.01, 0.15, 0.001]) == CONVERGED
+    assert outcome([2.0, 1.0, 2001.0, 0.5]) == EXPLODED  # above 1000x its start
+    assert outcome([2.0, 1.0, 3.0]) == EXPLODED  # ends above its start: no recovery
+    assert outcome([2.0, np.nan]) == EXPLODED
+    assert exploding(2.0, np.inf) and exploding(2.0, 2001.0) and not exploding(2.0, 1999.0)
+    assert blew_up([2.0, 1.0, 3.0]) and not blew_up([2.0, 30.0, 1.0])
+
+
+def test_curves_outcome_reads_spikes_after_smoothing_and_in_steps():
+    noisy = np.array([2.0, 1.6, 1.2, 1.7, 0.9, 0.7, 0.6, 0.5, 0.45])
+    c = Curves(noisy, np.zeros(9), interval=5)
+    assert c.outcome() == CATAPULT and c.spike_at() == 15
+    assert c.outcome(window=5) == CONVERGED  # batch noise, smoothed away
+    stopped = Curves(np.array([2.0, 50.0, 5000.0, np.nan]), np.zeros(4), True, interval=2)
+    assert stopped.outcome() == EXPLODED and stopped.stopped_at == 4
 
 
 def test_non_finite_curve_has_no_time():

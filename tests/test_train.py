@@ -4,6 +4,9 @@ import torch
 from torch import nn
 
 from ttbench.core import losses
+from ttbench.core.curves import CATAPULT, EXPLODE, EXPLODED
+from ttbench.core.dynamics import sharpness
+from ttbench.core.linearize import linearize
 from ttbench.train import finetune, load_state
 
 
@@ -58,6 +61,33 @@ def test_losses_have_documented_normalisation():
         0.5 * ((f - onehot) ** 2).sum().item() / 3
     )
     assert losses.error(f, y).item() == pytest.approx(1 / 3)
+
+
+def _two_layers(d: int, width: int, c: int) -> nn.Module:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(d, width, bias=False), nn.Linear(width, c, bias=False))
+    with torch.no_grad():
+        model[0].weight.normal_(0, d**-0.5)
+        model[1].weight.normal_(0, width**-0.5)
+    return model.double()
+
+
+def test_a_catapult_is_trained_through_and_an_explosion_stops():
+    """The two-layer linear network of Lewkowycz et al. (2020), MSE: at 1.5x the stability
+    edge of its linearisation the loss spikes far above 10x its start, then recovers (a
+    catapult); at 5x it explodes and the run stops there."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 8, dtype=torch.float64), torch.arange(16) % 2
+    lin = linearize(_two_layers(8, 256, 2), x)
+    edge = 2 / sharpness(lin.theta, lin.f0, "mse")
+    run = finetune(_two_layers(8, 256, 2), x, y, lr=1.5 * edge, momentum=0, steps=100, loss="mse")
+    assert run.outcome() == CATAPULT and not run.diverged
+    assert np.nanmax(run.loss) > 10 * run.loss[0] and run.loss[-1] < 0.7 * run.loss[0]
+    assert np.isfinite(run.loss).all() and run.spike_at() == 2
+    assert None not in run.t_eps("loss", [0.1, 0.4]).values()
+    run = finetune(_two_layers(8, 256, 2), x, y, lr=5 * edge, momentum=0, steps=100, loss="mse")
+    assert run.outcome() == EXPLODED and run.diverged
+    assert run.stopped_at < 100 and run.loss[run.stopped_at] > EXPLODE * run.loss[0]
 
 
 def test_divergence_is_recorded_and_stops():

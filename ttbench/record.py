@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ttbench.core.curves import Curves, relative_error
+from ttbench.core.curves import CONVERGED, EXPLODED, Curves, relative_error
 from ttbench.files import atomic_write
 
 FORMAT_VERSION = 2
@@ -69,8 +69,23 @@ class PredictorRecord:
 @dataclass(frozen=True)
 class Real:
     t_eps: Times
-    diverged: bool
+    diverged: bool  # exploded: no T_eps (ttbench.core.curves)
     resumed_at: int | None = None  # the step fine-tuning resumed from, after preemption
+    outcome: str = CONVERGED  # converged | catapult | exploded (ttbench.core.curves.outcome)
+    spike_at: int | None = None  # the step at which the loss spiked (catapult or explosion)
+    stopped_at: int | None = None  # the step at which an explosion stopped the fine-tuning
+
+    @classmethod
+    def of(cls, curves: Curves, eps: Iterable[float], window: int, resumed_at: int | None):
+        """The real run's record from its curves (T_eps and spikes read after smoothing)."""
+        return cls(
+            t_eps(curves, eps, window),
+            curves.diverged,
+            resumed_at,
+            curves.outcome(window),
+            curves.spike_at(window),
+            curves.stopped_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,9 @@ class Record:
             "device": self.device,
             "finetune_s": self.stages["finetune"]["wall_s"],
             "real_diverged": self.real.diverged,
+            "real_outcome": self.real.outcome,
+            "real_spike_at": self.real.spike_at,
+            "real_stopped_at": self.real.stopped_at,
             **{f"signal.{k}": v for k, v in self.signals.items()},
         }
         rows = []
@@ -154,6 +172,7 @@ class Record:
                             "eps": e,
                             "t_real": t_real,
                             "t_pred": pred.t_eps[kind][i],
+                            "pred_diverged": pred.diverged,
                             "abs_err": errors[i][0],
                             "rel_err": errors[i][1],
                             "q05": b.q05,
@@ -196,6 +215,9 @@ def _to_json(rec: Record) -> dict[str, Any]:
         "curves_file": CURVES,
         "real": {
             "diverged": rec.real.diverged,
+            "outcome": rec.real.outcome,
+            "spike_at": rec.real.spike_at,
+            "stopped_at": rec.real.stopped_at,
             "resumed_at": rec.real.resumed_at,
             "t_eps": {k: list(v) for k, v in rec.real.t_eps.items()},
         },
@@ -245,6 +267,19 @@ def _quantiles(d: Mapping[str, Any], eps: list[str] | None) -> dict[str, tuple[Q
     return out
 
 
+def _real(d: Mapping[str, Any], eps: list[str] | None) -> Real:
+    """The real run; records from before outcomes were recorded read as converged or exploded."""
+    outcome = d.get("outcome", EXPLODED if d["diverged"] else CONVERGED)
+    return Real(
+        _times(d["t_eps"], eps),
+        d["diverged"],
+        d["resumed_at"],
+        outcome,
+        d.get("spike_at"),
+        d.get("stopped_at"),
+    )
+
+
 def _stages_v1(timing: Mapping[str, Any]) -> tuple[str, ...]:
     skip = ("total_s", "finetune_over_predict")
     return tuple(k[: -len("_s")] for k in timing if k not in skip)
@@ -279,7 +314,7 @@ def from_json(d: Mapping[str, Any]) -> Record:
         task=TaskInfo(t["dataset"], tuple(t["classes"]), t["N"], t["C"], t["D"]),
         stages=d["stages"],
         eps=tuple(float(e) for e in d["eps"]),
-        real=Real(_times(d["real"]["t_eps"], eps), d["real"]["diverged"], d["real"]["resumed_at"]),
+        real=_real(d["real"], eps),
         predictors=predictors,
         probes=d.get("probes", {}),
         signals=d.get("signals", {}),

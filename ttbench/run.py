@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ttbench import build, cli, record
 from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR
-from ttbench.core.curves import Curves
+from ttbench.core.curves import CATAPULT, Curves
 from ttbench.files import Busy, locked
 from ttbench.plots import plot_curves
 from ttbench.prediction import (
@@ -103,7 +103,12 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
     with stages("finetune"):
         real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state, kept)
     if real.diverged:
-        log.warning("fine-tuning diverged: its loss blew up")
+        log.warning("fine-tuning diverged: its loss exploded")
+    elif real.outcome(spec.train.smooth) == CATAPULT:
+        log.warning(
+            "fine-tuning spiked at step %d and recovered (a catapult)",
+            real.spike_at(spec.train.smooth),
+        )
     if any(PREDICTORS[n].prefix for n in spec.predictors):
         refined, more = _refine(spec, s, kept, real, inputs, stages)
         predictions |= refined
@@ -130,10 +135,8 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
         ),
         stages=stages.stats,
         eps=spec.eps,
-        real=record.Real(
-            record.t_eps(real, spec.eps, spec.train.smooth),
-            real.diverged,
-            None if state is None else state["t"],
+        real=record.Real.of(
+            real, spec.eps, spec.train.smooth, None if state is None else state["t"]
         ),
         predictors=with_bands(
             {name: entry(name, p, spec) for name, p in predictions.items()},
@@ -183,7 +186,10 @@ def summary(rec: record.Record) -> str:
                 ]
         table = pd.DataFrame(columns, index=[f"eps={e}" for e in rec.eps]).fillna("-")
         tables.append(f"T_eps of the {kind} curve, in steps:\n{table.to_string()}")
-    diverged = "  (real run DIVERGED)" if rec.real.diverged else ""
+    diverged = {
+        "exploded": "  (real run DIVERGED: its loss exploded)",
+        "catapult": f"  (real run spiked at step {rec.real.spike_at}, then recovered: a catapult)",
+    }.get(rec.real.outcome, "")
     lines = [f"{head}{diverged}", f"stages: {timing}", *tables, *signal_lines(rec)]
     return "\n".join(lines)
 

@@ -3,8 +3,10 @@
 Gradient descent with heavy-ball momentum (torch.optim.SGD): full-batch by default, or
 mini-batch SGD along given batches (see ttbench.core.sgd.batch_indices). The training loss and
 error on the whole task are recorded every `eval_every` steps t = 0..T, before that step's
-update. A loss that blows up (non-finite, or above BLOWUP times its start: the rule every curve
-follows, ttbench.core.curves) stops the run, which is then marked diverged.
+update. A loss that explodes (non-finite, or above EXPLODE times its start) stops the run; a
+spike it recovers from (a catapult) does not. The run is marked diverged when its curve
+exploded by the rule every curve follows (ttbench.core.curves.blew_up), which also counts a
+run that ends above its start.
 
 With a `state_file`, the whole fine-tuning state (step, weights, optimiser buffers, curves so
 far) is saved there atomically at most every `save_every_s` seconds, tagged with `meta`; a later
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from ttbench.core import losses
-from ttbench.core.curves import Curves, blew_up
+from ttbench.core.curves import Curves, blew_up, exploding
 from ttbench.core.sgd import batch_indices
 from ttbench.files import atomic_save
 from ttbench.spec import RunSpec, Training
@@ -65,7 +67,6 @@ def finetune(
     points = steps // eval_every + 1
     loss_curve = np.full(points, np.nan)
     error_curve = np.full(points, np.nan)
-    diverged = False
     start, elapsed = 0, 0.0
     kept = {} if kept is None else kept
     if resume is not None:
@@ -101,8 +102,7 @@ def finetune(
                 error_curve[t // eval_every] = losses.error(f.detach(), y).item()
                 if on_step is not None:
                     on_step(t, loss_curve[t // eval_every])
-            if not torch.isfinite(value) or blew_up(loss_curve[[0, t // eval_every]]):
-                diverged = True
+            if not torch.isfinite(value) or exploding(loss_curve[0], loss_curve[t // eval_every]):
                 break
         if t == steps:
             break
@@ -110,11 +110,10 @@ def finetune(
             idx = batches[t].to(x.device)
             value = losses.loss(model(x[idx]), y[idx], loss)
             if not torch.isfinite(value):
-                diverged = True
                 break
         value.backward()
         opt.step()
-    return Curves(loss_curve, error_curve, diverged, interval=eval_every)
+    return Curves(loss_curve, error_curve, blew_up(loss_curve), interval=eval_every)
 
 
 def _snapshot(model: nn.Module, opt: torch.optim.Optimizer, seconds: float) -> dict[str, Any]:

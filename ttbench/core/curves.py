@@ -1,16 +1,24 @@
-"""Training curves and the epsilon-training-time T_eps (Appendix A, Section 5).
+"""Training curves, their outcome, and the epsilon-training-time T_eps (Appendix A, Section 5).
 
 T_eps is the first step after which the curve stays within eps * R of its final value L_T:
-    T_eps = min{t : |L_s - L_T| < eps * R for every s >= t},  R = max_t L_t - min_t L_t.
-Normalising eps by the range R reached within the budget T is the paper's 'normalised
-threshold' (Section 5); for a decreasing curve R = L_0 - L_T. Requiring the curve to *stay* in
-the band ("the first time after which the loss is within an eps threshold", Appendix C) equals
-Algorithm 1's "first time inside" on monotone curves and is robust to noisy ones. A flat curve
-(R = 0) has T_eps = 0; a diverged curve has none.
+    T_eps = min{t : |L_s - L_T| < eps * R for every s >= t},  R = max(L_0, L_T) - min_t L_t.
+Normalising eps by the range reached within the budget T is the paper's 'normalised threshold'
+(Section 5); for a decreasing curve R = L_0 - L_T. Requiring the curve to *stay* in the band
+("the first time after which the loss is within an eps threshold", Appendix C) equals Algorithm
+1's "first time inside" on monotone curves and is robust to noisy ones. A spike above the start
+does not widen R: T_eps then measures when the curve has settled after it. A flat curve (R = 0)
+has T_eps = 0; an exploded curve has none.
 
-A curve, real or predicted, has diverged when a value is non-finite or rises above BLOWUP times
-its start: such a run is not converging, whatever its range says (a finite blow-up, e.g. to
-1e8, would otherwise give a T_eps).
+Every curve, real or predicted, has one of three outcomes (`outcome`):
+* exploded: a non-finite value, a value above EXPLODE times its start, or an end above its start
+  (no recovery within the budget): such a run is not converging and has no T_eps;
+* catapult: it spiked (`spike_at`: the loss rose back by at least half of the progress made
+  so far, and by at least SPIKE_FLOOR of its start) and then recovered: the large learning rate
+  phase of Lewkowycz et al. (2020), where the network leaves its linearisation and settles in a
+  flatter region; it has T_eps, measured after the spike;
+* converged: neither.
+Real fine-tuning stops only at an explosion in the first sense (`exploding`), so a catapult is
+recorded whole.
 """
 
 from __future__ import annotations
@@ -21,17 +29,51 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
-BLOWUP = 10.0
+EXPLODE = 1000.0  # a loss above this multiple of its start has exploded (catapults reach 60x)
+SPIKE_UNDO = 0.5  # a spike undoes at least this share of the progress made so far
+SPIKE_FLOOR = 0.1  # and rises by at least this share of the starting loss (not batch noise)
+CONVERGED, CATAPULT, EXPLODED = "converged", "catapult", "exploded"
+OUTCOMES = (CONVERGED, CATAPULT, EXPLODED)
+
+
+def exploding(start: float, value: float) -> bool:
+    """Whether a loss `value` is an explosion of a curve that started at `start`: non-finite, or
+    above EXPLODE times the start. Real fine-tuning stops there."""
+    if not np.isfinite(value):
+        return True
+    return bool(start > 0 and value > EXPLODE * start)
 
 
 def blew_up(loss: Sequence[float] | np.ndarray) -> bool:
-    """Whether a loss curve diverged: a non-finite value, or one above BLOWUP x its first."""
+    """Whether a loss curve exploded (module docstring): a non-finite value, one above EXPLODE x
+    its first, or a last value above the first (no recovery within the budget)."""
     c = np.asarray(loss, dtype=np.float64)
     if c.size == 0:
         return False
     if not np.all(np.isfinite(c)):
         return True
-    return bool(np.max(c) > BLOWUP * max(c[0], 0.0)) if c[0] > 0 else False
+    return bool(c[0] > 0 and (np.max(c) > EXPLODE * c[0] or c[-1] > c[0]))
+
+
+def spike_at(loss: Sequence[float] | np.ndarray) -> int | None:
+    """The first index t at which the loss undoes at least SPIKE_UNDO of the progress made so
+    far, L_t - m_t >= SPIKE_UNDO (L_0 - m_t) with m_t = min_{s<t} L_s, rising by at least
+    SPIKE_FLOOR L_0 (or is not finite); None when it never does."""
+    c = np.asarray(loss, dtype=np.float64)
+    if c.size < 2:
+        return None
+    low = np.minimum.accumulate(c)[:-1]
+    rise = c[1:] - low
+    spike = (rise >= SPIKE_UNDO * (c[0] - low)) & (rise >= SPIKE_FLOOR * abs(c[0])) & (rise > 0)
+    hits = np.flatnonzero(spike | ~np.isfinite(c[1:]))
+    return int(hits[0]) + 1 if hits.size else None
+
+
+def outcome(loss: Sequence[float] | np.ndarray) -> str:
+    """EXPLODED, CATAPULT or CONVERGED (module docstring)."""
+    if blew_up(loss):
+        return EXPLODED
+    return CONVERGED if spike_at(loss) is None else CATAPULT
 
 
 @dataclass(frozen=True)
@@ -51,6 +93,26 @@ class Curves:
     @property
     def steps(self) -> int:
         return (len(self.loss) - 1) * self.interval
+
+    def outcome(self, window: int = 1) -> str:
+        """EXPLODED, CATAPULT or CONVERGED (module docstring), spikes read on the loss smoothed
+        over `window` points as T_eps is (batch noise is not a spike)."""
+        if self.diverged or blew_up(self.loss):
+            return EXPLODED
+        return CONVERGED if self.spike_at(window) is None else CATAPULT
+
+    @property
+    def stopped_at(self) -> int | None:
+        """The step of the last value of a curve cut short by an explosion (NaN after it)."""
+        bad = np.flatnonzero(np.isnan(self.loss))
+        if not bad.size or bad[0] == 0:
+            return None
+        return int(bad[0] - 1) * self.interval
+
+    def spike_at(self, window: int = 1) -> int | None:
+        """The step at which the loss (smoothed over `window` points) first spiked, or None."""
+        onset = spike_at(smooth(self.loss, window))
+        return None if onset is None else onset * self.interval
 
     def t_eps(self, kind: str, eps: Iterable[float], window: int = 1) -> dict[float, int | None]:
         """T_eps in steps of the loss or error curve, after smoothing over `window` points;
@@ -72,7 +134,7 @@ def t_eps(curve: Sequence[float] | np.ndarray, eps: float) -> int | None:
         raise ValueError("curve must be a non-empty 1-d array")
     if not np.all(np.isfinite(c)):
         return None
-    spread = c.max() - c.min()
+    spread = max(c[0], c[-1]) - c.min()
     if spread == 0:
         return 0
     outside = np.flatnonzero(np.abs(c - c[-1]) >= eps * spread)

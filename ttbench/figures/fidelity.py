@@ -65,7 +65,7 @@ def fidelity_markdown(results: pd.DataFrame) -> str:
             f"{runs} runs, seeds {', '.join(f'{s:g}' for s in seeds)}. A point is one (run, "
             "predictor, curve kind, eps); `loss_13` is the share of loss T_eps within 13% of "
             "the real one (`error_20`: error T_eps within 20%), over the points left after "
-            "`left_out` (real run diverged, no or zero real time, or, for a refined predictor, "
+            "`left_out` (no or zero real time, or, for a refined predictor, "
             "a real time within the k steps it observed). `run_*`: the band a run reports "
             "(5-95%, calibrated by ttbench's shipped calibration); `sweep_*`: the band "
             "calibrated leave-one-out on the other runs of the sweep (ttbench.bands); width in "
@@ -78,6 +78,13 @@ def fidelity_markdown(results: pd.DataFrame) -> str:
             "## Per regime",
             "",
             tb.markdown(per_regime[["regime", "predictor", *cols]], percent=_PERCENT),
+            "## Divergence: what each prediction said against what the real run did",
+            "",
+            "Runs per predictor: `converges` (it gave T_eps) or `diverges`, against the real "
+            "run's outcome: converged, catapult (spiked, then recovered) or exploded. A finite "
+            "T_eps for a run that exploded is a miss, as is `diverges` for one that did not.",
+            "",
+            tb.markdown(tb.confusion(rows)),
             "## Validity: Spearman correlation of each signal with the plain prediction's error",
             "",
             "Per run, the error is the median relative error of its loss T_eps (a missing "

@@ -35,6 +35,7 @@ def report_numbers(results: pd.DataFrame, kind: str = "loss") -> dict[str, pd.Da
     return {
         "shares": shares,
         "costs": tb.cost_summary(results),
+        "confusion": tb.confusion(results),
         "coverage": tb.coverage(results),
         "per_dataset": tb.per_dataset(results, kind),
     }
@@ -86,19 +87,27 @@ def build_report(tables: tb.Tables, artefacts: list[str] | None = None, kind: st
         "",
         f"Source: `{tables.source}`: {runs} runs, {len(results)} rows; datasets {datasets}; "
         f"devices {devices}. T_eps of the {kind} curve unless stated; a prediction is within "
-        "r when |t_pred - t_real| <= r * t_real, a missing prediction never is; runs whose "
-        "real fine-tuning diverged are left out.",
+        "r when |t_pred - t_real| <= r * t_real, a missing prediction never is; on a run "
+        "whose real fine-tuning exploded, a prediction is right only when it says "
+        '"diverges", and a finite T_eps is a miss.',
         "",
         "## Headline",
         "",
         *headline_lines(num["shares"]),
-        f"- {left_out_count(results)} points left out of every share: the real run diverged, "
-        "or had no or a zero T_eps, or (refined predictors) the real time fell within the "
-        "steps the prediction observed; per predictor in fidelity.md.",
+        f"- {left_out_count(results)} points left out of every share: the real run had no "
+        "or a zero T_eps, or (refined predictors) the real time, or the explosion, fell within "
+        "the steps the prediction observed; per predictor in fidelity.md.",
         "",
         "Share of points within the paper's tolerances (Fig. 1's points):",
         "",
         tb.markdown(num["shares"], percent=("within_13", "within_20")),
+        "## Divergence",
+        "",
+        "Runs per predictor by what it said (a T_eps, or diverges) against what the real run "
+        "did; `misses` counts a finite T_eps for a run that exploded and diverges for one "
+        "that did not:",
+        "",
+        tb.markdown(num["confusion"]) if len(num["confusion"]) else "No outcomes recorded.\n",
         "## Cost",
         "",
         *(cost_lines(num["costs"]) or ["- no runs with wall-clock."]),

@@ -3,10 +3,13 @@ the report show, as plain pandas computations (no plotting here, so tests can ch
 
 Conventions used throughout:
 - a point is one row of results.parquet: (run, predictor, curve kind, eps);
-- a point counts when the real run did not diverge and its real T_eps exists and is > 0, and,
-  for a refined predictor, is above the k steps it observed (`left_out` says how many not);
+- a point counts when its real T_eps exists and is > 0, or when the real run exploded, and,
+  for a refined predictor, when it was not observed in the k steps it saw (ttbench.points;
+  `left_out` says how many not);
 - a prediction is within a tolerance r when |t_pred - t_real| <= r * t_real; a missing t_pred
-  (the predicted curve never got within eps) is outside every tolerance.
+  (the predicted curve never got within eps, or it says "diverges") is outside every
+  tolerance; on a run that exploded, a prediction is right ("within") exactly when it says
+  "diverges", and a finite T_eps is a miss.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ttbench.points import valid
+from ttbench.points import exploded, predicted_divergence, valid
 from ttbench.record import normalise_curves
 
 TOLERANCES = (0.13, 0.20)  # the paper's headline bands: GD within 13%, SGD within 20%
@@ -99,10 +102,12 @@ def eps_rows(rows: pd.DataFrame, eps: Iterable[float]) -> pd.DataFrame:
 
 
 def within(rows: pd.DataFrame, tol: float) -> pd.Series:
-    """Whether each point's prediction is within tol * t_real of the real time."""
+    """Whether each point's prediction is within tol * t_real of the real time; on a run that
+    exploded, whether it says "diverges"."""
     t_real = rows["t_real"].astype(float)
     t_pred = rows["t_pred"].astype(float)
-    return t_pred.notna() & ((t_pred - t_real).abs() <= tol * t_real + _SLACK)
+    timed = t_pred.notna() & ((t_pred - t_real).abs() <= tol * t_real + _SLACK)
+    return timed.where(~exploded(rows), predicted_divergence(rows))
 
 
 def share_within(
@@ -145,7 +150,7 @@ def table1_rows(results: pd.DataFrame, predictor: str = "ode", kind: str = "loss
     if not len(rows):
         return rows
     rows = valid(rows[(rows["predictor"] == predictor) & (rows["kind"] == kind)])
-    return rows[rows["abs_err"].notna()]
+    return rows[rows["abs_err"].notna() & ~exploded(rows)]  # an error in steps needs two times
 
 
 def table1(
@@ -373,7 +378,8 @@ BANDS = {"run": "q", "sweep": "sweep_q"}  # the run's band, and collect's leave-
 
 def band_stats(rows: pd.DataFrame, by: Sequence[str], prefix: str = "q") -> pd.DataFrame:
     """Per group, over scorable points with a band (columns <prefix>05, <prefix>95): the share
-    whose real time lies inside, and the band's median width in steps."""
+    whose real time lies inside (a run that exploded is inside only a band open to "never"),
+    and the band's median width in steps."""
     lo_col, hi_col = f"{prefix}05", f"{prefix}95"
     rows = valid(rows)
     if lo_col not in rows:
@@ -381,7 +387,7 @@ def band_stats(rows: pd.DataFrame, by: Sequence[str], prefix: str = "q") -> pd.D
     rows = rows[rows[lo_col].notna()]
     lo, hi = rows[lo_col].astype(float), rows[hi_col].astype(float)
     t = rows["t_real"].astype(float)
-    inside = (t >= lo) & (hi.isna() | (t <= hi))
+    inside = ((t >= lo) & (hi.isna() | (t <= hi))).where(~exploded(rows), hi.isna() & lo.notna())
     g = rows.assign(_in=inside.astype(float), _w=hi - lo).groupby(list(by))
     return pd.DataFrame({"coverage": g["_in"].mean(), "width": g["_w"].median(), "n": g.size()})
 
@@ -415,14 +421,41 @@ def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor"))
     return out.reset_index()
 
 
+def confusion(results: pd.DataFrame, by: Sequence[str] = ("predictor",)) -> pd.DataFrame:
+    """Per group, runs counted by what the prediction said (converges: a T_eps, or diverges)
+    against what the real run did (converged, catapult: spiked and recovered, exploded); runs
+    whose explosion a refined predictor observed are left out. `misses`: "diverges" for a run
+    that did not explode, and a finite prediction for one that did."""
+    from ttbench.core.curves import OUTCOMES
+
+    cols = [*by, "said", *OUTCOMES, "misses"]
+    rows = valid(results[results["kind"] == "loss"]) if len(results) else results
+    if not len(rows) or "real_outcome" not in rows:
+        return pd.DataFrame(columns=cols)
+    runs = rows.drop_duplicates(["run", *by])
+    said = np.where(predicted_divergence(runs), "diverges", "converges")
+    out = (
+        runs.assign(said=said)
+        .groupby([*by, "said", "real_outcome"], sort=True)
+        .size()
+        .unstack("real_outcome", fill_value=0)
+        .reindex(columns=list(OUTCOMES), fill_value=0)
+        .reset_index()
+    )
+    wrong = np.where(out["said"] == "diverges", out["converged"] + out["catapult"], out["exploded"])
+    return out.assign(misses=wrong)[cols]
+
+
 SIGNALS = ("validity", "drift", "kernel_change", "time_scale", "stability")
 
 
 def run_error(rows: pd.DataFrame) -> pd.Series:
     """Per run, the median relative error of the loss T_eps over its scorable points, a missing
-    prediction counting as 100%."""
+    prediction counting as 100%, as does a finite one for a run that exploded (0% when it said
+    "diverges")."""
     rows = valid(rows[rows["kind"] == "loss"])
     err = rows["rel_err"].astype(float).fillna(1.0).clip(upper=1.0)
+    err = err.where(~exploded(rows), (~predicted_divergence(rows)).astype(float))
     return err.groupby(rows["run"]).median()
 
 
