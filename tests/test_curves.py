@@ -89,7 +89,7 @@ def test_curves_outcome_reads_spikes_after_smoothing_and_in_steps():
     assert c.outcome() == CATAPULT and c.spike_at() == 15
     assert c.outcome(window=5) == CONVERGED  # batch noise, smoothed away
     stopped = Curves(np.array([2.0, 50.0, 5000.0, np.nan]), np.zeros(4), True, interval=2)
-    assert stopped.outcome() == EXPLODED and stopped.stopped_at == 4
+    assert stopped.outcome() == EXPLODED and stopped.stopped_at == 4  # 5000 > 1000 x 2
 
 
 def test_non_finite_curve_has_no_time():

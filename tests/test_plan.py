@@ -25,11 +25,21 @@ def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir
     """With the run's own Theta the plan predicts exactly what the run's discrete predictor
     does, band included; its times and limits follow from the probe's seconds per step."""
     jobs = [[*JOB, "seed=0", *EXACT], [*JOB, "seed=1", "lr=0.01", *EXACT]]
-    for job in jobs:
+    unstable = [*JOB, "seed=0", "lr=3", "momentum=0.9", *EXACT]
+    for job in [unstable, *jobs]:
         spec = spec_of([*job, f"cache_dir={cache_dir}"])
         plan_job(spec, tmp_path / "plan" / run_name(job), job)
     table = finish(tmp_path / "plan")
-    assert "plan of 2 jobs (discrete on Theta exact)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "plan of 3 jobs (discrete on Theta exact)" in out
+    # the probe's watch: the unstable job is forecast to explode, and ranked last
+    said = table[table["target"]].set_index("job")["forecast"]
+    assert said[run_name(unstable)] == "diverges"
+    assert set(said.drop(run_name(unstable))) == {"converges"}
+    last = out.index(run_name(unstable))
+    assert all(out.index(run_name(job)) < last for job in jobs)
+    assert f"{run_name(unstable)}  diverges" in out
+    assert "[diverges in some seeds]" in out
     assert (tmp_path / "plan" / "plan.parquet").is_file()
     assert not list(tmp_path.glob("plan/*/result.json"))  # nothing was run
     rec = run_in_process([*jobs[0], "predictor.names=[discrete]"], tmp_path / "run", cache_dir)
@@ -92,6 +102,7 @@ def test_judging_a_plan():
         {
             "job": ["lr=1,seed=0", "lr=1,seed=1", "lr=2,seed=0", "lr=2,seed=1"],
             "t_real": [20.0, 15.0, 35.0, 70.0],
+            "outcome": "converged",
             "real_step_s": [1.0, 1.0, 1.0, 2.0],
             "job_s": [50.0, 50.0, 150.0, 150.0],
         }
@@ -105,7 +116,51 @@ def test_judging_a_plan():
     assert m["step_time_error"] == pytest.approx(0.0)  # median of 0, 0, 0, 0.5
     assert m["plan_cost"] == pytest.approx(4 / 400)
     assert jobs["real_s"].tolist() == [20.0, 15.0, 35.0, 140.0]
+    assert (m["exploded"], m["diverge_hits"], m["diverge_misses"]) == (0, 0, 0)
     judge.figure(jobs)
+
+
+def test_judge_counts_a_run_that_exploded():
+    """The plan ranks an lr = 3 job first (3 steps predicted, no forecast); its run exploded:
+    the plan's pick never reaches the target, its band is a miss, and so is its silence. A
+    plan that forecast the explosion ranks the job last and is right about it."""
+    plan = pd.DataFrame(
+        {
+            "job": ["lr=3,seed=0", "lr=1,seed=0", "lr=1,seed=1"],
+            "target": True,
+            "eps": 0.05,
+            "t_eps": [3.0, 20.0, 25.0],
+            "q05": [2.0, 15.0, 20.0],
+            "q95": [4.0, 25.0, 30.0],
+            "planned_steps": [5, 30, 35],
+            "step_s": 1.0,
+            "predicted_s": [3.0, 20.0, 25.0],
+            "limit_s": 100.0,
+            "plan_s": [1.0, 1.0, 2.0],
+        }
+    )
+    real = pd.DataFrame(
+        {
+            "job": ["lr=3,seed=0", "lr=1,seed=0", "lr=1,seed=1", "lr=9,seed=0"],
+            "t_real": [None, 22.0, 24.0, 10.0],
+            "outcome": ["exploded", "converged", "catapult", "converged"],
+            "real_step_s": 1.0,
+            "job_s": [10.0, 50.0, 50.0, 1000.0],
+        }
+    )
+    m, jobs = judge.judge(plan, real)
+    assert m["jobs"] == 3 and m["exploded"] == 1
+    assert m["regret"] == np.inf and m["regret_config"] == np.inf
+    assert m["band_coverage"] == pytest.approx(2 / 3)  # the explosion is in no band
+    assert (m["diverge_hits"], m["diverge_misses"]) == (0, 1)
+    assert m["short_of_target"] == pytest.approx(1 / 3)
+    assert m["plan_cost"] == pytest.approx(4 / 110)  # the matched jobs only, not lr=9
+    assert m["spearman_steps"] == pytest.approx(-0.5)  # 3 < 20 < 25 against inf > 24 > 22
+    m, jobs = judge.judge(plan.assign(forecast=["diverges", "converges", "spike ahead"]), real)
+    assert m["regret"] == pytest.approx(0) and (m["diverge_hits"], m["diverge_misses"]) == (1, 0)
+    assert m["spearman_steps"] == pytest.approx(1.0)
+    table = judge.confusion(jobs)
+    assert table.loc["diverges", "exploded"] == 1 and table.loc["spike ahead", "catapult"] == 1
 
 
 @pytest.mark.slow

@@ -80,7 +80,8 @@ def test_a_run_records_refined_predictions_and_signals(tmp_path, cache_dir, caps
     names = "predictor.names=[ode,relin,rescaled,fit_exp]"
     rec = run_in_process([*TINY, "steps=20", "refine.steps=4", names], tmp_path / "r", cache_dir)
     assert list(rec.predictors) == ["ode", "relin", "rescaled", "fit_exp"]
-    assert set(rec.signals) == {"stability", "drift", "kernel_change", "time_scale"}
+    signals = {"stability", "drift", "kernel_change", "time_scale", "stability_prefix"}
+    assert set(rec.signals) == signals
     assert rec.stages["prefix"]["wall_s"] < rec.stages["finetune"]["wall_s"]
     for name in ("relin", "rescaled", "fit_exp"):
         assert rec.timing(name)["prefix_s"] == rec.stages["prefix"]["wall_s"]

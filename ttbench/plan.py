@@ -42,6 +42,7 @@ from omegaconf import DictConfig
 from ttbench import build, cli
 from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR, configuration, run_name
+from ttbench.core.stability import CONVERGES, SEVERITY, Watch, forecast, subsample
 from ttbench.files import atomic_write
 from ttbench.prediction import at_w0, entry, with_bands
 from ttbench.spec import RunSpec
@@ -73,20 +74,30 @@ def planning_spec(spec: RunSpec) -> RunSpec:
     )
 
 
-def step_seconds(spec: RunSpec, model, x, y) -> float:
+def step_seconds(spec: RunSpec, model, x, y, watch: Watch | None = None) -> float:
     """Seconds per fine-tuning step of this job on its device: plan.probe_steps real steps,
     rounded up to a multiple of optim.eval_every so that the whole-task loss is recorded as
     often as in the run, timed after a warm-up of eval_every steps (first-call allocations,
-    kernel selection). The model is fine-tuned in place."""
+    kernel selection). The model is fine-tuned in place, `watch` measuring the stability at
+    every step of the warm-up and the probe (its time left out of the steps')."""
     every = spec.train.eval_every
     k = -(-spec.plan.probe_steps // every) * every
+    spent = [0.0]
 
     def steps(n: int) -> RunSpec:
         return replace(spec, train=replace(spec.train, steps=n))
 
-    finetune_run(steps(every), model, x, y)
-    _, seconds = timed(lambda: finetune_run(steps(k), model, x, y), x.device)
-    return seconds / k
+    def watching(offset: int):
+        def call(t: int, m) -> None:
+            if watch is not None:
+                spent[0] += timed(lambda: watch(offset + t, m), x.device)[1]
+
+        return call
+
+    finetune_run(steps(every), model, x, y, watch=watching(0))
+    spent[0] = 0.0
+    _, seconds = timed(lambda: finetune_run(steps(k), model, x, y, watch=watching(every)), x.device)
+    return (seconds - spent[0]) / k
 
 
 def _round_up(value: float, every: int) -> int:
@@ -105,8 +116,14 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
         _, predicted, signals = at_w0(pspec, s.model(), s.x, s.y, Stages(device))
         rec = entry(name, predicted[name], pspec)
         rec = with_bands({name: rec}, pspec, default_calibration())[name]
+    t = spec.train
+    every = t.eval_every
+    probed = -(-spec.plan.probe_steps // every) * every + every
+    idx = subsample(len(s.x), spec.watch.samples, spec.seed).to(s.x.device)
+    watch = Watch(t.lr, t.momentum, t.loss, s.x[idx], frozenset(range(probed)))
     with stages("probe"):
-        step_s = step_seconds(spec, s.model(), s.x, s.y)
+        step_s = step_seconds(spec, s.model(), s.x, s.y, watch)
+    said = forecast(watch.values, t.momentum, spec.watch.threshold)
     setup_s = sum(v["wall_s"] for k, v in stages.stats.items() if k not in ("predict", "probe"))
     p, every, steps = spec.plan, spec.train.eval_every, spec.train.steps
     rows = []
@@ -138,6 +155,9 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
         "limit_s": p.overhead_s + setup_s + steps * step_s * (1 + p.margin),
         "plan_s": sum(v["wall_s"] for v in stages.stats.values()),
         "stability": signals.get("stability"),
+        "forecast": said.verdict,
+        "forecast_at": said.at,
+        "watch_max": max(watch.values.values(), default=None),
         "rows": rows,
     }
     atomic_write(out_dir / ROW, json.dumps(job, indent=1).encode())
@@ -168,14 +188,21 @@ def gather(plan_dir: Path) -> pd.DataFrame:
 
 
 def summary(table: pd.DataFrame) -> str:
-    """The jobs at the target eps, fastest first, and the configurations over seeds."""
-    t = table[table["target"]].sort_values("predicted_s", na_position="last")
+    """The jobs at the target eps, fastest first, those whose probe's watch forecast a spike
+    after the others and those forecast to explode last, marked; and the configurations over
+    seeds, ranked alike by their worst seed."""
+    t = table[table["target"]]
     if t.empty:
         return "plan: no jobs"
+    said = t["forecast"] if "forecast" in t else pd.Series(CONVERGES, index=t.index)
+    t = t.assign(_rank=said.map(SEVERITY).fillna(0), _said=said).sort_values(
+        ["_rank", "predicted_s"], na_position="last"
+    )
     eps = t["eps"].iloc[0]
     shown = pd.DataFrame(
         {
             "job": t["job"],
+            "forecast": t["_said"],
             f"steps to eps={eps:g}": [_steps(r) for r in t.itertuples()],
             "predicted": [_duration(v) for v in t["predicted_s"]],
             "recommended steps": t["planned_steps"].map(lambda v: "-" if pd.isna(v) else int(v)),
@@ -190,9 +217,16 @@ def summary(table: pd.DataFrame) -> str:
     ]
     if "cfg.seed" in t and t["cfg.seed"].nunique() > 1:  # configurations: the median over seeds
         config = t["job"].map(configuration)
-        ranked = t.groupby(config)["predicted_s"].median().sort_values()
-        lines.append("configurations (median over seeds), fastest first:")
-        lines += [f"  {_duration(v):>8s}  {c}" for c, v in ranked.items()]
+        by = t.groupby(config)
+        ranked = pd.DataFrame({"worst": by["_rank"].max(), "s": by["predicted_s"].median()})
+        ranked = ranked.sort_values(["worst", "s"], na_position="last")
+        lines.append("configurations (median over seeds), fastest first, forecast trouble last:")
+        marks = {v: k for k, v in SEVERITY.items()}
+        lines += [
+            f"  {_duration(r.s):>8s}  {c}"
+            + ("" if r.worst == 0 else f"  [{marks[int(r.worst)]} in some seeds]")
+            for c, r in ranked.iterrows()
+        ]
     return "\n".join(lines)
 
 

@@ -89,6 +89,17 @@ class Real:
 
 
 @dataclass(frozen=True)
+class Watched:
+    """The stability watched along the real fine-tuning, and what it announced
+    (ttbench.core.stability.forecast): a spike ahead at step `at`, or nothing."""
+
+    stability: dict[int, float]  # watched step -> lr lambda_max / (2 (1 + m))
+    verdict: str  # converges | spike ahead
+    at: int | None
+    threshold: float
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     dataset: str
     classes: tuple[int, ...]
@@ -112,6 +123,7 @@ class Record:
     probes: dict[str, str] = field(default_factory=dict)  # probe -> its table's file name
     # diagnostics of the prediction (ttbench.prediction): stability, drift, kernel_change, ...
     signals: dict[str, float] = field(default_factory=dict)
+    watch: Watched | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -153,6 +165,8 @@ class Record:
             "real_spike_at": self.real.spike_at,
             "real_stopped_at": self.real.stopped_at,
             **{f"signal.{k}": v for k, v in self.signals.items()},
+            "forecast": None if self.watch is None else self.watch.verdict,
+            "forecast_at": None if self.watch is None else self.watch.at,
         }
         rows = []
         none = Quantiles(None, None, None)
@@ -225,6 +239,14 @@ def _to_json(rec: Record) -> dict[str, Any]:
         "probes": rec.probes,
         "signals": rec.signals,
     }
+    if rec.watch is not None:
+        w = rec.watch
+        out["watch"] = {
+            "stability": {str(t): _finite(v) for t, v in w.stability.items()},
+            "verdict": w.verdict,
+            "at": w.at,
+            "threshold": w.threshold,
+        }
     for name, p in rec.predictors.items():
         entry: dict[str, Any] = {
             "kind": p.kind,
@@ -243,6 +265,18 @@ def _to_json(rec: Record) -> dict[str, Any]:
             entry["validity"] = p.validity
         out["predictors"][name] = entry
     return out
+
+
+def _finite(v: float) -> float | None:
+    """A float JSON can hold: None for NaN and infinities (a stability past an explosion)."""
+    return v if np.isfinite(v) else None
+
+
+def _watched(d: Mapping[str, Any] | None) -> Watched | None:
+    if d is None:
+        return None
+    values = {int(t): float("nan") if v is None else float(v) for t, v in d["stability"].items()}
+    return Watched(values, d["verdict"], d["at"], float(d["threshold"]))
 
 
 def _quantiles_json(qs: dict[str, tuple[Quantiles, ...]], real: Times) -> dict[str, list]:
@@ -318,6 +352,7 @@ def from_json(d: Mapping[str, Any]) -> Record:
         predictors=predictors,
         probes=d.get("probes", {}),
         signals=d.get("signals", {}),
+        watch=_watched(d.get("watch")),
         format_version=version,
     )
 

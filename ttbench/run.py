@@ -26,6 +26,15 @@ from ttbench import build, cli, record
 from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR
 from ttbench.core.curves import CATAPULT, Curves
+from ttbench.core.stability import (
+    CONVERGES,
+    DIVERGES,
+    SPIKE_AHEAD,
+    Forecast,
+    Watch,
+    forecast,
+    subsample,
+)
 from ttbench.files import Busy, locked
 from ttbench.plots import plot_curves
 from ttbench.prediction import (
@@ -41,7 +50,7 @@ from ttbench.prediction import (
 from ttbench.predictors import PREDICTORS, Solved
 from ttbench.probes import PROBES
 from ttbench.spec import RunSpec
-from ttbench.stages import Stages
+from ttbench.stages import Stages, timed
 from ttbench.train import finetune_run, load_state
 from ttbench.validate import validate
 
@@ -49,14 +58,64 @@ log = logging.getLogger("ttbench.run")
 
 STATE = "finetune.state"  # fine-tuning checkpoint inside the run directory, gone once done
 VALIDITY_LIMIT = math.log(1.2)  # a plain prediction 20% off the refined one is not trusted
+ANNOUNCE = {  # what the watch says when its forecast changes (ttbench.core.stability)
+    SPIKE_AHEAD: "GD has crossed the edge of stability: a spike is ahead (the loss will rise, "
+    "then recover or explode)",
+    DIVERGES: "GD is strongly unstable this early, with momentum: the loss is likely to explode",
+    CONVERGES: "stable",
+}
+
+
+class _Watching:
+    """The stability watch (ttbench.core.stability.Watch) as fine-tuning calls it: timed apart
+    from the fine-tuning, its values kept in `kept["watch"]` (so a resumed run has them), and
+    the first announcement of a spike logged when it is made."""
+
+    def __init__(self, spec: RunSpec, x, kept: dict, device) -> None:
+        idx = subsample(len(x), spec.watch.samples, spec.seed).to(x.device)
+        t = spec.train
+        self.watch = Watch(t.lr, t.momentum, t.loss, x[idx], frozenset(spec.watch.steps))
+        self.watch.values = kept.setdefault("watch", {})
+        self.threshold, self.momentum, self.device = spec.watch.threshold, t.momentum, device
+        self.seconds: dict[int, float] = {}
+
+    def __call__(self, t: int, model) -> None:
+        if t not in self.watch.steps or t in self.watch.values:
+            return
+        before = self.forecast().verdict
+        value, self.seconds[t] = timed(lambda: self.watch(t, model), self.device)
+        now = self.forecast().verdict
+        if now != before:
+            log.warning(
+                "step %d: lr * lambda_max / (2 (1 + m)) = %.3g (threshold %g): %s",
+                t,
+                value,
+                self.threshold,
+                ANNOUNCE[now],
+            )
+
+    def forecast(self) -> Forecast:
+        return forecast(self.watch.values, self.momentum, self.threshold)
+
+    def record(self, stages: Stages, k: int) -> record.Watched:
+        """Moves the watch's time out of the fine-tuning (and of the prefix before step k) into
+        the stage `watch`; the record's part."""
+        spent = sum(self.seconds.values())
+        stages.stats["finetune"]["wall_s"] -= spent
+        # it ran inside the fine-tuning's stage, whose memory figures it shares
+        stages.stats["watch"] = stages.stats["finetune"] | {"wall_s": spent}
+        if PREFIX in stages.stats:
+            stages.stats[PREFIX]["wall_s"] -= sum(s for t, s in self.seconds.items() if t < k)
+        f = self.forecast()
+        return record.Watched(dict(self.watch.values), f.verdict, f.at, self.threshold)
 
 
 def _finetune(
-    spec: RunSpec, model, x, y, state_file: Path, resume: dict | None, kept: dict
+    spec: RunSpec, model, x, y, state_file: Path, resume: dict | None, kept: dict, watch
 ) -> Curves:
     """Real fine-tuning with progress, saving its state into `state_file` and continuing
     from `resume` (a saved state) when given, keeping the state at step refine.steps in
-    `kept`; SGD batches are drawn from the run's seed."""
+    `kept`, calling `watch` at every step; SGD batches are drawn from the run's seed."""
     steps = spec.train.steps
     every = max(1, steps // 10)
     with tqdm(total=steps + 1, desc="fine-tune", disable=not sys.stderr.isatty()) as bar:
@@ -78,6 +137,7 @@ def _finetune(
             resume=resume,
             keep_at=spec.refine.steps or None,
             kept=kept,
+            watch=watch,
         )
 
 
@@ -99,9 +159,10 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
         probe_files[name] = f"probe_{name}.parquet"
         record.write_table(out_dir / probe_files[name], frame)
     state = load_state(out_dir / STATE, spec.identity())
-    kept: dict = {}
+    kept: dict = dict(state["kept"]) if state is not None else {}
+    watching = _Watching(spec, s.x, kept, device) if spec.watch.steps else None
     with stages("finetune"):
-        real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state, kept)
+        real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state, kept, watching)
     if real.diverged:
         log.warning("fine-tuning diverged: its loss exploded")
     elif real.outcome(spec.train.smooth) == CATAPULT:
@@ -113,6 +174,11 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
         refined, more = _refine(spec, s, kept, real, inputs, stages)
         predictions |= refined
         signals |= more
+    watched = None if watching is None else watching.record(stages, spec.refine.steps)
+    if watched is not None:
+        early = [v for t, v in watched.stability.items() if t <= spec.refine.steps]
+        if early and all(np.isfinite(early)):
+            signals["stability_prefix"] = max(early)
     predictions = {n: predictions[n] for n in spec.predictors}
 
     curves = {"real": real} | {name: p.curves for name, p in predictions.items()}
@@ -145,6 +211,7 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
         ),
         probes=probe_files,
         signals=signals,
+        watch=watched,
     )
     record.write(out_dir, rec, curves, paths)
     (out_dir / STATE).unlink(missing_ok=True)
@@ -154,7 +221,7 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
 def _refine(spec: RunSpec, s: build.Setup, kept: dict, real: Curves, inputs, stages: Stages):
     """The refined predictions from the state kept at step k, or, when the real run diverged
     before it, those predictions marked diverged."""
-    if not kept:
+    if "model" not in kept:
         empty = Curves(np.full(len(real.loss), np.nan), np.full(len(real.loss), np.nan), True)
         names = [n for n in spec.predictors if PREDICTORS[n].prefix]
         return {n: Predicted(Solved(empty), ()) for n in names}, {}
@@ -202,6 +269,19 @@ def signal_lines(rec: record.Record) -> list[str]:
         out.append(
             f"linearised GD at w0: lr * lambda_max / (2 (1 + m)) = {sig['stability']:.3g} "
             f"({verdict})"
+        )
+    w = rec.watch
+    if w is not None and w.stability:
+        peak = max(w.stability, key=lambda t: np.nan_to_num(w.stability[t], nan=np.inf))
+        said = (
+            f"{w.verdict.upper()}, announced at step {w.at} (stability "
+            f"{w.stability[w.at]:.3g} >= {w.threshold:g})"
+            if w.verdict != CONVERGES
+            else f"no spike announced (threshold {w.threshold:g})"
+        )
+        out.append(
+            f"stability watched at {len(w.stability)} steps of fine-tuning: max "
+            f"{w.stability[peak]:.3g} at step {peak}; {said}"
         )
     after = [f"{k} {sig[k]:.3g}" for k in ("drift", "kernel_change", "time_scale") if k in sig]
     if after:

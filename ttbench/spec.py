@@ -66,6 +66,15 @@ class RefineSpec:
 
 
 @dataclass(frozen=True)
+class WatchSpec:
+    """The stability watched along the real fine-tuning (ttbench.core.stability)."""
+
+    steps: tuple[int, ...]  # the watched steps, below the budget
+    samples: int  # the task's samples it is measured on (a fixed random subset)
+    threshold: float  # at or above it a spike is announced
+
+
+@dataclass(frozen=True)
 class PlanSpec:
     """Planning a sweep without training (ttbench.plan), and launching one from a plan."""
 
@@ -148,6 +157,7 @@ class RunSpec:
     subset: SubsetSpec
     stochastic: StochasticSpec
     refine: RefineSpec
+    watch: WatchSpec
     probes: ProbeSpec
     plan: PlanSpec
     finetune: FinetuneSpec

@@ -55,12 +55,15 @@ def finetune(
     resume: dict[str, Any] | None = None,
     keep_at: int | None = None,
     kept: dict[str, Any] | None = None,
+    watch: Callable[[int, nn.Module], object] | None = None,
 ) -> Curves:
     """Fine-tune `model` in place for `steps` steps; `batches` (steps, B) selects SGD.
     Returns curves with steps // eval_every + 1 points. With `keep_at`, `kept` receives the
     state at that step, before its update: "model" (a state dict), "velocity" (the momentum
     buffer by parameter name, absent without momentum) and "seconds" (wall-clock since step 0);
-    it travels in the saved state, so a resumed run still has it."""
+    it travels in the saved state, so a resumed run still has it. `watch(t, model)` is called at
+    every step before its update and must leave the model as it found it (the stability watch,
+    ttbench.core.stability.Watch)."""
     if steps % eval_every:
         raise ValueError("steps must be a multiple of eval_every")
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -91,6 +94,8 @@ def finetune(
             saved = time.monotonic()
         if t == keep_at:
             kept |= _snapshot(model, opt, elapsed + time.monotonic() - began)
+        if watch is not None:
+            watch(t, model)
         opt.zero_grad(set_to_none=True)
         record = t % eval_every == 0
         if batches is None or record:

@@ -21,6 +21,7 @@ from ttbench.core.linearize import MODES
 from ttbench.core.losses import LOSSES
 from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
 from ttbench.core.sketch import SKETCHES
+from ttbench.core.stability import schedule
 from ttbench.data.registry import DATASETS, NUM_CLASSES
 from ttbench.models.zoo import TIMM_MODELS, TTBENCH
 from ttbench.predictors import PREDICTORS, STOCHASTIC
@@ -38,6 +39,7 @@ from ttbench.spec import (
     SubsetSpec,
     ThetaSpec,
     Training,
+    WatchSpec,
 )
 
 
@@ -157,6 +159,10 @@ def validate(cfg: DictConfig) -> RunSpec:
     for name in cfg.probes:
         _choice("probes", name, PROBES)
     _probe_settings(cfg)
+    watch_steps(cfg)
+    _integer(cfg, "watch.samples", 1)
+    if not _number(cfg, "watch.threshold") > 0:
+        raise ConfigError("watch.threshold", cfg.watch.threshold, "must be > 0")
     _plan_settings(cfg)
     _finetune_settings(cfg)
     if names and cfg.weight_decay != 0:
@@ -282,6 +288,22 @@ def _optim(cfg: DictConfig) -> None:
             raise ConfigError(
                 "optim.batch_size", b, f"must be <= N = task.k * task.n = {cfg.task.k * cfg.task.n}"
             )
+
+
+def watch_steps(cfg: DictConfig) -> tuple[int, ...]:
+    """The watched steps: watch.steps, `auto` being ttbench.core.stability.schedule."""
+    value = OmegaConf.select(cfg, "watch.steps")
+    if value == "auto":
+        return schedule(cfg.steps)
+    ok = OmegaConf.is_list(value) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < cfg.steps for v in value
+    )
+    if not ok:
+        shown = list(value) if OmegaConf.is_list(value) else value
+        raise ConfigError(
+            "watch.steps", shown, f"must be auto, [] or a list of steps in [0, steps={cfg.steps})"
+        )
+    return tuple(sorted(set(value)))
 
 
 def refine_steps(cfg: DictConfig) -> int:
@@ -431,6 +453,7 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         subset=SubsetSpec(**_plain(cfg.subset)),
         stochastic=StochasticSpec(**_plain(cfg.stochastic)),
         refine=RefineSpec(refine_steps(cfg), cfg.refine.theta),
+        watch=WatchSpec(watch_steps(cfg), cfg.watch.samples, float(cfg.watch.threshold)),
         finetune=FinetuneSpec(cfg.trainable, cfg.lora.rank, float(cfg.lora.alpha)),
         plan=PlanSpec(
             eps=plan_eps(cfg),

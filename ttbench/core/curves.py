@@ -103,11 +103,10 @@ class Curves:
 
     @property
     def stopped_at(self) -> int | None:
-        """The step of the last value of a curve cut short by an explosion (NaN after it)."""
-        bad = np.flatnonzero(np.isnan(self.loss))
-        if not bad.size or bad[0] == 0:
-            return None
-        return int(bad[0] - 1) * self.interval
+        """The step of the first explosion (`exploding`), where real fine-tuning stops."""
+        start = self.loss[0] if len(self.loss) else np.nan
+        bad = [t for t, v in enumerate(self.loss) if exploding(start, v)]
+        return bad[0] * self.interval if bad else None
 
     def spike_at(self, window: int = 1) -> int | None:
         """The step at which the loss (smoothed over `window` points) first spiked, or None."""
