@@ -67,13 +67,17 @@ def test_bad_values_name_key_and_value(override, key):
 
 def test_all_predictors_skip_those_that_do_not_apply():
     plain = ["ode", "heavy_ball", "discrete"]
-    refined = ["relin", "rescaled", "fit_exp", "fit_power"]
+    chain = ["relin", "relin_half", "relin_2k", "relin_4k", "relin_settled"]
+    refined = [*chain, "rescaled", "fit_exp", "fit_power"]
     assert predictor_names(compose_cfg(["predictor=all"])) == [*plain, *refined]
     mse = predictor_names(compose_cfg(["predictor=all", "loss=mse"]))
     assert mse == [*plain, "closed_form", "subset", *refined]
     assert predictor_names(compose_cfg(["predictor=none"])) == []
     sgd = predictor_names(compose_cfg(["predictor=all", "optim=sgd"]))
-    assert sgd == [*plain, "sde", "exact_sgd", "relin", "relin_sgd", *refined[1:]]
+    assert sgd == [*plain, "sde", "exact_sgd", *chain, "relin_sgd", *refined[5:]]
+    # 4k = 60 of 50 steps: the relin that would start there does not apply
+    short = predictor_names(compose_cfg(["predictor=all", "steps=50", "refine.steps=15"]))
+    assert "relin_4k" not in short and "relin_2k" in short
     assert predictor_names(compose_cfg(["predictor=all", "refine.steps=0"])) == plain
     assert predictor_names(compose_cfg(["predictor=all", "steps=9"])) == plain  # k = 10% = 0
 

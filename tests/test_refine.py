@@ -10,6 +10,7 @@ from tests.conftest import TINY, run_in_process, spec_of
 from ttbench.core import dynamics, refine
 from ttbench.models.classifier import Classifier
 from ttbench.prediction import after_prefix, at_w0
+from ttbench.predictors import PREDICTORS
 from ttbench.stages import Stages
 from ttbench.train import finetune_run
 
@@ -36,11 +37,16 @@ def test_refinement_of_a_model_linear_in_its_weights_is_the_plain_prediction(k, 
     stages = Stages(torch.device("cpu"))
     inputs, plain, signals = at_w0(spec, model, x, y, stages)
     kept: dict = {}
-    real = finetune_run(spec, model, x, y, keep_at=k, kept=kept)
-    assert set(kept) == {"model", "velocity", "seconds"} and kept["velocity"]
+    real = finetune_run(spec, model, x, y, keep=lambda t, _: ["k"] if t == k else [], kept=kept)
+    state = kept["states"]["k"]
+    assert set(state) == {"step", "model", "velocity", "seconds"} and state["velocity"]
+    assert state["step"] == k
     model_k = Classifier(nn.Identity(), nn.Linear(6, 3)).double().eval()
-    model_k.load_state_dict(kept["model"])
-    refined, more = after_prefix(spec, model_k, kept["velocity"], real, inputs, stages)
+    model_k.load_state_dict(state["model"])
+    chosen = [PREDICTORS[n] for n in spec.predictors if PREDICTORS[n].prefix]
+    refined, more = after_prefix(
+        spec, chosen, "k", k, model_k, state["velocity"], real, inputs, stages
+    )
     plain_loss = plain["discrete"].curves.loss
     np.testing.assert_allclose(real.loss, plain_loss, rtol=1e-9)  # the premise
     np.testing.assert_allclose(refined["relin"].curves.loss, plain_loss, rtol=1e-9)
@@ -58,6 +64,26 @@ def test_refinement_of_a_model_linear_in_its_weights_is_the_plain_prediction(k, 
     )
     assert refined["fit_exp"].stages == ("prefix", "solve_fit_exp")
     assert refined["rescaled"].stages == ("prefix", "jacobian", "theta", "solve_rescaled")
+
+
+def test_a_run_re_linearises_again_along_the_way(tmp_path, cache_dir):
+    """relin at k / 2, k, 2k, 4k and where the loss has settled: each starts from its own
+    step, counts the real steps before it, and leaves out the points it observed."""
+    names = "predictor.names=[relin_half,relin,relin_2k,relin_4k,relin_settled]"
+    rec = run_in_process([*TINY, "steps=20", "refine.steps=4", names], tmp_path / "r", cache_dir)
+    p = rec.predictors
+    assert [p[n].k for n in ("relin_half", "relin", "relin_2k", "relin_4k")] == [2, 4, 8, 16]
+    assert p["relin_settled"].k >= 4 and rec.real.outcome == "converged"
+    assert p["relin_settled"].k == 4  # a smooth run has settled at k already
+    assert p["relin_2k"].stages == (
+        "prefix_2k",
+        "jacobian_2k",
+        "theta_2k",
+        "solve_relin_2k",
+    )
+    assert rec.stages["prefix_2k"]["wall_s"] > rec.stages["prefix"]["wall_s"]
+    rows = [r for r in rec.rows() if r["predictor"] == "relin_4k"]
+    assert {r["k"] for r in rows} == {16}
 
 
 def test_curve_fits_recover_their_family_and_join_the_prefix():

@@ -24,7 +24,8 @@ from ttbench.validate import ConfigError
 
 def test_the_registry_says_what_each_predictor_needs():
     plain = ["ode", "heavy_ball", "discrete", "closed_form", "subset", "sde", "exact_sgd"]
-    refined = ["relin", "relin_sgd", "rescaled", "fit_exp", "fit_power"]
+    chain = ["relin_half", "relin_2k", "relin_4k", "relin_settled"]
+    refined = ["relin", *chain, "relin_sgd", "rescaled", "fit_exp", "fit_power"]
     assert list(PREDICTORS) == [*plain, *refined, "constant"]
     assert [n for n, p in PREDICTORS.items() if p.pooled] == ["constant"]
     assert "computed by python -m ttbench.collect" in PREDICTORS["constant"].applies("ce", "gd", 0)
@@ -40,7 +41,11 @@ def test_the_registry_says_what_each_predictor_needs():
         "fit_power",
         "constant",
     ]
-    assert [n for n, p in PREDICTORS.items() if p.theta == "wk"] == ["relin", "relin_sgd"]
+    assert [n for n, p in PREDICTORS.items() if p.theta == "wk"] == ["relin", *chain, "relin_sgd"]
+    assert [PREDICTORS[n].at for n in chain] == ["half", "2k", "4k", "settled"]
+    assert "starts at step 60: it needs 0 < 4k < steps=50" in PREDICTORS["relin_4k"].applies(
+        "ce", "gd", 15, 50
+    )
     assert [n for n, p in PREDICTORS.items() if p.diagonal_noise] == ["sde"]
     assert PREDICTORS["closed_form"].applies("ce", "gd", 0) == "closed_form needs loss=mse"
     assert PREDICTORS["sde"].applies("ce", "gd", 0) == "sde needs optim=sgd"

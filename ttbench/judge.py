@@ -46,7 +46,7 @@ from ttbench import record
 from ttbench.config import configuration
 from ttbench.core.curves import EXPLODED, OUTCOMES
 from ttbench.core.stability import CONVERGES, DIVERGES, SEVERITY
-from ttbench.prediction import PREFIX
+from ttbench.prediction import is_prefix
 
 
 def real_rows(roots: list[Path], eps: float) -> pd.DataFrame:
@@ -65,7 +65,7 @@ def real_rows(roots: list[Path], eps: float) -> pd.DataFrame:
                 "t_real": rec.real.t_eps["loss"][rec.eps.index(eps)],
                 "outcome": rec.real.outcome,
                 "real_step_s": finetune / max(ran, 1),
-                "job_s": sum(v["wall_s"] for k, v in rec.stages.items() if k != PREFIX),
+                "job_s": sum(v["wall_s"] for k, v in rec.stages.items() if not is_prefix(k)),
             }
         )
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -35,6 +35,8 @@ def _observed(rows: pd.DataFrame) -> pd.Series:
     """Points a refined predictor observed rather than predicted."""
     prefix = rows["predictor"].map(lambda n: n in PREDICTORS and PREDICTORS[n].prefix)
     k = rows["cfg.refine.steps"].fillna(0) if "cfg.refine.steps" in rows else 0
+    if "k" in rows:  # the step each refined prediction started from (records since outcomes)
+        k = rows["k"].astype(float).fillna(k)
     stopped = rows["real_stopped_at"] if "real_stopped_at" in rows else float("nan")
     stopped = pd.Series(stopped, index=rows.index, dtype=float)
     seen = (rows["t_real"] <= k) | (exploded(rows) & ~(stopped > k))

@@ -36,7 +36,7 @@ from ttbench.core.projected import (
     sketched_theta,
 )
 from ttbench.core.sketch import Sketch
-from ttbench.predictors import PREDICTORS, W0, WK, Inputs, Solved
+from ttbench.predictors import PREDICTORS, W0, WK, Inputs, K, Predictor, Solved
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
 from ttbench.validate import ConfigError
@@ -49,6 +49,7 @@ PREFIX = "prefix"  # the pseudo-stage of the k real steps, counted in a refined 
 class Predicted:
     solved: Solved
     stages: tuple[str, ...]  # the stages whose wall-clock this prediction cost
+    k: int | None = None  # refined: the step it starts from
 
     @property
     def curves(self) -> Curves:
@@ -107,14 +108,26 @@ def log_routes(model: nn.Module) -> None:
     )
 
 
-def _solve_all(chosen, inputs: Inputs, stages: Stages, shared: dict[str, tuple[str, ...]]):
+def prefix_stage(at: str) -> str:
+    """The pseudo-stage of the real steps a refined predictor observed (predictors.K, ...)."""
+    return PREFIX if at == K else f"{PREFIX}_{at}"
+
+
+def is_prefix(stage: str) -> bool:
+    return stage == PREFIX or stage.startswith(f"{PREFIX}_")
+
+
+def _solve_all(
+    chosen, inputs: Inputs, stages: Stages, shared: dict[str, tuple[str, ...]], prefix: str = ""
+):
     out = {}
     for p in chosen:
         with stages(f"solve_{p.name}"):
             solved = p.solve(inputs)
         own = ("noise",) if inputs.noise_sqrt is not None and p.diagonal_noise else ()
-        costs = (*((PREFIX,) if p.prefix else ()), *shared.get(p.theta, ()), *own)
-        out[p.name] = Predicted(solved, (*costs, f"solve_{p.name}"))
+        costs = (*((prefix,) if p.prefix else ()), *shared.get(p.theta, ()), *own)
+        k = inputs.k if p.prefix else None
+        out[p.name] = Predicted(solved, (*costs, f"solve_{p.name}"), k)
         if solved.curves.diverged:
             log.warning("predictor %s diverged", p.name)
     return out
@@ -166,38 +179,41 @@ def _diverged(c: Curves) -> Curves:
 
 def after_prefix(
     spec: RunSpec,
+    chosen: list[Predictor],
+    at: str,
+    k: int,
     model_k: nn.Module,
     velocity: dict[str, torch.Tensor] | None,
     real: Curves,
     inputs: Inputs,
     stages: Stages,
 ) -> tuple[dict[str, Predicted], dict[str, float]]:
-    """The refined predictors, from the real curves up to step k and the model at w_k (with the
-    optimiser's momentum buffer `velocity`, by parameter name); and the signals drift,
-    kernel_change and time_scale."""
-    k, t = spec.refine.steps, spec.train
-    chosen = [PREDICTORS[n] for n in spec.predictors if PREDICTORS[n].prefix]
+    """The refined predictors `chosen` that start from step k (their `at`), from the real
+    curves up to step k and the model at w_k (with the optimiser's momentum buffer `velocity`,
+    by parameter name); at refine.steps also the signals drift, kernel_change and
+    time_scale."""
+    t = spec.train
     n_prefix = k // t.eval_every + 1
-    inputs.prefix = Curves(real.loss[:n_prefix], real.error[:n_prefix], interval=t.eval_every)
-    x = inputs.x
+    prefix = Curves(real.loss[:n_prefix], real.error[:n_prefix], interval=t.eval_every)
+    i = replace(inputs, k=k, prefix=prefix, theta_k=None, f_k=None, u_k=None)
     signals: dict[str, float] = {}
     if any(p.theta == WK for p in chosen):
-        inputs.f_k, inputs.theta_k = _theta(spec, model_k, x, stages, at="_k")
+        i.f_k, i.theta_k = _theta(spec, model_k, i.x, stages, at=f"_{at}")
         if velocity:
-            with stages("velocity_k"):  # u_k = J_k v_k, one forward-mode pass
-                _, u = jvp(model_k, x, velocity)
-                inputs.u_k = u.detach().to(torch.float64)
-    if inputs.theta is not None:
-        if inputs.f_k is None:
+            with stages(f"velocity_{at}"):  # u_k = J_k v_k, one forward-mode pass
+                _, u = jvp(model_k, i.x, velocity)
+                i.u_k = u.detach().to(torch.float64)
+    if at == K and i.theta is not None:
+        if i.f_k is None:
             with torch.no_grad():
-                inputs.f_k = model_k(x)
-        signals |= _drift(spec, inputs, inputs.f_k)
-    out = _solve_all(chosen, inputs, stages, {W0: ("jacobian", "theta"), WK: _k_stages(velocity)})
-    return out, signals
+                i.f_k = model_k(i.x)
+        signals |= _drift(spec, i, i.f_k)
+    shared = {W0: ("jacobian", "theta"), WK: _k_stages(at, velocity)}
+    return _solve_all(chosen, i, stages, shared, prefix_stage(at)), signals
 
 
-def _k_stages(velocity) -> tuple[str, ...]:
-    return ("jacobian_k", "theta_k", *(("velocity_k",) if velocity else ()))
+def _k_stages(at: str, velocity) -> tuple[str, ...]:
+    return (f"jacobian_{at}", f"theta_{at}", *((f"velocity_{at}",) if velocity else ()))
 
 
 def _drift(spec: RunSpec, i: Inputs, f_k: torch.Tensor) -> dict[str, float]:
@@ -309,4 +325,5 @@ def entry(name: str, p: Predicted, spec: RunSpec) -> record.PredictorRecord:
         stages=p.stages,
         paths=None if paths is None else len(paths.paths_loss),
         quantiles=quantiles,
+        k=p.k,
     )

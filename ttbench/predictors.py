@@ -5,11 +5,11 @@ ttbench.core) plus its conf/predictor/<name>.yaml.
 
 Two families:
 * plain predictors see only w0 (the paper's setting): the run's Theta at w0, or their own;
-* refined predictors (`prefix=True`) also see the first k = refine.steps steps of the real
-  fine-tuning, which the run performs anyway: the real curves up to step k, and for those on
-  Theta at w_k, the weights and momentum buffer there. Their curve is the observed prefix
-  followed by their prediction of the remaining T - k steps, and their cost counts the k
-  steps.
+* refined predictors (`prefix=True`) also see the first steps of the real fine-tuning, which
+  the run performs anyway: the real curves up to their step (`at`: k = refine.steps, or k / 2,
+  2k, 4k, or where the loss has settled after a spike), and for those on Theta there, the
+  weights and momentum buffer at that step. Their curve is the observed prefix followed by
+  their prediction of the remaining steps, and their cost counts the steps they observed.
 
 `predict(name, theta, f0, y, ...)` is the public entry to the plain deterministic ones.
 """
@@ -32,6 +32,19 @@ from ttbench.spec import RunSpec
 
 DETERMINISTIC, STOCHASTIC = "deterministic", "stochastic"
 W0, WK = "w0", "wk"  # where a predictor's Theta is taken: at w0, or at w_k after the prefix
+# The step a refined predictor starts from: k = refine.steps, k / 2, 2k, 4k, or the first step
+# at or after k where the loss has settled (ttbench.core.curves.settled) and the watched
+# stability is below its threshold: after a catapult, the network's new neighbourhood.
+K, HALF, TWICE, FOUR, SETTLED = "k", "half", "2k", "4k", "settled"
+_MULTIPLE = {HALF: 0.5, K: 1, TWICE: 2, FOUR: 4}
+
+
+def refine_step(at: str, k: int, every: int) -> int | None:
+    """The step of a refined predictor's `at` (a multiple of k, down to the evaluation grid);
+    None for SETTLED, found during the run."""
+    if at == SETTLED:
+        return None
+    return int(_MULTIPLE[at] * k) // every * every
 
 
 @dataclass
@@ -49,10 +62,7 @@ class Inputs:
     theta_k: torch.Tensor | None = None  # Theta, outputs and velocity J_k v_k at w_k
     f_k: torch.Tensor | None = None
     u_k: torch.Tensor | None = None
-
-    @property
-    def k(self) -> int:
-        return self.spec.refine.steps
+    k: int = 0  # the step a refined prediction starts from
 
     def joined(self, tail: Curves) -> Curves:
         """The observed prefix, then `tail` (a prediction at every step from step k), on the
@@ -92,15 +102,21 @@ class Predictor:
     prefix: bool = False  # refined: uses the first refine.steps real steps
     pooled: bool = False  # computed by ttbench.collect from completed runs, never in a run
     core: Callable[..., dynamics.Prediction] | None = None  # (theta, f0, y, *, lr, ...) in core
+    at: str = K  # refined: the step it starts from (K, HALF, TWICE, FOUR or SETTLED)
 
-    def applies(self, loss: str, optimizer: str, refine_steps: int) -> str | None:
-        """Why it does not apply to this loss, optimiser and refinement, or None."""
+    def applies(
+        self, loss: str, optimizer: str, refine_steps: int, steps: int = 0, every: int = 1
+    ) -> str | None:
+        """Why it does not apply to this loss, optimiser, refinement and budget, or None."""
         if loss not in self.losses:
             return f"{self.name} needs loss={' or '.join(self.losses)}"
         if optimizer not in self.optimizers:
             return f"{self.name} needs optim={' or '.join(self.optimizers)}"
         if self.prefix and refine_steps == 0:
             return f"{self.name} needs refine.steps > 0 (the real steps it refines from)"
+        start = refine_step(self.at, refine_steps, every) if self.prefix else None
+        if start is not None and not 0 < start < steps:
+            return f"{self.name} starts at step {start}: it needs 0 < {self.at} < steps={steps}"
         if self.pooled:
             return f"{self.name} is computed by python -m ttbench.collect from completed runs"
         return None
@@ -316,6 +332,25 @@ PREDICTORS: dict[str, Predictor] = {
             momentum="exact",
             theta=WK,
             prefix=True,
+        ),
+        *(
+            Predictor(
+                f"relin_{at}",
+                DETERMINISTIC,
+                f"re-linearised at {label}",
+                color,
+                _relinearised,
+                momentum="exact",
+                theta=WK,
+                prefix=True,
+                at=at,
+            )
+            for at, label, color in (
+                (HALF, "step k/2", "lightpink"),
+                (TWICE, "step 2k", "hotpink"),
+                (FOUR, "step 4k", "deeppink"),
+                (SETTLED, "the settled loss", "mediumvioletred"),
+            )
         ),
         Predictor(
             "relin_sgd",

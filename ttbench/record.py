@@ -64,6 +64,7 @@ class PredictorRecord:
     quantiles: dict[str, tuple[Quantiles, ...]] | None = None  # of the sample paths, per eps
     band: dict[str, tuple[Quantiles, ...]] | None = None  # model-error band (ttbench.bands)
     validity: float | None = None  # plain: disagreement with the refined prediction
+    k: int | None = None  # refined: the step it starts from (it observed the steps before)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class Record:
                             "path_q95": q.q95,
                             "path_covered": q.covers(t_real),
                             "validity": pred.validity,
+                            "k": pred.k,
                             "predict_s": predict_s,
                         }
                     )
@@ -263,6 +265,8 @@ def _to_json(rec: Record) -> dict[str, Any]:
             entry["band"] = _quantiles_json(p.band, rec.real.t_eps)
         if p.validity is not None:
             entry["validity"] = p.validity
+        if p.k is not None:
+            entry["k"] = p.k
         out["predictors"][name] = entry
     return out
 
@@ -337,6 +341,7 @@ def from_json(d: Mapping[str, Any]) -> Record:
             quantiles=None if quantiles is None else _quantiles(quantiles, eps),
             band=_quantiles(p["band"], eps) if "band" in p else None,
             validity=p.get("validity"),
+            k=p.get("k"),
         )
     t = d["task"]
     return Record(

@@ -11,6 +11,7 @@ import copy
 import logging
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from ttbench import build, cli, record
 from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR
-from ttbench.core.curves import CATAPULT, Curves
+from ttbench.core.curves import CATAPULT, Curves, settled
 from ttbench.core.stability import (
     CONVERGES,
     DIVERGES,
@@ -38,16 +39,16 @@ from ttbench.core.stability import (
 from ttbench.files import Busy, locked
 from ttbench.plots import plot_curves
 from ttbench.prediction import (
-    PREFIX,
     REFERENCES,
     Predicted,
     after_prefix,
     at_w0,
     bands,
     entry,
+    prefix_stage,
     with_bands,
 )
-from ttbench.predictors import PREDICTORS, Solved
+from ttbench.predictors import PREDICTORS, SETTLED, Solved, refine_step
 from ttbench.probes import PROBES
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages, timed
@@ -97,25 +98,27 @@ class _Watching:
     def forecast(self) -> Forecast:
         return forecast(self.watch.values, self.momentum, self.threshold)
 
-    def record(self, stages: Stages, k: int) -> record.Watched:
-        """Moves the watch's time out of the fine-tuning (and of the prefix before step k) into
-        the stage `watch`; the record's part."""
+    def record(self, stages: Stages, kept: dict) -> record.Watched:
+        """Moves the watch's time out of the fine-tuning (and out of the real steps each refined
+        prediction observed) into the stage `watch`; the record's part."""
         spent = sum(self.seconds.values())
         stages.stats["finetune"]["wall_s"] -= spent
         # it ran inside the fine-tuning's stage, whose memory figures it shares
         stages.stats["watch"] = stages.stats["finetune"] | {"wall_s": spent}
-        if PREFIX in stages.stats:
-            stages.stats[PREFIX]["wall_s"] -= sum(s for t, s in self.seconds.items() if t < k)
+        for at, state in kept.get("states", {}).items():
+            if prefix_stage(at) in stages.stats:
+                before = sum(s for t, s in self.seconds.items() if t < state["step"])
+                stages.stats[prefix_stage(at)]["wall_s"] -= before
         f = self.forecast()
         return record.Watched(dict(self.watch.values), f.verdict, f.at, self.threshold)
 
 
 def _finetune(
-    spec: RunSpec, model, x, y, state_file: Path, resume: dict | None, kept: dict, watch
+    spec: RunSpec, model, x, y, state_file: Path, resume: dict | None, kept: dict, watch, keep
 ) -> Curves:
     """Real fine-tuning with progress, saving its state into `state_file` and continuing
-    from `resume` (a saved state) when given, keeping the state at step refine.steps in
-    `kept`, calling `watch` at every step; SGD batches are drawn from the run's seed."""
+    from `resume` (a saved state) when given, keeping in `kept` the states `keep` names,
+    calling `watch` at every step; SGD batches are drawn from the run's seed."""
     steps = spec.train.steps
     every = max(1, steps // 10)
     with tqdm(total=steps + 1, desc="fine-tune", disable=not sys.stderr.isatty()) as bar:
@@ -135,7 +138,7 @@ def _finetune(
             save_every_s=spec.checkpoint_s,
             meta=spec.identity(),
             resume=resume,
-            keep_at=spec.refine.steps or None,
+            keep=keep,
             kept=kept,
             watch=watch,
         )
@@ -162,7 +165,8 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
     kept: dict = dict(state["kept"]) if state is not None else {}
     watching = _Watching(spec, s.x, kept, device) if spec.watch.steps else None
     with stages("finetune"):
-        real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state, kept, watching)
+        keep = _keeper(spec, watching)
+        real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state, kept, watching, keep)
     if real.diverged:
         log.warning("fine-tuning diverged: its loss exploded")
     elif real.outcome(spec.train.smooth) == CATAPULT:
@@ -174,7 +178,7 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
         refined, more = _refine(spec, s, kept, real, inputs, stages)
         predictions |= refined
         signals |= more
-    watched = None if watching is None else watching.record(stages, spec.refine.steps)
+    watched = None if watching is None else watching.record(stages, kept)
     if watched is not None:
         early = [v for t, v in watched.stability.items() if t <= spec.refine.steps]
         if early and all(np.isfinite(early)):
@@ -218,17 +222,56 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
     return rec
 
 
+def _keeper(spec: RunSpec, watching: _Watching | None):
+    """keep(t, loss) for fine-tuning: the states the refined predictors start from (their
+    `at`), SETTLED at the first recorded step from k on where the loss has settled and the last
+    watched stability is below its threshold."""
+    refined = [PREDICTORS[n] for n in spec.predictors if PREDICTORS[n].prefix]
+    k, every = spec.refine.steps, spec.train.eval_every
+    fixed = {p.at: refine_step(p.at, k, every) for p in refined if p.at != SETTLED}
+    wants_settled = any(p.at == SETTLED for p in refined)
+
+    def keep(t: int, loss: np.ndarray) -> list[str]:
+        names = [at for at, step in fixed.items() if step == t]
+        if wants_settled and t >= k and settled(loss):
+            watched = watching.watch.values if watching is not None else {}
+            last = watched[max(watched)] if watched else 0.0
+            if last < spec.watch.threshold:
+                names.append(SETTLED)
+        return names
+
+    return keep
+
+
 def _refine(spec: RunSpec, s: build.Setup, kept: dict, real: Curves, inputs, stages: Stages):
-    """The refined predictions from the state kept at step k, or, when the real run diverged
-    before it, those predictions marked diverged."""
-    if "model" not in kept:
-        empty = Curves(np.full(len(real.loss), np.nan), np.full(len(real.loss), np.nan), True)
-        names = [n for n in spec.predictors if PREDICTORS[n].prefix]
-        return {n: Predicted(Solved(empty), ()) for n in names}, {}
-    stages.stats[PREFIX] = {"wall_s": kept["seconds"]}
-    model_k = s.model()
-    model_k.load_state_dict(kept["model"])
-    return after_prefix(spec, model_k, kept.get("velocity"), real, inputs, stages)
+    """The refined predictions, each from the state kept at its step; when the run exploded
+    before that step, marked diverged; when the loss never settled (SETTLED), none (it would
+    have observed every step)."""
+    states = kept.get("states", {})
+    by_at: dict[str, list] = {}
+    for n in spec.predictors:
+        if PREDICTORS[n].prefix:
+            by_at.setdefault(PREDICTORS[n].at, []).append(PREDICTORS[n])
+    out, signals = {}, {}
+    for at, chosen in by_at.items():
+        state = states.get(at)
+        if state is None:
+            nan = np.full(len(real.loss), np.nan)
+            step = refine_step(at, spec.refine.steps, spec.train.eval_every)
+            missing = Predicted(Solved(Curves(nan, nan, real.diverged)), (), step)
+            if step is None:
+                missing = replace(missing, k=spec.train.steps)
+            out |= dict.fromkeys((p.name for p in chosen), missing)
+            continue
+        stages.stats[prefix_stage(at)] = {"wall_s": state["seconds"]}
+        model_k = s.model()
+        model_k.load_state_dict(state["model"])
+        got, more = after_prefix(
+            spec, chosen, at, state["step"], model_k, state.get("velocity"), real, inputs, stages
+        )
+        out |= got
+        signals |= more
+    return out, signals
 
 
 def summary(rec: record.Record) -> str:

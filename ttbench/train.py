@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +53,18 @@ def finetune(
     save_every_s: float = 60.0,
     meta: dict[str, Any] | None = None,
     resume: dict[str, Any] | None = None,
-    keep_at: int | None = None,
+    keep: Callable[[int, np.ndarray], Iterable[str]] | None = None,
     kept: dict[str, Any] | None = None,
     watch: Callable[[int, nn.Module], object] | None = None,
 ) -> Curves:
     """Fine-tune `model` in place for `steps` steps; `batches` (steps, B) selects SGD.
-    Returns curves with steps // eval_every + 1 points. With `keep_at`, `kept` receives the
-    state at that step, before its update: "model" (a state dict), "velocity" (the momentum
+    Returns curves with steps // eval_every + 1 points. At every recorded step t, `keep(t,
+    loss)` (the loss curve up to t) names the states to keep there, before t's update:
+    kept["states"][name] receives "step", "model" (a state dict), "velocity" (the momentum
     buffer by parameter name, absent without momentum) and "seconds" (wall-clock since step 0);
-    it travels in the saved state, so a resumed run still has it. `watch(t, model)` is called at
-    every step before its update and must leave the model as it found it (the stability watch,
-    ttbench.core.stability.Watch)."""
+    `kept` travels in the saved state, so a resumed run still has it. `watch(t, model)` is
+    called at every step before its update and must leave the model as it found it (the
+    stability watch, ttbench.core.stability.Watch)."""
     if steps % eval_every:
         raise ValueError("steps must be a multiple of eval_every")
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -92,8 +93,6 @@ def finetune(
                     "could not save the fine-tuning state to %s (%s): going on", state_file, e
                 )
             saved = time.monotonic()
-        if t == keep_at:
-            kept |= _snapshot(model, opt, elapsed + time.monotonic() - began)
         if watch is not None:
             watch(t, model)
         opt.zero_grad(set_to_none=True)
@@ -109,6 +108,11 @@ def finetune(
                     on_step(t, loss_curve[t // eval_every])
             if not torch.isfinite(value) or exploding(loss_curve[0], loss_curve[t // eval_every]):
                 break
+            states = kept.setdefault("states", {})
+            for name in keep(t, loss_curve[: t // eval_every + 1]) if keep and record else ():
+                if name not in states:
+                    seconds = elapsed + time.monotonic() - began
+                    states[name] = {"step": t, **_snapshot(model, opt, seconds)}
         if t == steps:
             break
         if batches is not None:

@@ -324,7 +324,9 @@ def predictor_names(cfg: DictConfig) -> list[str]:
         _choice("predictor.names", name, PREDICTORS)
     kept = []
     for name in names:
-        reason = PREDICTORS[name].applies(cfg.loss, cfg.optim.name, refine_steps(cfg))
+        reason = PREDICTORS[name].applies(
+            cfg.loss, cfg.optim.name, refine_steps(cfg), cfg.steps, cfg.optim.eval_every
+        )
         if reason is None:
             kept.append(name)
         elif not cfg.predictor.get("skip_inapplicable", False):

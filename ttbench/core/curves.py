@@ -32,6 +32,7 @@ DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 EXPLODE = 1000.0  # a loss above this multiple of its start has exploded (catapults reach 60x)
 SPIKE_UNDO = 0.5  # a spike undoes at least this share of the progress made so far
 SPIKE_FLOOR = 0.1  # and rises by at least this share of the starting loss (not batch noise)
+SETTLE = 0.1  # a spike has settled once the loss is back within this share of the progress
 CONVERGED, CATAPULT, EXPLODED = "converged", "catapult", "exploded"
 OUTCOMES = (CONVERGED, CATAPULT, EXPLODED)
 
@@ -67,6 +68,16 @@ def spike_at(loss: Sequence[float] | np.ndarray) -> int | None:
     spike = (rise >= SPIKE_UNDO * (c[0] - low)) & (rise >= SPIKE_FLOOR * abs(c[0])) & (rise > 0)
     hits = np.flatnonzero(spike | ~np.isfinite(c[1:]))
     return int(hits[0]) + 1 if hits.size else None
+
+
+def settled(loss: Sequence[float] | np.ndarray) -> bool:
+    """Whether a curve's last value is settled, no spike in progress: L_t - m <= SETTLE (L_0 -
+    m), m the lowest value so far (a curve that keeps falling is always settled)."""
+    c = np.asarray(loss, dtype=np.float64)
+    if not np.all(np.isfinite(c)):
+        return False
+    low = c.min()
+    return bool(c[-1] - low <= SETTLE * (c[0] - low))
 
 
 def outcome(loss: Sequence[float] | np.ndarray) -> str:
