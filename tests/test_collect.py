@@ -6,7 +6,7 @@ import pandas as pd
 
 from tests.conftest import TINY, run_in_process
 from ttbench import record
-from ttbench.collect import collect, gather, main
+from ttbench.collect import collect, constant_rows, gather, main
 from ttbench.config import run_name
 
 
@@ -85,3 +85,20 @@ def test_probe_and_spectra_tables_are_collected_and_bad_files_listed(tmp_path, c
         assert (tmp_path / "tables" / f"{stem}.parquet").stat().st_size > 0
     back = pd.read_parquet(tmp_path / "tables" / "probe_clustering.parquet")
     assert len(back) == 2 * 30 and "grad_pc1" in back
+
+
+def test_constant_says_diverges_when_most_other_seeds_exploded():
+    """`constant` is what the other seeds did: the median time of those that converged, or
+    "diverges" when most of them exploded (its own row never counts)."""
+    rows = [
+        {"run": f"s{i}", "cfg.seed": i, "cfg.lr": 1.0, "predictor": "ode", "kind": "loss",
+         "eps": 0.1, "t_real": t, "real_outcome": out, "t_pred": 5.0, "pred_diverged": False}
+        for i, (t, out) in enumerate(
+            [(10, "converged"), (None, "exploded"), (None, "exploded"), (30, "catapult")]
+        )
+    ]  # fmt: skip
+    got = constant_rows(pd.DataFrame(rows)).set_index("run")
+    # s0 sees 2 of 3 exploded: diverges; s1 sees 1 of 3: the median of 10 and 30
+    assert got.loc["s0", "pred_diverged"] and pd.isna(got.loc["s0", "t_pred"])
+    assert not got.loc["s1", "pred_diverged"] and got.loc["s1", "t_pred"] == 20
+    assert got.loc["s3", "pred_diverged"]

@@ -75,6 +75,8 @@ def pretrain_spec(spec: RunSpec) -> PretrainSpec:
         batch_size=p.batch_size,
         seed=p.seed,
         conv_scale=p.conv_scale,
+        augment=p.augment,
+        precise_bn=p.precise_bn,
         arch=spec.model.name,
         resolution=options.get("resolution"),
         patch_size=spec.model.patch_size,
@@ -102,6 +104,19 @@ def pretrained_model(spec: RunSpec) -> Classifier:
     pre = pretrain_spec(spec)
     source = get_dataset(pre.dataset, **_source_options(spec)).source
     return load_or_pretrain(pre, spec.cache_dir, source)
+
+
+def held_out_accuracy(spec: RunSpec, model: Classifier, batch: int = 256) -> tuple[float, int]:
+    """The pretrained model's accuracy on its pretraining dataset's target part (images it never
+    saw, of the classes it learned), and their number: how strong the pretraining is."""
+    data = get_dataset(spec.model.pretrain.dataset, **_source_options(spec))
+    labels = torch.from_numpy(np.asarray(data.labels()))
+    right = 0
+    with torch.no_grad():
+        for start in range(0, len(labels), batch):
+            x = data.images(np.arange(start, min(start + batch, len(labels))))
+            right += int((model(x).argmax(1) == labels[start : start + len(x)]).sum())
+    return right / len(labels), len(labels)
 
 
 def task(spec: RunSpec, data) -> Task:

@@ -20,6 +20,7 @@ import pandas as pd
 from ttbench import record
 from ttbench.bands import loo_bands
 from ttbench.files import atomic_write_all
+from ttbench.points import exploded
 from ttbench.spec import NOT_IDENTITY
 
 # The settings that tell a probe's or spectra table's runs apart, copied onto its rows.
@@ -56,15 +57,16 @@ def _configuration(results: pd.DataFrame) -> pd.Series:
 
 # A predictor's own columns, which a `constant` row does not take from the row it copies.
 _NOT_INHERITED = (
-    *("q05", "q50", "q95", "covered", "validity"),
+    *("q05", "q50", "q95", "covered", "validity", "k"),
     *("path_q05", "path_q50", "path_q95", "path_covered"),
 )
 
 
 def constant_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """The pooled predictor `constant`: per run, curve kind and eps, the median real T_eps of
-    the other completed runs of the same configuration (other seeds, i.e. other tasks), none
-    when there is no other. Leave-one-out: no run predicts itself."""
+    """The pooled predictor `constant`: per run, curve kind and eps, what the other completed
+    runs of the same configuration (other seeds, i.e. other tasks) did: "diverges" when most of
+    them exploded, else the median real T_eps of those that did not; none when there is no
+    other. Leave-one-out: no run predicts itself."""
     if not len(results):
         return results
     real = results.drop_duplicates(["run", "kind", "eps"]).copy()
@@ -72,8 +74,10 @@ def constant_rows(results: pd.DataFrame) -> pd.DataFrame:
     out = []
     for _, group in real.groupby(["_config", "kind", "eps"], sort=False):
         for _, row in group.iterrows():
-            others = group.loc[group["run"] != row["run"], "t_real"].dropna()
-            t_pred = float(others.median()) if len(others) else None
+            others = group[group["run"] != row["run"]]
+            diverges = len(others) > 0 and exploded(others).mean() > 0.5
+            times = others.loc[~exploded(others), "t_real"].dropna()
+            t_pred = float(times.median()) if len(times) and not diverges else None
             t_real = row["t_real"]
             known = t_pred is not None and pd.notna(t_real)
             out.append(
@@ -81,6 +85,7 @@ def constant_rows(results: pd.DataFrame) -> pd.DataFrame:
                 | {
                     "predictor": "constant",
                     "t_pred": t_pred,
+                    "pred_diverged": bool(diverges),
                     "abs_err": abs(t_pred - t_real) if known else None,
                     "rel_err": abs(t_pred - t_real) / t_real if known and t_real > 0 else None,
                     **dict.fromkeys(_NOT_INHERITED),

@@ -1,4 +1,5 @@
-"""`python -m ttbench.pretrain`: pretrain the default model on its source task and cache it.
+"""`python -m ttbench.pretrain`: pretrain the default model on its source task and cache it, and
+print its accuracy on the held-out images of that task (the strength of the pretraining).
 
 Runs automatically on first use of `python -m ttbench.run`; this entry point does it ahead of
 time (for example before a sweep, so parallel jobs do not all pretrain at once).
@@ -22,9 +23,14 @@ log = logging.getLogger(__name__)
 def app(cfg: DictConfig) -> None:
     with cli.one_line_errors():
         spec = validate(cfg)
-        build.pretrained_model(spec)
+        model = build.pretrained_model(spec)
     if spec.model.pretrain is not None:
         log.info("pretrained model ready: %s", build.pretrain_spec(spec).filename())
+        accuracy, n = build.held_out_accuracy(spec, model)
+        print(
+            f"pretrained {spec.model.name} on {spec.model.pretrain.dataset}'s source part: "
+            f"{accuracy:.1%} accuracy on its {n} held-out images"
+        )
 
 
 if __name__ == "__main__":  # not in a run's directory: ${out_root}/pretrain

@@ -106,6 +106,8 @@ class PretrainSettings:
     batch_size: int
     seed: int
     conv_scale: float
+    augment: bool = False  # random affine copies of the source images every epoch
+    precise_bn: bool = False  # BatchNorm statistics recomputed over the source after training
 
 
 @dataclass(frozen=True)
