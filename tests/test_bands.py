@@ -11,19 +11,22 @@ import pytest
 from ttbench import bands
 
 
-def _table(n_runs: int, seed: int, name: str = "discrete") -> pd.DataFrame:
-    """Runs whose real times are the predicted ones times exp(scale * noise), scale growing
-    with each run's validity, exactly the model the bands assume (plus heavy tails)."""
+def _table(
+    n_runs: int, seed: int, name: str = "discrete", model: str = "m", spread: float = 1.0
+) -> pd.DataFrame:
+    """Runs whose real times are the predicted ones times exp(spread * scale * noise), scale
+    growing with each run's validity, the model the bands assume (plus heavy tails)."""
     rng = np.random.default_rng(seed)
     rows = []
     for r in range(n_runs):
         v = rng.uniform(0.0, 0.5)
         for e in (0.01, 0.05, 0.1, 0.4):
             p = float(rng.integers(5, 120))
-            t = round((p + 1) * math.exp(bands.scale(v) * rng.standard_t(5)) - 1)
+            t = round((p + 1) * math.exp(spread * bands.scale(v) * rng.standard_t(5)) - 1)
             rows.append(
-                {"run": f"r{r}", "predictor": name, "kind": "loss", "eps": e, "t_real": max(t, 1),
-                 "t_pred": p, "validity": v, "real_diverged": False, "cfg.preset": "p"}
+                {"run": f"{model}{r}", "predictor": name, "kind": "loss", "eps": e,
+                 "t_real": max(t, 1), "t_pred": p, "validity": v, "real_diverged": False,
+                 "cfg.preset": "p", "cfg.model.name": model}
             )  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -36,7 +39,7 @@ def test_conformal_quantiles_are_order_statistics():
 
 def test_bands_cover_about_ninety_percent_of_unseen_runs():
     cal = bands.calibrate(_table(400, 0), "synthetic")
-    entry = cal.entries[("discrete", "loss")]
+    entry = cal.entries[("discrete", "loss", "*", "*")]
     assert entry.n == 1600 and entry.z[0] < 0 < entry.z[2]
     test = _table(400, 1)
     got = [
@@ -51,6 +54,31 @@ def test_bands_cover_about_ninety_percent_of_unseen_runs():
         (hi - lo)[narrow] / test.t_pred[narrow]
     )
     assert cal.band("discrete", "loss", None, 0.1) is None and cal.band("ode", "loss", 5, 0) is None
+    # a band wider than the budget says nothing: unknown
+    assert cal.band("discrete", "loss", 100, 0.45, steps=1000) is not None
+    assert cal.band("discrete", "loss", 100, 0.45, steps=50) is None
+
+
+def test_mondrian_bands_hold_in_each_family():
+    """Two model families, one with four times the spread: a pooled calibration covers one too
+    often and the other too rarely; the calibration per family holds in both."""
+    train = pd.concat([_table(300, 4, model="a"), _table(300, 5, model="b", spread=4.0)])
+    test = pd.concat([_table(300, 6, model="a"), _table(300, 7, model="b", spread=4.0)])
+    cal = bands.calibrate(train, "synthetic")
+    pooled = bands.Calibration(
+        {k: e for k, e in cal.entries.items() if k[2:] == ("*", "*")}, "pooled"
+    )
+    for c, lo_ok, hi_ok in ((cal, 0.86, 0.94), (pooled, 0.0, 1.0)):
+        for fam in ("a", "b"):
+            part = test[test["cfg.model.name"] == fam]
+            pairs = zip(part.t_pred, part.validity, strict=True)
+            got = [c.band("discrete", "loss", p, v, fam) for p, v in pairs]
+            lo, hi = (np.array([g[i] for g in got]) for i in (0, 2))
+            covered = ((part.t_real >= lo) & (part.t_real <= hi)).mean()
+            assert lo_ok <= covered <= hi_ok, (c.source, fam, covered)
+            if c is pooled:
+                assert covered > 0.97 if fam == "a" else covered < 0.84
+    assert ("discrete", "loss", "b", "high") in cal.entries
 
 
 def test_leave_one_out_bands_calibrate_on_the_other_runs_of_the_sweep():
@@ -76,8 +104,10 @@ def test_calibration_round_trips_and_the_shipped_one_loads(tmp_path):
 
 
 def test_disagreement_is_the_median_log_gap():
-    assert bands.disagreement([10, 20, 30], [10, 20, 30], 150) == 0.0
-    assert bands.disagreement([21, 21, 21], [10, 10, 10], 150) == pytest.approx(math.log(2))
-    assert bands.disagreement([None, None, 10], [10, 10, 10], 150) == pytest.approx(
+    from ttbench.validity import disagreement
+
+    assert disagreement([10, 20, 30], [10, 20, 30], 150) == 0.0
+    assert disagreement([21, 21, 21], [10, 10, 10], 150) == pytest.approx(math.log(2))
+    assert disagreement([None, None, 10], [10, 10, 10], 150) == pytest.approx(
         math.log(301 / 11)
     )

@@ -15,6 +15,7 @@ PAPER = [
     *("fig4_projection", "fig4_spectrum", "fig7_subset", "fig8_noise"),
     *("fig9_weight_vs_function", "fig3_clustering"),
     *("fidelity_gd", "fidelity_lazy", "fidelity_sgd", "fidelity_resnet", "fidelity_vit"),
+    "fidelity_resnet_strong",
 ]
 
 

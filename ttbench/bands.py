@@ -1,17 +1,23 @@
 """Bands that hold: a 5/50/95% band for every prediction of T_eps, from the model's own error,
-not from batch noise alone. Method: normalised split-conformal calibration on log residuals.
+not from batch noise alone. Method: normalised split-conformal calibration on log residuals,
+Mondrian by regime.
 
 For a point with real time t and predicted time p, the residual is r = log((t + 1) / (p + 1)),
-divided by the prediction's scale s = SIGMA0 + v, v being its validity (for a plain predictor,
-how far it disagrees with the run's refined prediction; 0 for the others, whose scale is then
-SIGMA0 alone). On a calibration set of such normalised residuals z = r / s, the band of a new
-prediction p with scale s is
+divided by the prediction's scale s = SIGMA0 + v, v being its validity (its expected error,
+ttbench.validity). On a calibration set of such normalised residuals z = r / s, the band of a
+new prediction p with scale s is
 
     (p + 1) exp(z_q s) - 1   for the conformal quantiles z_q at q = 5%, 50%, 95%
 
 (finite-sample corrected: the ceil((n + 1) q)-th of n). Under exchangeability of the
 calibration points and the new one it holds the real time with probability about 90%. The
 median z_50 corrects a predictor's bias.
+
+Mondrian: one set of quantiles per predictor, curve kind, model family (the model's name) and
+validity level (LEVEL_EDGES), so that a band holds within each regime rather than only on
+average; a cell with fewer than MIN_POINTS points falls back to the family's, then the level's,
+then the predictor's. A band wider than WIDTH x the budget says nothing: it is "unknown"
+(no band) instead.
 
 Two calibrations: the one shipped with ttbench (`default_calibration`, measured on the fidelity
 presets' development seeds 0-5, never on the evaluation seeds), which gives a single run its
@@ -34,10 +40,24 @@ import numpy as np
 import pandas as pd
 
 from ttbench.points import valid
+from ttbench.validity import FEATURES, Model, fit, table_features
+from ttbench.validity import from_json as validity_from_json
+from ttbench.validity import to_json as validity_json
 
 SIGMA0 = 0.05  # the scale of a prediction with validity 0, in log time
 LEVELS = (0.05, 0.5, 0.95)
 DEFAULT = "calibration.json"  # beside this module
+ANY = "*"  # a Mondrian cell over every family or level
+LEVEL_EDGES = (0.1, 0.3)  # validity (expected |log error|) levels: low, mid, high
+MIN_POINTS = 20  # the fewest points a cell is calibrated on
+WIDTH = 1.0  # a band wider than this many budgets is "unknown"
+
+
+def level(validity: float | None) -> str:
+    """The validity level of a prediction: low (< 0.1, about 10% expected error), mid, high."""
+    if validity is None:
+        return ANY
+    return ("low", "mid", "high")[sum(validity >= e for e in LEVEL_EDGES)]
 
 
 @dataclass(frozen=True)
@@ -47,37 +67,49 @@ class Entry:
     z: tuple[float, float, float]  # conformal quantiles of the normalised residuals at LEVELS
     n: int  # calibration points
     validity: float  # the typical validity, used when a run has none (no refinement)
+    family: str = ANY  # the Mondrian cell: model family and validity level
+    level: str = ANY
 
 
 @dataclass(frozen=True)
 class Calibration:
-    entries: dict[tuple[str, str], Entry]
+    entries: dict[tuple[str, str, str, str], Entry]  # (predictor, kind, family, level)
     source: str
+    validity: Model | None = None  # the expected-error model (ttbench.validity)
+
+    def entry(self, predictor: str, kind: str, family: str, lvl: str) -> Entry | None:
+        """The cell's entry, else the family's, the level's, the predictor's."""
+        for key in ((family, lvl), (family, ANY), (ANY, lvl), (ANY, ANY)):
+            e = self.entries.get((predictor, kind, *key))
+            if e is not None:
+                return e
+        return None
 
     def band(
-        self, predictor: str, kind: str, t_pred: float | None, validity: float | None
+        self,
+        predictor: str,
+        kind: str,
+        t_pred: float | None,
+        validity: float | None,
+        family: str = ANY,
+        steps: int | None = None,
     ) -> tuple[float, float, float] | None:
-        """(5%, 50%, 95%) of the real time, in steps; None without a prediction or an entry."""
-        e = self.entries.get((predictor, kind))
-        if e is None or t_pred is None or not math.isfinite(t_pred):
+        """(5%, 50%, 95%) of the real time, in steps; None without a prediction or an entry,
+        or when the band is wider than WIDTH x `steps` ("unknown")."""
+        if t_pred is None or not math.isfinite(t_pred):
+            return None
+        e = self.entry(predictor, kind, family, level(validity))
+        if e is None:
             return None
         s = scale(e.validity if validity is None else validity)
-        return tuple(max(0.0, round((t_pred + 1) * math.exp(z * s) - 1, 1)) for z in e.z)
+        q = tuple(max(0.0, round((t_pred + 1) * math.exp(z * s) - 1, 1)) for z in e.z)
+        if steps is not None and not q[2] - q[0] <= WIDTH * steps:
+            return None
+        return q
 
 
 def scale(validity: float) -> float:
     return SIGMA0 + validity
-
-
-def disagreement(t: Sequence[int | None], ref: Sequence[int | None], steps: int) -> float:
-    """The validity of a plain prediction: the median over eps of |log((t + 1) / (r + 1))|
-    between its T_eps and the refined reference's; a missing time counts as 2 x steps."""
-
-    def at(v: int | None) -> float:
-        return 2.0 * steps if v is None else float(v)
-
-    gaps = [abs(math.log((at(a) + 1) / (at(b) + 1))) for a, b in zip(t, ref, strict=True)]
-    return float(np.median(gaps))
 
 
 def residual(t_real: np.ndarray, t_pred: np.ndarray) -> np.ndarray:
@@ -101,27 +133,52 @@ def conformal_quantiles(z: np.ndarray, levels: Sequence[float] = LEVELS) -> tupl
 
 
 def _points(rows: pd.DataFrame) -> pd.DataFrame:
-    """Calibration points: scorable rows with a prediction, their normalised residual z."""
+    """Calibration points: scorable rows with a prediction and a real time, their normalised
+    residual z."""
     rows = valid(rows)
-    rows = rows[rows["t_pred"].notna()]
+    rows = rows[rows["t_pred"].notna() & rows["t_real"].notna()]
     v = rows["validity"].astype(float).fillna(0.0) if "validity" in rows else 0.0
     z = residual(rows["t_real"], rows["t_pred"]) / scale(v)
     return rows.assign(_z=np.asarray(z, float))
 
 
-def calibrate(results: pd.DataFrame, source: str) -> Calibration:
-    """A calibration from a results table: per predictor and curve kind."""
+def calibrate(results: pd.DataFrame, source: str, model: Model | None = None) -> Calibration:
+    """A calibration from a results table: per predictor and curve kind, and per Mondrian cell
+    (model family, validity level) with enough points. With `model`, every prediction's
+    validity is first recomputed by it (ttbench.validity), as a run would compute it."""
+    if model is not None:
+        results = with_validity(results, model)
     points = _points(results)
+    family = points["cfg.model.name"].astype(str) if "cfg.model.name" in points else ANY
+    v = points["validity"].astype(float) if "validity" in points else pd.Series(np.nan)
+    points = points.assign(_family=family, _level=v.map(lambda x: level(None if pd.isna(x) else x)))
     entries = {}
     for (name, kind), part in points.groupby(["predictor", "kind"], sort=True):
-        if len(part) < 20:  # too few for a 5-95% band
-            continue
-        v = part.drop_duplicates("run")["validity"] if "validity" in part else pd.Series()
-        typical = float(v.median()) if len(v.dropna()) else 0.0
-        entries[(name, kind)] = Entry(
-            name, kind, conformal_quantiles(part["_z"]), len(part), typical
-        )
-    return Calibration(entries, source)
+        cells = [(ANY, ANY, part)]
+        cells += [(f, ANY, g) for f, g in part.groupby("_family")]
+        cells += [(ANY, lv, g) for lv, g in part.groupby("_level") if lv != ANY]
+        cells += [(f, lv, g) for (f, lv), g in part.groupby(["_family", "_level"]) if lv != ANY]
+        for fam, lv, cell in cells:
+            if len(cell) < MIN_POINTS:  # too few for a 5-95% band
+                continue
+            vals = cell.drop_duplicates("run")["validity"].dropna()
+            typical = float(vals.median()) if len(vals) else 0.0
+            entries[(name, kind, fam, lv)] = Entry(
+                name, kind, conformal_quantiles(cell["_z"]), len(cell), typical, fam, lv
+            )
+    return Calibration(entries, source, model)
+
+
+def with_validity(results: pd.DataFrame, model: Model) -> pd.DataFrame:
+    """The table with each prediction's validity as `model` computes it from the run's rows."""
+    table = table_features(results)
+    if not len(table):
+        return results
+    f = table[list(FEATURES)].to_numpy(float)
+    expected = [model.expected(n, row) for n, row in zip(table["predictor"], f, strict=True)]
+    new = table[["run", "predictor"]].assign(_v=expected)
+    out = results.merge(new, on=["run", "predictor"], how="left")
+    return out.assign(validity=out["_v"]).drop(columns="_v").set_axis(results.index)
 
 
 def loo_bands(results: pd.DataFrame, group: str = "cfg.preset") -> pd.DataFrame:
@@ -151,20 +208,33 @@ def loo_bands(results: pd.DataFrame, group: str = "cfg.preset") -> pd.DataFrame:
 
 
 def to_json(cal: Calibration) -> dict:
-    return {
-        "method": "normalised split-conformal on log((t_real + 1) / (t_pred + 1))",
+    out = {
+        "method": "normalised split-conformal on log((t_real + 1) / (t_pred + 1)), Mondrian "
+        "by model family and validity level",
         "sigma0": SIGMA0,
         "source": cal.source,
         "entries": [asdict(e) for e in cal.entries.values()],
     }
+    if cal.validity is not None:
+        out["validity"] = validity_json(cal.validity)
+    return out
 
 
 def from_json(d: dict) -> Calibration:
     entries = {}
     for e in d["entries"]:
-        entry = Entry(e["predictor"], e["kind"], tuple(e["z"]), e["n"], e["validity"])
-        entries[(entry.predictor, entry.kind)] = entry
-    return Calibration(entries, d["source"])
+        entry = Entry(
+            e["predictor"],
+            e["kind"],
+            tuple(e["z"]),
+            e["n"],
+            e["validity"],
+            e.get("family", ANY),
+            e.get("level", ANY),
+        )
+        entries[(entry.predictor, entry.kind, entry.family, entry.level)] = entry
+    model = validity_from_json(d["validity"]) if "validity" in d else None
+    return Calibration(entries, d["source"], model)
 
 
 def default_calibration() -> Calibration:
@@ -180,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default="", help="what the table holds, recorded in the file")
     a = p.parse_args(argv)
     results = pd.read_parquet(a.tables / "results.parquet")
-    cal = calibrate(results, a.source or str(a.tables))
+    cal = calibrate(results, a.source or str(a.tables), fit(results))
     a.out.write_text(json.dumps(to_json(cal), indent=1) + "\n")
     print(f"{len(cal.entries)} entries -> {a.out}")
     return 0

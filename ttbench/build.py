@@ -77,6 +77,7 @@ def pretrain_spec(spec: RunSpec) -> PretrainSpec:
         conv_scale=p.conv_scale,
         augment=p.augment,
         precise_bn=p.precise_bn,
+        schedule=p.schedule,
         arch=spec.model.name,
         resolution=options.get("resolution"),
         patch_size=spec.model.patch_size,

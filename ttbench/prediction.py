@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ttbench import record
-from ttbench.bands import Calibration, disagreement
+from ttbench.bands import Calibration
 from ttbench.core import losses, refine, sgd
 from ttbench.core.curves import Curves, t_eps_quantiles
 from ttbench.core.dynamics import discrete, sharpness
@@ -40,6 +40,7 @@ from ttbench.predictors import PREDICTORS, W0, WK, Inputs, K, Predictor, Solved
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
 from ttbench.validate import ConfigError
+from ttbench.validity import REFERENCES, family, features
 
 log = logging.getLogger(__name__)
 PREFIX = "prefix"  # the pseudo-stage of the k real steps, counted in a refined prediction's cost
@@ -277,28 +278,53 @@ def bands(paths: sgd.PathPrediction) -> dict[float, Curves]:
     }
 
 
-# The refined predictions a plain one is checked against (the first present), for its validity.
-REFERENCES = ("relin", "relin_sgd")
+@dataclass(frozen=True)
+class Evidence:
+    """What a run measured that says how far its predictions hold (ttbench.validity)."""
+
+    signals: dict[str, float]
+    spike_at: int | None = None  # the real loss's first spike
+    announced_at: int | None = None  # the watch's first announcement
 
 
 def with_bands(
-    entries: dict[str, record.PredictorRecord], spec: RunSpec, calibration: Calibration
+    entries: dict[str, record.PredictorRecord],
+    spec: RunSpec,
+    calibration: Calibration,
+    evidence: Evidence | None = None,
 ) -> dict[str, record.PredictorRecord]:
-    """Every prediction with its model-error band (ttbench.bands) and, when the run has a
-    refined reference, every plain one with its validity: how far it disagrees with it."""
-    ref = next((entries[n] for n in REFERENCES if n in entries and not entries[n].diverged), None)
+    """Every prediction with its validity (expected error, from the calibration's model of the
+    run's evidence; without a model, a plain prediction's disagreement with the refined
+    reference) and its model-error band (ttbench.bands, Mondrian by the model's family and the
+    validity's level; "unknown" when wider than ttbench.bands.WIDTH budgets)."""
+    evidence = evidence or Evidence({})
+    steps = spec.train.steps
+    times = {n: e.t_eps["loss"] for n, e in entries.items() if not PREDICTORS[n].pooled}
+    f = features(
+        times,
+        {n: e.k for n, e in entries.items()},
+        evidence.signals,
+        evidence.spike_at,
+        evidence.announced_at,
+        steps,
+        spec.refine.steps,
+    )
+    model = calibration.validity
     out = {}
     for name, e in entries.items():
-        p = PREDICTORS[name]
-        plain = not (p.prefix or p.pooled)
-        v = None
-        if plain and ref is not None:
-            v = disagreement(e.t_eps["loss"], ref.t_eps["loss"], spec.train.steps)
+        if name not in f:
+            v = None
+        elif model is not None:
+            v = model.expected(name, f[name])
+        else:  # the disagreement with the refined reference alone, where there is one
+            has_ref = any(r in times and set(times[r]) != {None} for r in REFERENCES)
+            v = float(f[name][0]) if has_ref and family(name) == "plain" else None
         band = {}
-        for kind, times in e.t_eps.items():
-            qs = [calibration.band(name, kind, t, v if plain else 0.0) for t in times]
+        for kind, ts in e.t_eps.items():
+            qs = [calibration.band(name, kind, t, v, spec.model.name, steps) for t in ts]
             band[kind] = tuple(record.Quantiles(*(q or (None, None, None))) for q in qs)
-        out[name] = replace(e, band=band, validity=v)
+        trusted = None if model is None or v is None else model.trusted(name, v)
+        out[name] = replace(e, band=band, validity=v, trusted=trusted)
     return out
 
 

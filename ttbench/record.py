@@ -63,7 +63,8 @@ class PredictorRecord:
     paths: int | None = None
     quantiles: dict[str, tuple[Quantiles, ...]] | None = None  # of the sample paths, per eps
     band: dict[str, tuple[Quantiles, ...]] | None = None  # model-error band (ttbench.bands)
-    validity: float | None = None  # plain: disagreement with the refined prediction
+    validity: float | None = None  # its expected error, |log| (ttbench.validity)
+    trusted: bool | None = None  # False: "not trustworthy" (validity above the model's limit)
     k: int | None = None  # refined: the step it starts from (it observed the steps before)
 
 
@@ -199,6 +200,7 @@ class Record:
                             "path_q95": q.q95,
                             "path_covered": q.covers(t_real),
                             "validity": pred.validity,
+                            "trusted": pred.trusted,
                             "k": pred.k,
                             "predict_s": predict_s,
                         }
@@ -265,6 +267,8 @@ def _to_json(rec: Record) -> dict[str, Any]:
             entry["band"] = _quantiles_json(p.band, rec.real.t_eps)
         if p.validity is not None:
             entry["validity"] = p.validity
+        if p.trusted is not None:
+            entry["trusted"] = p.trusted
         if p.k is not None:
             entry["k"] = p.k
         out["predictors"][name] = entry
@@ -341,6 +345,7 @@ def from_json(d: Mapping[str, Any]) -> Record:
             quantiles=None if quantiles is None else _quantiles(quantiles, eps),
             band=_quantiles(p["band"], eps) if "band" in p else None,
             validity=p.get("validity"),
+            trusted=p.get("trusted"),
             k=p.get("k"),
         )
     t = d["task"]

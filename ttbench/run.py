@@ -39,7 +39,7 @@ from ttbench.core.stability import (
 from ttbench.files import Busy, locked
 from ttbench.plots import plot_curves
 from ttbench.prediction import (
-    REFERENCES,
+    Evidence,
     Predicted,
     after_prefix,
     at_w0,
@@ -54,6 +54,7 @@ from ttbench.spec import RunSpec
 from ttbench.stages import Stages, timed
 from ttbench.train import finetune_run, load_state
 from ttbench.validate import validate
+from ttbench.validity import REFERENCES
 
 log = logging.getLogger("ttbench.run")
 
@@ -212,6 +213,11 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
             {name: entry(name, p, spec) for name, p in predictions.items()},
             spec,
             default_calibration(),
+            Evidence(
+                signals,
+                real.spike_at(spec.train.smooth),
+                None if watched is None else watched.at,
+            ),
         ),
         probes=probe_files,
         signals=signals,
@@ -330,17 +336,27 @@ def signal_lines(rec: record.Record) -> list[str]:
     if after:
         k = rec.config["refine"]["steps"]
         out.append(f"after the first {k} real steps: " + ", ".join(after))
-    valid = {n: p.validity for n, p in rec.predictors.items() if p.validity is not None}
-    if valid:
+    valid = {n: p for n, p in rec.predictors.items() if p.validity is not None}
+    modelled = any(p.trusted is not None for p in valid.values())
+    if valid and modelled:
+        parts = ", ".join(f"{n} {math.exp(p.validity) - 1:.0%}" for n, p in valid.items())
+        out.append(f"validity (each prediction's expected error, from the run's signals): {parts}")
+        for name, p in valid.items():
+            if p.trusted is False:
+                out.append(
+                    f"NOT TRUSTWORTHY: {name} (expected error {math.exp(p.validity) - 1:.0%}): "
+                    "the network has left its linearisation; read its T_eps as unknown"
+                )
+    elif valid:
         ref = next(n for n in REFERENCES if n in rec.predictors)
-        parts = ", ".join(f"{n} {math.exp(v) - 1:.0%}" for n, v in valid.items())
+        parts = ", ".join(f"{n} {math.exp(p.validity) - 1:.0%}" for n, p in valid.items())
         out.append(f"validity: disagreement of the plain predictions with {ref}: {parts}")
-        for name, v in valid.items():
-            if v > VALIDITY_LIMIT:
+        for name, p in valid.items():
+            if p.validity > VALIDITY_LIMIT:
                 out.append(
                     f"WARNING: {name} disagrees with the prediction refined from the real steps "
-                    f"by {math.exp(v) - 1:.0%} (over {math.exp(VALIDITY_LIMIT) - 1:.0%}): the "
-                    f"network has left its linearisation; do not trust {name}, trust {ref}"
+                    f"by {math.exp(p.validity) - 1:.0%} (over {math.exp(VALIDITY_LIMIT) - 1:.0%}): "
+                    f"the network has left its linearisation; do not trust {name}, trust {ref}"
                 )
     return out
 

@@ -108,6 +108,7 @@ class PretrainSettings:
     conv_scale: float
     augment: bool = False  # random affine copies of the source images every epoch
     precise_bn: bool = False  # BatchNorm statistics recomputed over the source after training
+    schedule: str = "constant"  # the learning rate: constant | onecycle
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ def validate(cfg: DictConfig) -> RunSpec:
             f"takes {wanted}-channel images; dataset {cfg.dataset.name} has {channels}",
         )
     _integer(cfg, "task.n", 1)
+    _pretrain_settings(cfg)
     _optim(cfg)
     _choice("theta.mode", cfg.theta.mode, MODES)
     if cfg.refine.theta is not None:
@@ -404,6 +405,21 @@ def check_cli(argv: Sequence[str], default_out_root: str) -> None:
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _pretrain_settings(cfg: DictConfig) -> None:
+    """The settings of a pretraining ttbench does itself."""
+    p = cfg.model.get("pretrain")
+    if p is None or (cfg.model.name != "small_resnet" and cfg.model.pretrained != TTBENCH):
+        return
+    _integer(cfg, "model.pretrain.epochs", 1)
+    _integer(cfg, "model.pretrain.batch_size", 1)
+    if not _number(cfg, "model.pretrain.lr") > 0:
+        raise ConfigError("model.pretrain.lr", p.lr, "must be > 0")
+    _choice("model.pretrain.schedule", p.get("schedule", "constant"), ("constant", "onecycle"))
+    for key in ("augment", "precise_bn"):
+        if not isinstance(p.get(key, False), bool):
+            raise ConfigError(f"model.pretrain.{key}", p.get(key), "must be true or false")
 
 
 def _model(m: DictConfig) -> ModelSpec:

@@ -47,6 +47,7 @@ class PretrainSpec:
     split_seed: int = 0
     augment: bool = False  # every epoch sees a random affine copy of each source image
     precise_bn: bool = False  # BatchNorm statistics recomputed over the source after training
+    schedule: str = "constant"  # the learning rate: constant | onecycle (up to lr, then down)
 
     def build(self) -> Classifier:
         if self.arch == "small_resnet":
@@ -66,6 +67,7 @@ class PretrainSpec:
             "patch_size": None,
             "augment": False,
             "precise_bn": False,
+            "schedule": "constant",
         }
         return {k: v for k, v in asdict(self).items() if later.get(k, object()) != v}
 
@@ -84,6 +86,12 @@ def pretrain(
         torch.manual_seed(spec.seed)  # weight init draws from the global generator
         model = spec.build()
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    batches = spec.epochs * -(-len(y) // spec.batch_size)
+    sched = (
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=batches)
+        if spec.schedule == "onecycle"
+        else None
+    )
     model.train()
     for epoch in range(spec.epochs):
         order = torch.randperm(len(y), generator=gen)
@@ -95,6 +103,8 @@ def pretrain(
             batch_loss = nn.functional.cross_entropy(model(batch), y[idx])
             batch_loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += batch_loss.item() * len(idx)
         if progress:
             log.info("pretrain epoch %d/%d: loss %.4f", epoch + 1, spec.epochs, total / len(y))
