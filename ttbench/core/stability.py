@@ -19,7 +19,9 @@ head's weights, and crosses the edge of stability within a few steps at learning
 Theta at w0 is stable (measured on the fidelity_resnet preset: stability 0.4-0.8 at w0, 2.6-16
 two steps later). Past the edge the loss spikes: a catapult that recovers, or an explosion
 (ttbench.core.curves.outcome). `forecast` announces a spike when a watched stability reaches the
-threshold, before the loss has risen, and says "diverges" where an explosion is the likely end:
+threshold (the run's default 1.1: the edge, plus the watch's error; on the development seeds
+1.0 also flagged two of the three runs that never spiked, at 1.09), before the loss has risen,
+and says "diverges" where an explosion is the likely end:
 with heavy-ball momentum (m >= EXPLODE_MOMENTUM), an instability that is strong (stability >=
 EXPLODE_STABILITY) within the first EARLY steps. Why momentum: the velocity keeps pushing along
 the unstable direction while the catapult would need the step to shrink; on the two-layer
@@ -147,7 +149,7 @@ class Forecast:
 def forecast(
     values: Mapping[int, float],
     momentum: float,
-    threshold: float = 1.0,
+    threshold: float = 1.1,
     before: int | None = None,
 ) -> Forecast:
     """From the stabilities at watched steps (below `before`, when given): SPIKE_AHEAD at the
