@@ -162,7 +162,12 @@ def _int(v) -> int | None:
 
 def fit(results: pd.DataFrame) -> Model:
     """The model of each family fitted on a results table (module docstring)."""
-    table = table_features(results).dropna(subset=["error"])
+    return fit_table(table_features(results))
+
+
+def fit_table(table: pd.DataFrame) -> Model:
+    """The model fitted on a table of FEATURES, `family` and `error` per prediction."""
+    table = table.dropna(subset=["error"])
     weights, limit = {}, {}
     for fam, part in table.groupby("family"):
         a = np.column_stack([np.ones(len(part)), part[list(FEATURES)].to_numpy(float)])

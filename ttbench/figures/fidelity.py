@@ -14,14 +14,27 @@ from ttbench.figures.style import Skip, ordered, require
 from ttbench.points import left_out
 from ttbench.predictors import PREDICTORS
 
-PRESETS = ("fidelity_gd", "fidelity_lazy", "fidelity_sgd", "fidelity_resnet")
+PRESETS = (
+    "fidelity_gd",
+    "fidelity_lazy",
+    "fidelity_sgd",
+    "fidelity_resnet",
+    "fidelity_resnet_strong",
+    "fidelity_vit",
+    "own_weights",
+)
 _PERCENT = (
     "loss_13",
     "loss_20",
     "error_13",
     "error_20",
+    "loss_13_trusted",
+    "loss_13_flagged",
     "run_coverage",
     "sweep_coverage",
+    "within_13",
+    "constant_13",
+    "relin_13",
 )
 _COLUMNS = [
     "loss_13",
@@ -29,6 +42,10 @@ _COLUMNS = [
     "error_13",
     "error_20",
     "n_loss",
+    "loss_13_trusted",
+    "n_trusted",
+    "loss_13_flagged",
+    "n_flagged",
     "left_out",
     "run_coverage",
     "run_width",
@@ -78,6 +95,25 @@ def fidelity_markdown(results: pd.DataFrame) -> str:
             "## Per regime",
             "",
             tb.markdown(per_regime[["regime", "predictor", *cols]], percent=_PERCENT),
+            "## Following the run: re-linearised again as it proceeds",
+            "",
+            "Per re-linearisation (k/2, k, 2k, 4k, and once the loss has settled after a "
+            "spike): the median step `k` it started from, its share of loss T_eps within 13% "
+            "over the points it had to predict (real T_eps after its step), and on the same "
+            "points the shares of `constant` and of `relin` (k).",
+            "",
+            tb.markdown(tb.following(rows), percent=_PERCENT) if len(tb.following(rows)) else "",
+            tb.markdown(tb.following(rows, by=("regime",)), percent=_PERCENT)
+            if len(tb.following(rows))
+            else "No re-linearisations.\n",
+            "## Trust: the validity against the error, per predictor",
+            "",
+            "Runs that did not explode; `off`: runs whose median relative error of loss T_eps "
+            "is above 50%, `off_flagged`: of those, the ones the run said were not trustworthy; "
+            "`flagged`: all the runs it said so of; `spearman`: of the validity (expected "
+            "error) with the error.",
+            "",
+            tb.markdown(tb.trust(rows), ".2f") if len(tb.trust(rows)) else "No validity.\n",
             "## Divergence: what each prediction said against what the real run did",
             "",
             "Runs per predictor: `converges` (it gave T_eps) or `diverges`, against the real "

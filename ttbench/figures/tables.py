@@ -409,6 +409,12 @@ def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor"))
         )
     out = frames[0].join(frames[1], how="outer")
     gone = rows[rows["kind"] == "loss"]
+    if "trusted" in gone:  # the points a run flagged "not trustworthy", in a column of their own
+        flagged = gone["trusted"].astype("boolean").fillna(True)
+        for name, part in (("trusted", gone[flagged]), ("flagged", gone[~flagged])):
+            shares = share_within(part, by).set_index(list(by))
+            out[f"loss_13_{name}"] = shares["within_13"]
+            out[f"n_{name}"] = shares["n"]
     kept = valid(gone)
     out["left_out"] = gone.groupby(list(by)).size().sub(kept.groupby(list(by)).size(), fill_value=0)
     for name, prefix in BANDS.items():
@@ -419,6 +425,75 @@ def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor"))
     ratio = per["finetune_s"].astype(float) / per["predict_s"].astype(float)
     out["cost_ratio"] = per.assign(_ratio=ratio).groupby(list(by))["_ratio"].median()
     return out.reset_index()
+
+
+CHAIN = ("relin_half", "relin", "relin_2k", "relin_4k", "relin_settled")
+
+
+def following(results: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Predictions that follow the run: per re-linearisation of the chain (CHAIN: k/2, k, 2k,
+    4k, after a spike) the median step it started from, its share of loss T_eps within 13% on
+    the points it had to predict (real T_eps after its step), and on the same points the
+    shares of `constant` (the other seeds) and of `relin` (k)."""
+    rows = valid(results[results["kind"] == "loss"]) if len(results) else results
+    out = []
+    if not len(rows):
+        return pd.DataFrame()
+    rows = rows.assign(regime=regimes(rows)) if "regime" in by else rows
+    for keys, part in rows.groupby(list(by)) if by else [((), rows)]:
+        for name in CHAIN:
+            mine = part[part["predictor"] == name]
+            if not len(mine):
+                continue
+            same = mine[["run", "eps"]]
+            row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,), strict=True))
+            row |= {"predictor": name, "k": float(mine["k"].median()), "n": len(mine)}
+            row["within_13"] = float(within(mine, 0.13).mean())
+            for other in ("constant", "relin"):
+                theirs = part[part["predictor"] == other].merge(same, on=["run", "eps"])
+                row[f"{other}_13"] = float(within(theirs, 0.13).mean()) if len(theirs) else None
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def trust(results: pd.DataFrame, far: float = 0.5) -> pd.DataFrame:
+    """Per predictor, over runs that did not explode: how many were more than `far` off (the
+    median relative error of their loss T_eps, as `run_error`), how many of those the run
+    flagged "not trustworthy", how many it flagged in all, and the Spearman correlation of the
+    validity (expected error) with the error."""
+    rows = results[results["kind"] == "loss"] if len(results) else results
+    if not len(rows) or "validity" not in rows:
+        return pd.DataFrame()
+    out = []
+    for name, part in rows.groupby("predictor", sort=False):
+        part = part[~exploded(part)]
+        error = run_error(part)
+        first = part.groupby("run").first()
+        v = first["validity"].astype(float)
+        flagged = pd.Series(False, index=first.index)
+        if "trusted" in first:
+            flagged = ~first["trusted"].astype("boolean").fillna(True)
+        both = pd.DataFrame({"v": v, "e": error, "f": flagged}).dropna(subset=["e"])
+        if not len(both):
+            continue
+        off = both["e"] > far
+        ranked = both.dropna(subset=["v"])
+        rho = (
+            stats.spearmanr(ranked["v"], ranked["e"]).statistic
+            if len(ranked) >= 3 and ranked["v"].nunique() > 1
+            else np.nan
+        )
+        out.append(
+            {
+                "predictor": name,
+                "runs": len(both),
+                "off": int(off.sum()),
+                "off_flagged": int((off & both["f"]).sum()),
+                "flagged": int(both["f"].sum()),
+                "spearman": rho,
+            }
+        )
+    return pd.DataFrame(out)
 
 
 def confusion(results: pd.DataFrame, by: Sequence[str] = ("predictor",)) -> pd.DataFrame:
@@ -446,7 +521,7 @@ def confusion(results: pd.DataFrame, by: Sequence[str] = ("predictor",)) -> pd.D
     return out.assign(misses=wrong)[cols]
 
 
-SIGNALS = ("validity", "drift", "kernel_change", "time_scale", "stability")
+SIGNALS = ("validity", "drift", "kernel_change", "time_scale", "stability", "stability_prefix")
 
 
 def run_error(rows: pd.DataFrame) -> pd.Series:

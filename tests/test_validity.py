@@ -1,0 +1,112 @@
+"""Validity: a prediction's expected error from the run's own signals, fitted on development
+runs, and the warning it gives."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, run_in_process
+from ttbench import bands, run, validity
+from ttbench.figures import tables as tb
+
+
+def test_the_model_recovers_non_negative_weights_and_flags_every_far_prediction():
+    rng = np.random.default_rng(0)
+    n = 400
+    f = pd.DataFrame(rng.uniform(0, 1, (n, len(validity.FEATURES))), columns=validity.FEATURES)
+    truth = np.array([0.05, 0.4, 0.0, 0.2, 0.0, 0.3, 0.6])  # intercept, then per feature
+    error = truth[0] + f.to_numpy() @ truth[1:] + rng.normal(0, 0.01, n)
+    table = f.assign(family="plain", error=error)
+    m = validity.fit_table(table)
+    np.testing.assert_allclose(m.weights["plain"], truth, atol=0.01)
+    expected = np.array([m.expected("ode", row) for row in f.to_numpy()])
+    far = error > validity.FAR
+    assert far.any() and (expected[far] >= m.limit["plain"]).all()
+    assert not m.trusted("ode", m.limit["plain"] + 1e-9) and m.trusted("ode", m.limit["plain"])
+    assert m.expected("relin", f.to_numpy()[0]) is None  # no refined family fitted
+    back = validity.from_json(validity.to_json(m))
+    assert back == m
+
+
+def test_features_from_a_results_table():
+    """Disagreement with relin for a plain prediction, 0 for a refined one; a spike counts for
+    a prediction that had seen it; the error leaves out what a refined prediction observed."""
+    eps = (0.1, 0.4)
+    base = {"run": "r", "kind": "loss", "cfg.steps": 100, "cfg.refine.steps": 10,
+            "signal.kernel_change": math.e - 1, "signal.drift": 0.0, "signal.time_scale": 2.0,
+            "signal.stability": 0.5, "signal.stability_prefix": 3.0, "real_spike_at": 20,
+            "forecast_at": None, "real_outcome": "catapult"}  # fmt: skip
+    rows = []
+    for e, t in zip(eps, (60, 8), strict=True):
+        point = base | {"eps": e, "t_real": t}
+        rows.append(point | {"predictor": "discrete", "t_pred": 2 * t + 1})
+        rows.append(point | {"predictor": "relin", "t_pred": t, "k": 10})
+        rows.append(point | {"predictor": "relin_2k", "t_pred": 99, "k": 20})
+    got = validity.table_features(pd.DataFrame(rows)).set_index("predictor")
+    assert got.loc["discrete", "disagreement"] == pytest.approx(math.log(2))
+    assert got.loc["relin", "disagreement"] == 0
+    assert got.loc["discrete", "kernel_change"] == pytest.approx(1.0)
+    assert got.loc["discrete", "time_scale"] == pytest.approx(math.log(2))
+    assert got.loc["discrete", "instability"] == pytest.approx(math.log(4))
+    # the spike at step 20: seen by relin_2k (k = 20), not by relin (k = 10) nor the plain one
+    assert got["spike"].to_dict() == {"discrete": 0.0, "relin": 0.0, "relin_2k": 1.0}
+    assert got.loc["discrete", "error"] == pytest.approx(math.log(2))  # median of 2 gaps
+    assert got.loc["relin", "error"] == 0  # t_real 8 <= k 10 is not scored
+    assert got.loc["relin_2k", "error"] == pytest.approx(math.log(100 / 61))
+
+
+def test_a_run_says_what_it_does_not_trust(tmp_path, cache_dir, capsys, monkeypatch):
+    """With a model whose limit everything exceeds, every prediction is flagged."""
+    model = validity.Model({"plain": (1.0, *[0.0] * 6), "refined": (0.01, *[0.0] * 6)},
+                           {"plain": 0.5, "refined": 0.5})  # fmt: skip
+    shipped = bands.default_calibration()
+    monkeypatch.setattr(
+        run, "default_calibration", lambda: bands.Calibration(shipped.entries, "test", model)
+    )
+    rec = run_in_process([*TINY, "steps=20", "predictor=default"], tmp_path / "r", cache_dir)
+    assert rec.predictors["discrete"].validity == pytest.approx(1.0)
+    assert rec.predictors["discrete"].trusted is False and rec.predictors["relin"].trusted
+    out = capsys.readouterr().out
+    assert "NOT TRUSTWORTHY: discrete (expected error 172%)" in out
+    assert "NOT TRUSTWORTHY: relin" not in out
+    rows = pd.DataFrame([{"run": "r", **row} for row in rec.rows()])
+    fid = tb.fidelity(rows.assign(**{"cfg.lr": 0.003, "cfg.momentum": 0.0}), by=("predictor",))
+    fid = fid.set_index("predictor")
+    assert pd.isna(fid.loc["discrete", "n_trusted"]) and fid.loc["discrete", "n_flagged"] > 0
+    assert fid.loc["relin", "n_trusted"] > 0 and pd.isna(fid.loc["relin", "n_flagged"])
+
+
+def _rows(run: str, predictor: str, pairs, **extra) -> list[dict]:
+    return [
+        {"run": run, "predictor": predictor, "kind": "loss", "eps": e, "t_real": t,
+         "t_pred": p, "real_outcome": "converged", **extra}
+        for e, (t, p) in zip((0.01, 0.1, 0.4), pairs, strict=True)
+    ]  # fmt: skip
+
+
+def test_following_scores_each_re_linearisation_on_its_own_points():
+    rows = []
+    for name in ("a", "b"):
+        rows += _rows(name, "relin", [(100, 100), (40, 60), (12, 12)], k=10)
+        rows += _rows(name, "relin_2k", [(100, 101), (40, 40), (12, 30)], k=20)
+        rows += _rows(name, "constant", [(100, 150), (40, 41), (12, 12)])
+    got = tb.following(pd.DataFrame(rows)).set_index("predictor")
+    # relin: 4 points after step 10, 2 of them within 13%; relin_2k: 4 after step 20, all
+    assert (got.loc["relin", "n"], got.loc["relin", "within_13"]) == (6, pytest.approx(4 / 6))
+    assert (got.loc["relin_2k", "n"], got.loc["relin_2k", "within_13"]) == (4, 1.0)
+    assert got.loc["relin_2k", "constant_13"] == 0.5 and got.loc["relin_2k", "relin_13"] == 0.5
+    assert got.loc["relin_2k", "k"] == 20
+
+
+def test_trust_counts_the_far_runs_the_validity_flagged():
+    rows = []
+    for i, (rel, flagged) in enumerate([(0.05, False), (0.1, False), (0.8, True), (0.9, False)]):
+        t = 100
+        rows += _rows(f"r{i}", "ode", [(t, t * (1 + rel))] * 3, validity=rel, trusted=not flagged)
+    for r in rows:
+        r["rel_err"] = abs(r["t_pred"] - r["t_real"]) / r["t_real"]
+    got = tb.trust(pd.DataFrame(rows)).set_index("predictor").loc["ode"]
+    assert (got["runs"], got["off"], got["off_flagged"], got["flagged"]) == (4, 2, 1, 1)
+    assert got["spearman"] == pytest.approx(1.0)
