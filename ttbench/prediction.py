@@ -4,8 +4,9 @@ Theta. `after_prefix`: once the real fine-tuning has passed step k = refine.step
 again at w_k and solve the refined predictors. Both also return the run's signals:
 
 * stability = lr lambda_max(Theta grad^2 L) / (2 (1 + m)) at w0: at 1 or more, GD on the
-  linearised model is unstable, and the predictors that integrate a flow (which cannot blow up)
-  are reported as diverged;
+  linearised model is unstable; where the forecast of ttbench.core.stability says it explodes
+  (strongly unstable with momentum), the predictors that integrate a flow (which cannot blow
+  up) are reported as diverged, elsewhere they assume the spike recovers, as catapults do;
 * after k steps, how far the real network has left its linearisation: drift =
   |f_k - f_k^lin| / |f_k - f_0| (f_k^lin: the linearised model after the same k steps, along
   the real run's batches), kernel_change = |Theta_k - Theta_0|_F / |Theta_0|_F, and
@@ -36,6 +37,7 @@ from ttbench.core.projected import (
     sketched_theta,
 )
 from ttbench.core.sketch import Sketch
+from ttbench.core.stability import DIVERGES, SPIKE_AHEAD, forecast
 from ttbench.predictors import PREDICTORS, W0, WK, Inputs, K, Predictor, Solved
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
@@ -162,15 +164,23 @@ def at_w0(
         lam = sharpness(inputs.theta, inputs.f0, t.loss)
         signals["stability"] = t.lr * lam / (2 * (1 + t.momentum))
     out = _solve_all(chosen, inputs, stages, {W0: ("jacobian", "theta")})
-    if signals.get("stability", 0) >= 1:
+    said = forecast({0: signals.get("stability", 0.0)}, spec.train.momentum, spec.watch.threshold)
+    if said.verdict == DIVERGES:
         log.warning(
-            "lr * lambda_max / (2 (1 + m)) = %.3g >= 1 at w0: GD on the linearised model is "
-            "unstable at this learning rate; the flow predictors are reported as diverged",
+            "lr * lambda_max / (2 (1 + m)) = %.3g at w0, with momentum: GD is strongly unstable "
+            "from the start and likely to explode; the flow predictors, which cannot blow up, "
+            "are reported as diverged",
             signals["stability"],
         )
         for name, p in out.items():
             if PREDICTORS[name].flow:
                 out[name] = replace(p, solved=replace(p.solved, curves=_diverged(p.curves)))
+    elif said.verdict == SPIKE_AHEAD:
+        log.warning(
+            "lr * lambda_max / (2 (1 + m)) = %.3g at w0: GD is past the edge of stability; a "
+            "spike is ahead, which the plain predictions do not model (they assume it recovers)",
+            signals["stability"],
+        )
     return inputs, out, signals
 
 
@@ -188,29 +198,39 @@ def after_prefix(
     real: Curves,
     inputs: Inputs,
     stages: Stages,
+    built: dict[int, tuple] | None = None,
 ) -> tuple[dict[str, Predicted], dict[str, float]]:
     """The refined predictors `chosen` that start from step k (their `at`), from the real
     curves up to step k and the model at w_k (with the optimiser's momentum buffer `velocity`,
     by parameter name); at refine.steps also the signals drift, kernel_change and
-    time_scale."""
-    t = spec.train
-    n_prefix = k // t.eval_every + 1
-    prefix = Curves(real.loss[:n_prefix], real.error[:n_prefix], interval=t.eval_every)
-    i = replace(inputs, k=k, prefix=prefix, theta_k=None, f_k=None, u_k=None)
+    time_scale. `built` caches, per step, what was built there for another `at` (Theta_k and
+    its stages), so two refinements from one step build it once."""
+    built = {} if built is None else built
     signals: dict[str, float] = {}
-    if any(p.theta == WK for p in chosen):
-        i.f_k, i.theta_k = _theta(spec, model_k, i.x, stages, at=f"_{at}")
-        if velocity:
-            with stages(f"velocity_{at}"):  # u_k = J_k v_k, one forward-mode pass
-                _, u = jvp(model_k, i.x, velocity)
-                i.u_k = u.detach().to(torch.float64)
+    if k in built:
+        i, shared, prefix = built[k]
+    else:
+        t = spec.train
+        n_prefix = k // t.eval_every + 1
+        curves = Curves(real.loss[:n_prefix], real.error[:n_prefix], interval=t.eval_every)
+        i = replace(inputs, k=k, prefix=curves, theta_k=None, f_k=None, u_k=None)
+        if any(p.theta == WK for p in chosen):
+            i.f_k, i.theta_k = _theta(spec, model_k, i.x, stages, at=f"_{at}")
+            if velocity:
+                with stages(f"velocity_{at}"):  # u_k = J_k v_k, one forward-mode pass
+                    _, u = jvp(model_k, i.x, velocity)
+                    i.u_k = u.detach().to(torch.float64)
+        shared = {W0: ("jacobian", "theta")}
+        if i.theta_k is not None:
+            shared[WK] = _k_stages(at, velocity)
+        prefix = prefix_stage(at)
+        built[k] = (i, shared, prefix)
     if at == K and i.theta is not None:
         if i.f_k is None:
             with torch.no_grad():
                 i.f_k = model_k(i.x)
         signals |= _drift(spec, i, i.f_k)
-    shared = {W0: ("jacobian", "theta"), WK: _k_stages(at, velocity)}
-    return _solve_all(chosen, i, stages, shared, prefix_stage(at)), signals
+    return _solve_all(chosen, i, stages, shared, prefix), signals
 
 
 def _k_stages(at: str, velocity) -> tuple[str, ...]:

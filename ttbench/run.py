@@ -258,8 +258,8 @@ def _refine(spec: RunSpec, s: build.Setup, kept: dict, real: Curves, inputs, sta
     for n in spec.predictors:
         if PREDICTORS[n].prefix:
             by_at.setdefault(PREDICTORS[n].at, []).append(PREDICTORS[n])
-    out, signals = {}, {}
-    for at, chosen in by_at.items():
+    out, signals, built = {}, {}, {}
+    for at, chosen in sorted(by_at.items(), key=lambda item: item[0] == SETTLED):
         state = states.get(at)
         if state is None:
             nan = np.full(len(real.loss), np.nan)
@@ -269,11 +269,21 @@ def _refine(spec: RunSpec, s: build.Setup, kept: dict, real: Curves, inputs, sta
                 missing = replace(missing, k=spec.train.steps)
             out |= dict.fromkeys((p.name for p in chosen), missing)
             continue
-        stages.stats[prefix_stage(at)] = {"wall_s": state["seconds"]}
+        if state["step"] not in built:
+            stages.stats[prefix_stage(at)] = {"wall_s": state["seconds"]}
         model_k = s.model()
         model_k.load_state_dict(state["model"])
         got, more = after_prefix(
-            spec, chosen, at, state["step"], model_k, state.get("velocity"), real, inputs, stages
+            spec,
+            chosen,
+            at,
+            state["step"],
+            model_k,
+            state.get("velocity"),
+            real,
+            inputs,
+            stages,
+            built,
         )
         out |= got
         signals |= more
