@@ -110,3 +110,29 @@ def test_trust_counts_the_far_runs_the_validity_flagged():
     got = tb.trust(pd.DataFrame(rows)).set_index("predictor").loc["ode"]
     assert (got["runs"], got["off"], got["off_flagged"], got["flagged"]) == (4, 2, 1, 1)
     assert got["spearman"] == pytest.approx(1.0)
+
+
+def test_announcements_count_what_was_said_before_the_spike():
+    runs = [  # (outcome, spike at, forecast, announced at)
+        ("catapult", 8, "spike ahead", 4),
+        ("catapult", 8, "spike ahead", 8),  # at the spike itself: late
+        ("exploded", 3, "diverges", 1),
+        ("exploded", 3, "converges", None),
+        ("converged", None, "spike ahead", 6),  # a false alarm
+        ("converged", None, "converges", None),
+    ]
+    rows = pd.DataFrame(
+        [{"run": f"r{i}", "real_outcome": o, "real_spike_at": s, "forecast": f, "forecast_at": a}
+         for i, (o, s, f, a) in enumerate(runs)]
+    )  # fmt: skip
+    got = tb.announcements(rows).iloc[0].to_dict()
+    assert got == {
+        "catapults": 2,
+        "catapults_announced": 1,
+        "explosions": 2,
+        "explosions_announced": 1,
+        "explosions_diverges": 1,
+        "converged": 2,
+        "false_alarms": 1,
+        "catapults_diverges": 0,
+    }

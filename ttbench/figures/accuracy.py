@@ -48,8 +48,9 @@ def fig1_scatter(tables: tb.Tables, out_path: Path, kind: str = "loss") -> None:
         if not len(rows):
             no_data(ax, f"no {optim.upper()} runs")
             continue
-        missing = rows["t_pred"].isna()
-        drawn = rows[~missing]
+        exploded = tb.exploded(rows)
+        missing = rows["t_pred"].isna() & ~exploded
+        drawn = rows[~missing & ~exploded]
         top = float(max(drawn["t_real"].max(), drawn["t_pred"].max(), 1)) * 1.05
         x = np.array([0.0, top])
         ax.plot(x, x, color="0.3", lw=1, label="bisector")
@@ -82,6 +83,12 @@ def fig1_scatter(tables: tb.Tables, out_path: Path, kind: str = "loss") -> None:
             )
         if missing.any():  # a predicted curve that never got within eps: outside every band
             lines.append(f"{int(missing.sum())} point(s) with no predicted time")
+        if exploded.any():  # no real time to draw: a hit only where it said "diverges"
+            said = int((exploded & tb.predicted_divergence(rows)).sum())
+            lines.append(
+                f"{int(exploded.sum())} point(s) of runs that exploded, not drawn, "
+                f"{said} said diverges"
+            )
         ax.text(
             0.03,
             0.97,

@@ -114,6 +114,16 @@ def fidelity_markdown(results: pd.DataFrame) -> str:
             "error) with the error.",
             "",
             tb.markdown(tb.trust(rows), ".2f") if len(tb.trust(rows)) else "No validity.\n",
+            "## The watch: spikes and explosions announced before they happen",
+            "",
+            "Runs by what they did (a catapult spiked and recovered; an explosion did not) and "
+            "what the stability watched along the fine-tuning announced: `*_announced` before "
+            "the loss spiked, `explosions_diverges` called an explosion; `false_alarms`: runs "
+            "that never spiked but were announced; `catapults_diverges`: catapults called "
+            "explosions.",
+            "",
+            tb.markdown(tb.announcements(rows)) if "forecast" in rows else "No watch.\n",
+            tb.markdown(tb.announcements(rows, by=("regime",))) if "forecast" in rows else "",
             "## Divergence: what each prediction said against what the real run did",
             "",
             "Runs per predictor: `converges` (it gave T_eps) or `diverges`, against the real "

@@ -427,6 +427,37 @@ def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor"))
     return out.reset_index()
 
 
+def announcements(results: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Per group, the watch's forecast (ttbench.core.stability) against what each run did:
+    catapults and explosions, and how many of them it announced before the loss spiked
+    (forecast_at < real_spike_at); explosions it called "diverges"; runs that converged without
+    a spike, and how many it announced anyway (false alarms); catapults it called "diverges"."""
+    cols = ["catapults", "catapults_announced", "explosions", "explosions_announced"]
+    cols += ["explosions_diverges", "converged", "false_alarms", "catapults_diverges"]
+    if not len(results) or "forecast" not in results:
+        return pd.DataFrame(columns=[*by, *cols])
+    runs = results.drop_duplicates("run")
+    runs = runs.assign(regime=regimes(runs)) if "regime" in by else runs
+    said = runs["forecast"].fillna("converges")
+    early = runs["forecast_at"].astype(float) < runs["real_spike_at"].astype(float)
+    outcome = runs["real_outcome"]
+    flags = pd.DataFrame(
+        {
+            "catapults": outcome == "catapult",
+            "catapults_announced": (outcome == "catapult") & early,
+            "explosions": outcome == "exploded",
+            "explosions_announced": (outcome == "exploded") & early,
+            "explosions_diverges": (outcome == "exploded") & (said == "diverges"),
+            "converged": outcome == "converged",
+            "false_alarms": (outcome == "converged") & (said != "converges"),
+            "catapults_diverges": (outcome == "catapult") & (said == "diverges"),
+        }
+    ).astype(int)
+    if not by:
+        return flags.sum().to_frame().T
+    return flags.groupby([runs[b] for b in by]).sum().reset_index()
+
+
 CHAIN = ("relin_half", "relin", "relin_2k", "relin_4k", "relin_settled")
 
 
