@@ -136,3 +136,14 @@ def test_announcements_count_what_was_said_before_the_spike():
         "false_alarms": 1,
         "catapults_diverges": 0,
     }
+
+
+def test_the_band_median_as_a_prediction_corrects_a_bias():
+    rows = pd.DataFrame(
+        _rows("a", "ode", [(100, 150), (40, 60), (20, 30)], q50=None)
+        + _rows("b", "ode", [(100, 150), (40, 60), (20, 30)])
+    )
+    rows["q50"] = rows["t_real"].where(rows["run"] == "a")  # a's calibration fixed its bias
+    rows = rows.assign(**{"cfg.lr": 0.01, "cfg.momentum": 0.0, "finetune_s": 1.0, "predict_s": 1.0})
+    got = tb.fidelity(rows, by=("predictor",)).set_index("predictor").loc["ode"]
+    assert got["loss_13"] == 0 and got["loss_13_q50"] == 0.5

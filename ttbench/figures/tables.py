@@ -393,9 +393,11 @@ def band_stats(rows: pd.DataFrame, by: Sequence[str], prefix: str = "q") -> pd.D
 
 
 def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor")) -> pd.DataFrame:
-    """Per group: shares of loss and error T_eps within 13% and 20%, the points scored and left
-    out, coverage and median width (steps) of the run's band and of the sweep's leave-one-out
-    band (loss T_eps), and the median cost ratio fine-tuning / prediction."""
+    """Per group: shares of loss and error T_eps within 13% and 20%, the same for the band's
+    median q50 as the prediction (loss_13_q50: the calibration's bias correction), the shares
+    of the points the run trusted and of those it flagged, the points scored and left out,
+    coverage and median width (steps) of the run's band and of the sweep's leave-one-out band
+    (loss T_eps), and the median cost ratio fine-tuning / prediction."""
     if not len(results):
         return pd.DataFrame()
     rows = results.assign(regime=regimes(results))
@@ -409,6 +411,9 @@ def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor"))
         )
     out = frames[0].join(frames[1], how="outer")
     gone = rows[rows["kind"] == "loss"]
+    if "q50" in gone:  # the band's median as the prediction: the bias its calibration corrects
+        median = gone.assign(t_pred=gone["q50"].where(gone["q50"].notna(), gone["t_pred"]))
+        out["loss_13_q50"] = share_within(median, by).set_index(list(by))["within_13"]
     if "trusted" in gone:  # the points a run flagged "not trustworthy", in a column of their own
         flagged = gone["trusted"].astype("boolean").fillna(True)
         for name, part in (("trusted", gone[flagged]), ("flagged", gone[~flagged])):
