@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from tests.conftest import TINY, run_in_process
 from ttbench.core import stability as st
@@ -80,3 +81,20 @@ def test_watch_settings_are_checked(tmp_path):
         spec_of(["watch.threshold=nan"])
     with pytest.raises(ConfigError, match=r"watch\.samples"):
         spec_of(["watch.samples=0"])
+
+
+def test_the_watch_runs_through_fused_attention():
+    """timm's ViT uses the fused CPU attention kernel, which has no forward derivative; the
+    watch's jvp runs it through the math kernels and still equals Theta's sharpness."""
+    import timm
+
+    from ttbench.core.linearize import linearize
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=16, patch_size=8
+    ).eval()
+    x = torch.randn(4, 3, 16, 16)
+    lam, _ = st.top_eigen(model, x, "ce", iterations=200, tol=1e-7)
+    lin = linearize(model, x)
+    assert lam == pytest.approx(sharpness(lin.theta, lin.f0, "ce"), rel=1e-3)

@@ -20,10 +20,12 @@ the backbone's cross-class blocks, it falls like 1 / sqrt(P), and P = C is exact
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ttbench.core.jacobian import (
     ROUTES,
@@ -298,6 +300,12 @@ def block_size(model: nn.Module, x: torch.Tensor, memory_gb: float) -> int:
     return size
 
 
+def forward_ad() -> contextlib.AbstractContextManager:
+    """The context forward-mode autodiff runs in: scaled dot-product attention by its plain
+    math kernels, since the fused CPU kernel (timm's ViT) has no forward derivative."""
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def jvp(
     model: nn.Module,
     x: torch.Tensor,
@@ -312,7 +320,8 @@ def jvp(
     def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.func.functional_call(model, p, (x,))
 
-    return torch.func.jvp(f, (params,), (tangent,))
+    with forward_ad():
+        return torch.func.jvp(f, (params,), (tangent,))
 
 
 class LinearizedModel(nn.Module):

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ttbench.core import losses
+from ttbench.core.linearize import forward_ad
 
 FIRST_ITERATIONS = 6  # power iterations from a random start
 MAX_ITERATIONS, TOL = 4, 0.05  # warm-started: until the estimate moves by less than TOL
@@ -85,7 +86,8 @@ def top_eigen(
     h = losses.hessian_f(out.detach().double(), loss).to(out.dtype)
     lam = None
     for i in range(iterations):
-        _, jv = torch.func.jvp(f, (params,), (v,))
+        with forward_ad():
+            _, jv = torch.func.jvp(f, (params,), (v,))
         (g,) = back(torch.einsum("ncd,nd->nc", h, jv))
         before, lam = lam, float(_norm(g))
         if lam == 0 or not math.isfinite(lam):
