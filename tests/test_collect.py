@@ -102,3 +102,13 @@ def test_constant_says_diverges_when_most_other_seeds_exploded():
     assert got.loc["s0", "pred_diverged"] and pd.isna(got.loc["s0", "t_pred"])
     assert not got.loc["s1", "pred_diverged"] and got.loc["s1", "t_pred"] == 20
     assert got.loc["s3", "pred_diverged"]
+
+
+def test_a_setting_of_two_types_across_runs_is_written(tmp_path):
+    """model.pretrained is true for ImageNet weights and "ttbench" for its own: one column."""
+    from ttbench.collect import Collected, write_tables
+
+    results = pd.DataFrame({"run": ["a", "b"], "cfg.model.pretrained": [True, "ttbench"]})
+    write_tables(tmp_path, Collected(results, pd.DataFrame({"x": [1]})))
+    back = pd.read_parquet(tmp_path / "results.parquet")
+    assert back["cfg.model.pretrained"].tolist() == ["True", "ttbench"]

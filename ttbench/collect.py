@@ -144,6 +144,17 @@ def collect(roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     return c.results, c.curves, c.problems
 
 
+def _one_type_per_column(table: pd.DataFrame) -> pd.DataFrame:
+    """A config value that is a bool in some runs and a string in others (model.pretrained:
+    true, or "ttbench") as strings in that column: parquet holds one type per column."""
+    mixed = [
+        c
+        for c in table.columns
+        if table[c].dtype == object and len({type(v) for v in table[c].dropna()}) > 1
+    ]
+    return table.astype({c: "string" for c in mixed}) if mixed else table
+
+
 def write_tables(out: Path, c: Collected) -> list[str]:
     """Every table into `out`, all or none (ttbench.files.atomic_write_all); the probe and
     spectra tables an earlier collect left there and this one has not are removed, so `out`
@@ -152,7 +163,7 @@ def write_tables(out: Path, c: Collected) -> list[str]:
     blobs = {}
     for stem, table in tables.items():
         buf = io.BytesIO()
-        table.to_parquet(buf, index=False)
+        _one_type_per_column(table).to_parquet(buf, index=False)
         blobs[out / f"{stem}.parquet"] = buf.getvalue()
     atomic_write_all(blobs)
     for pattern in ("probe_*.parquet", "spectra_*.parquet"):
