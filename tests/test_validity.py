@@ -16,15 +16,22 @@ def test_the_model_recovers_non_negative_weights_and_flags_every_far_prediction(
     rng = np.random.default_rng(0)
     n = 400
     f = pd.DataFrame(rng.uniform(0, 1, (n, len(validity.FEATURES))), columns=validity.FEATURES)
-    truth = np.array([0.05, 0.4, 0.0, 0.2, 0.0, 0.3, 0.6])  # intercept, then per feature
-    error = truth[0] + f.to_numpy() @ truth[1:] + rng.normal(0, 0.01, n)
-    table = f.assign(family="plain", error=error)
+    truth = np.array([0.4, 0.0, 0.2, 0.0, 0.3, 0.6])  # per feature
+    name = np.where(np.arange(n) % 2, "ode", "discrete")
+    intercept = np.where(name == "ode", 0.15, 0.05)
+    error = intercept + f.to_numpy() @ truth + rng.normal(0, 0.01, n)
+    table = f.assign(predictor=name, family="plain", error=error)
     m = validity.fit_table(table)
     np.testing.assert_allclose(m.weights["plain"], truth, atol=0.01)
-    expected = np.array([m.expected("ode", row) for row in f.to_numpy()])
+    assert m.intercepts == pytest.approx({"ode": 0.15, "discrete": 0.05}, abs=0.01)
+    expected = np.array([m.expected(p, row) for p, row in zip(name, f.to_numpy(), strict=True)])
     far = error > validity.FAR
-    assert far.any() and (expected[far] >= m.limit["plain"]).all()
-    assert not m.trusted("ode", m.limit["plain"] + 1e-9) and m.trusted("ode", m.limit["plain"])
+    for p in ("ode", "discrete"):  # every far prediction is flagged by its predictor's limit
+        mine = far & (name == p)
+        assert mine.any() and (expected[mine] >= m.limit[p] - 1e-12).all()
+    flagged = np.array([not m.trusted(p, v) for p, v in zip(name, expected, strict=True)])
+    assert flagged[far].all() and not flagged.all()
+    assert m.trusted("ode", m.limit["ode"] - 1e-9) and not m.trusted("ode", m.limit["ode"])
     assert m.expected("relin", f.to_numpy()[0]) is None  # no refined family fitted
     back = validity.from_json(validity.to_json(m))
     assert back == m
@@ -59,8 +66,9 @@ def test_features_from_a_results_table():
 
 def test_a_run_says_what_it_does_not_trust(tmp_path, cache_dir, capsys, monkeypatch):
     """With a model whose limit everything exceeds, every prediction is flagged."""
-    model = validity.Model({"plain": (1.0, *[0.0] * 6), "refined": (0.01, *[0.0] * 6)},
-                           {"plain": 0.5, "refined": 0.5})  # fmt: skip
+    model = validity.Model({"plain": (0.0,) * 6, "refined": (0.0,) * 6},
+                           {"ode": 1.0, "discrete": 1.0, "relin": 0.01},
+                           {"ode": 0.5, "discrete": 0.5, "relin": 0.5})  # fmt: skip
     shipped = bands.default_calibration()
     monkeypatch.setattr(
         run, "default_calibration", lambda: bands.Calibration(shipped.entries, "test", model)

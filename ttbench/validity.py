@@ -15,11 +15,12 @@ disagreement, 100% off). So a prediction's validity is its expected error, |log(
 * spike: 1 when the loss spiked within those steps, or the watch announced a spike there.
 
 The model is linear in the features with non-negative weights (scipy.optimize.nnls: each
-signal can only add doubt), one per family (plain, refined), fitted on development runs only
-(`fit`, by `python -m ttbench.bands`; shipped in calibration.json). A prediction whose expected
-error is above the family's `limit` is flagged "not trustworthy": the limit is the lowest
-expected error at which the development runs' predictions that were more than 50% off are
-all flagged (so a warning says "this one may well be more than 50% off").
+signal can only add doubt), one set per family (plain, refined) with an intercept per
+predictor, fitted on development runs only (`fit`, by `python -m ttbench.bands`; shipped in
+calibration.json). A prediction whose expected error is above its predictor's `limit` is
+flagged "not trustworthy": the limit is the lowest expected error at which the development
+runs' predictions that were more than 50% off are all flagged (so a warning says "this one may
+well be more than 50% off").
 """
 
 from __future__ import annotations
@@ -87,18 +88,20 @@ def features(
 
 @dataclass(frozen=True)
 class Model:
-    """Expected |log error| = weights . (1, features), and the warning limit, per family."""
+    """Expected |log error| = the predictor's intercept + the family's weights . features, and
+    the warning limit per predictor."""
 
-    weights: dict[str, tuple[float, ...]]  # family -> (intercept, one weight per feature)
-    limit: dict[str, float]  # family -> expected error above which "not trustworthy"
+    weights: dict[str, tuple[float, ...]]  # family -> one weight per feature
+    intercepts: dict[str, float]  # predictor -> its error where every signal is 0
+    limit: dict[str, float]  # predictor -> expected error above which "not trustworthy"
 
     def expected(self, name: str, f: np.ndarray) -> float | None:
-        w = self.weights.get(family(name))
-        return None if w is None else float(w[0] + np.dot(w[1:], f))
+        w, b = self.weights.get(family(name)), self.intercepts.get(name)
+        return None if w is None or b is None else float(b + np.dot(w, f))
 
     def trusted(self, name: str, validity: float | None) -> bool:
-        limit = self.limit.get(family(name))
-        return validity is None or limit is None or validity <= limit
+        limit = self.limit.get(name)
+        return validity is None or limit is None or validity < limit
 
 
 def run_error(
@@ -166,24 +169,39 @@ def fit(results: pd.DataFrame) -> Model:
 
 
 def fit_table(table: pd.DataFrame) -> Model:
-    """The model fitted on a table of FEATURES, `family` and `error` per prediction."""
+    """The model fitted on a table of FEATURES, `predictor`, `family` and `error` per
+    prediction: per family one non-negative weight per feature and one intercept per predictor
+    (the curve fits are worse than relin whatever the signals say), and per predictor the
+    lowest expected error of its development predictions more than 50% off (FAR) as its limit
+    (none when it never was)."""
     table = table.dropna(subset=["error"])
-    weights, limit = {}, {}
+    weights, intercepts, limit = {}, {}, {}
     for fam, part in table.groupby("family"):
-        a = np.column_stack([np.ones(len(part)), part[list(FEATURES)].to_numpy(float)])
+        names = sorted(part["predictor"].unique())
+        dummies = (part["predictor"].to_numpy()[:, None] == np.array(names)).astype(float)
+        a = np.column_stack([dummies, part[list(FEATURES)].to_numpy(float)])
         w, _ = nnls(a, part["error"].to_numpy(float))
-        weights[str(fam)] = tuple(float(x) for x in w)
-        expected = a @ w
-        far = expected[part["error"].to_numpy(float) > FAR]
-        limit[str(fam)] = float(far.min()) if len(far) else float(expected.max())
-    return Model(weights, limit)
+        intercepts |= {n: float(b) for n, b in zip(names, w[: len(names)], strict=True)}
+        weights[str(fam)] = tuple(float(x) for x in w[len(names) :])
+        part = part.assign(_expected=a @ w)
+        for name, mine in part.groupby("predictor"):
+            far = mine.loc[mine["error"] > FAR, "_expected"]
+            if len(far):
+                limit[str(name)] = float(far.min()) - 1e-9  # the far one itself is flagged
+    return Model(weights, intercepts, limit)
 
 
 def to_json(m: Model) -> dict:
-    return {"features": list(FEATURES), "weights": m.weights, "limit": m.limit}
+    return {
+        "features": list(FEATURES),
+        "weights": m.weights,
+        "intercepts": m.intercepts,
+        "limit": m.limit,
+    }
 
 
 def from_json(d: Mapping) -> Model:
     if list(d["features"]) != list(FEATURES):
         raise ValueError(f"validity model for features {d['features']}, expected {FEATURES}")
-    return Model({k: tuple(v) for k, v in d["weights"].items()}, dict(d["limit"]))
+    weights = {k: tuple(v) for k, v in d["weights"].items()}
+    return Model(weights, dict(d["intercepts"]), dict(d["limit"]))
