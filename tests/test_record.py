@@ -175,3 +175,30 @@ def test_write_is_atomic_and_refuses_nan(tmp_path):
 def test_t_eps_of_both_kinds():
     real = Curves(np.array([10.0, 6, 3, 2, 1.5, 1]), np.array([0.8, 0.4, 0.2, 0.1, 0, 0]))
     assert record.t_eps(real, [0.4, 0.1]) == {"loss": (2, 4), "error": (2, 4)}
+
+
+def test_outcomes_the_watch_and_trust_round_trip(tmp_path):
+    """What the issue on real architectures added: the real outcome and its spike, the watch
+    (a stability past an explosion is NaN, written as null), a refined prediction's step and
+    a prediction's trust; a record from before them reads as converged or exploded."""
+    from dataclasses import replace
+
+    real = record.Real({"loss": (None, None), "error": (None, None)}, True, None, "exploded", 3, 4)
+    watch = record.Watched({0: 0.4, 1: 2.5, 2: float("nan")}, "diverges", 1, 1.1)
+    rec = _record(real=real, watch=watch)
+    marked = {n: replace(p, trusted=False, k=7) for n, p in rec.predictors.items()}
+    rec = replace(rec, predictors=marked)
+    record.write(tmp_path, rec, {"real": Curves(np.array([1.0, 2e9]), np.array([0.5, 0.5]))})
+    back = record.read(tmp_path)
+    assert back.real == real and back.predictors == rec.predictors
+    assert back.watch.stability[1] == 2.5 and np.isnan(back.watch.stability[2])
+    assert (back.watch.verdict, back.watch.at) == ("diverges", 1)
+    row = back.rows()[0]
+    assert (row["real_outcome"], row["real_spike_at"], row["forecast"], row["k"]) == (
+        "exploded", 3, "diverges", 7
+    )
+    old = json.loads((tmp_path / record.RESULT).read_text())
+    for key in ("outcome", "spike_at", "stopped_at"):
+        del old["real"][key]
+    del old["watch"]
+    assert record.from_json(old).real.outcome == "exploded" and record.from_json(old).watch is None
