@@ -84,7 +84,7 @@ def test_a_run_re_linearises_again_along_the_way(tmp_path, cache_dir):
         "theta_2k",
         "solve_relin_2k",
     )
-    assert rec.stages["prefix_2k"]["wall_s"] > rec.stages["prefix"]["wall_s"]
+    assert {"prefix", "prefix_half", "prefix_2k", "prefix_4k"} <= set(rec.stages)
     rows = [r for r in rec.rows() if r["predictor"] == "relin_4k"]
     assert {r["k"] for r in rows} == {16}
 

@@ -26,16 +26,8 @@ from tqdm import tqdm
 from ttbench import build, cli, record
 from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR
-from ttbench.core.curves import CATAPULT, Curves, settled
-from ttbench.core.stability import (
-    CONVERGES,
-    DIVERGES,
-    SPIKE_AHEAD,
-    Forecast,
-    Watch,
-    forecast,
-    subsample,
-)
+from ttbench.core.curves import CATAPULT, Curves
+from ttbench.core.stability import CONVERGES
 from ttbench.files import Busy, locked
 from ttbench.plots import plot_curves
 from ttbench.prediction import (
@@ -51,69 +43,16 @@ from ttbench.prediction import (
 from ttbench.predictors import PREDICTORS, SETTLED, Solved, refine_step
 from ttbench.probes import PROBES
 from ttbench.spec import RunSpec
-from ttbench.stages import Stages, timed
+from ttbench.stages import Stages
 from ttbench.train import finetune_run, load_state
 from ttbench.validate import validate
 from ttbench.validity import REFERENCES
+from ttbench.watching import Watching, keeper
 
 log = logging.getLogger("ttbench.run")
 
 STATE = "finetune.state"  # fine-tuning checkpoint inside the run directory, gone once done
 VALIDITY_LIMIT = math.log(1.2)  # a plain prediction 20% off the refined one is not trusted
-ANNOUNCE = {  # what the watch says when its forecast changes (ttbench.core.stability)
-    SPIKE_AHEAD: "GD has crossed the edge of stability: a spike is ahead (the loss will rise, "
-    "then recover or explode)",
-    DIVERGES: "GD is strongly unstable this early, with momentum: the loss is likely to explode",
-    CONVERGES: "stable",
-}
-
-
-class _Watching:
-    """The stability watch (ttbench.core.stability.Watch) as fine-tuning calls it: timed apart
-    from the fine-tuning, its values kept in `kept["watch"]` (so a resumed run has them), and
-    the first announcement of a spike logged when it is made."""
-
-    def __init__(self, spec: RunSpec, x, kept: dict, device) -> None:
-        idx = subsample(len(x), spec.watch.samples, spec.seed).to(x.device)
-        t = spec.train
-        self.watch = Watch(t.lr, t.momentum, t.loss, x[idx], frozenset(spec.watch.steps))
-        self.watch.values = kept.setdefault("watch", {})
-        self.threshold, self.momentum, self.device = spec.watch.threshold, t.momentum, device
-        self.seconds: dict[int, float] = {}
-
-    def __call__(self, t: int, model) -> None:
-        if t not in self.watch.steps or t in self.watch.values:
-            return
-        before = self.forecast().verdict
-        value, self.seconds[t] = timed(lambda: self.watch(t, model), self.device)
-        now = self.forecast().verdict
-        if now != before:
-            log.warning(
-                "step %d: lr * lambda_max / (2 (1 + m)) = %.3g (threshold %g): %s",
-                t,
-                value,
-                self.threshold,
-                ANNOUNCE[now],
-            )
-
-    def forecast(self) -> Forecast:
-        return forecast(self.watch.values, self.momentum, self.threshold)
-
-    def record(self, stages: Stages, kept: dict) -> record.Watched:
-        """Moves the watch's time out of the fine-tuning (and out of the real steps each refined
-        prediction observed) into the stage `watch`; the record's part."""
-        spent = sum(self.seconds.values())
-        stages.stats["finetune"]["wall_s"] -= spent
-        # it ran inside the fine-tuning's stage, whose memory figures it shares
-        stages.stats["watch"] = stages.stats["finetune"] | {"wall_s": spent}
-        for at, state in kept.get("states", {}).items():
-            if prefix_stage(at) in stages.stats:
-                before = sum(s for t, s in self.seconds.items() if t < state["step"])
-                stages.stats[prefix_stage(at)]["wall_s"] -= before
-        f = self.forecast()
-        return record.Watched(dict(self.watch.values), f.verdict, f.at, self.threshold)
-
-
 def _finetune(
     spec: RunSpec, model, x, y, state_file: Path, resume: dict | None, kept: dict, watch, keep
 ) -> Curves:
@@ -164,9 +103,9 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
         record.write_table(out_dir / probe_files[name], frame)
     state = load_state(out_dir / STATE, spec.identity())
     kept: dict = dict(state["kept"]) if state is not None else {}
-    watching = _Watching(spec, s.x, kept, device) if spec.watch.steps else None
+    watching = Watching(spec, s.x, kept, device) if spec.watch.steps else None
     with stages("finetune"):
-        keep = _keeper(spec, watching)
+        keep = keeper(spec, watching)
         real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state, kept, watching, keep)
     if real.diverged:
         log.warning("fine-tuning diverged: its loss exploded")
@@ -226,27 +165,6 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
     record.write(out_dir, rec, curves, paths)
     (out_dir / STATE).unlink(missing_ok=True)
     return rec
-
-
-def _keeper(spec: RunSpec, watching: _Watching | None):
-    """keep(t, loss) for fine-tuning: the states the refined predictors start from (their
-    `at`), SETTLED at the first recorded step from k on where the loss has settled and the last
-    watched stability is below its threshold."""
-    refined = [PREDICTORS[n] for n in spec.predictors if PREDICTORS[n].prefix]
-    k, every = spec.refine.steps, spec.train.eval_every
-    fixed = {p.at: refine_step(p.at, k, every) for p in refined if p.at != SETTLED}
-    wants_settled = any(p.at == SETTLED for p in refined)
-
-    def keep(t: int, loss: np.ndarray) -> list[str]:
-        names = [at for at, step in fixed.items() if step == t]
-        if wants_settled and t >= k and settled(loss):
-            watched = watching.watch.values if watching is not None else {}
-            last = watched[max(watched)] if watched else 0.0
-            if last < spec.watch.threshold:
-                names.append(SETTLED)
-        return names
-
-    return keep
 
 
 def _refine(spec: RunSpec, s: build.Setup, kept: dict, real: Curves, inputs, stages: Stages):
