@@ -155,3 +155,11 @@ def test_the_band_median_as_a_prediction_corrects_a_bias():
     rows = rows.assign(**{"cfg.lr": 0.01, "cfg.momentum": 0.0, "finetune_s": 1.0, "predict_s": 1.0})
     got = tb.fidelity(rows, by=("predictor",)).set_index("predictor").loc["ode"]
     assert got["loss_13"] == 0 and got["loss_13_q50"] == 0.5
+
+
+def test_band_coverage_counts_the_unknown_bands_apart():
+    rows = pd.DataFrame(_rows("a", "ode", [(100, 110), (40, 45), (20, 21)]))
+    rows["q05"] = [90.0, 50.0, None]  # the last band was wider than the budget: unknown
+    rows["q95"] = [120.0, 60.0, None]
+    got = tb.band_stats(rows, ("predictor",)).loc["ode"]
+    assert (got["coverage"], got["n"], got["unknown"]) == (0.5, 2, 1)

@@ -51,6 +51,7 @@ _COLUMNS = [
     "left_out",
     "run_coverage",
     "run_width",
+    "run_unknown",
     "sweep_coverage",
     "sweep_width",
     "cost_ratio",

@@ -379,17 +379,20 @@ BANDS = {"run": "q", "sweep": "sweep_q"}  # the run's band, and collect's leave-
 def band_stats(rows: pd.DataFrame, by: Sequence[str], prefix: str = "q") -> pd.DataFrame:
     """Per group, over scorable points with a band (columns <prefix>05, <prefix>95): the share
     whose real time lies inside (a run that exploded is inside only a band open to "never"),
-    and the band's median width in steps."""
+    the band's median width in steps, and `unknown`: the points with a predicted time but no
+    band (wider than the budget, ttbench.bands.WIDTH)."""
     lo_col, hi_col = f"{prefix}05", f"{prefix}95"
     rows = valid(rows)
     if lo_col not in rows:
-        return pd.DataFrame(columns=["coverage", "width", "n"])
+        return pd.DataFrame(columns=["coverage", "width", "n", "unknown"])
+    unknown = (rows["t_pred"].notna() & rows[lo_col].isna()).groupby([rows[b] for b in by]).sum()
     rows = rows[rows[lo_col].notna()]
     lo, hi = rows[lo_col].astype(float), rows[hi_col].astype(float)
     t = rows["t_real"].astype(float)
     inside = ((t >= lo) & (hi.isna() | (t <= hi))).where(~exploded(rows), hi.isna() & lo.notna())
     g = rows.assign(_in=inside.astype(float), _w=hi - lo).groupby(list(by))
-    return pd.DataFrame({"coverage": g["_in"].mean(), "width": g["_w"].median(), "n": g.size()})
+    out = pd.DataFrame({"coverage": g["_in"].mean(), "width": g["_w"].median(), "n": g.size()})
+    return out.join(unknown.rename("unknown"), how="outer")
 
 
 def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor")) -> pd.DataFrame:
@@ -426,6 +429,8 @@ def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor"))
         stats_ = band_stats(gone, by, prefix)
         out[f"{name}_coverage"] = stats_["coverage"]
         out[f"{name}_width"] = stats_["width"]
+        if name == "run":
+            out["run_unknown"] = stats_["unknown"]
     per = rows.drop_duplicates(["run", "predictor"])
     ratio = per["finetune_s"].astype(float) / per["predict_s"].astype(float)
     out["cost_ratio"] = per.assign(_ratio=ratio).groupby(list(by))["_ratio"].median()
