@@ -108,6 +108,17 @@ def test_following_scores_each_re_linearisation_on_its_own_points():
     assert got.loc["relin_2k", "k"] == 20
 
 
+def test_observed_bins_the_chain_by_the_fraction_of_the_run_it_saw():
+    rows = _rows("a", "relin", [(100, 100), (40, 60), (12, 12)], k=3)  # k/T 3%, 7.5%, 25%
+    rows += _rows("a", "relin_2k", [(100, 130), (40, 40), (12, 30)], k=6)  # 6%, 15%, 50%
+    rows += _rows("a", "constant", [(100, 100), (40, 41), (12, 20)])
+    got = tb.observed(pd.DataFrame(rows)).set_index("observed")
+    assert list(got.index) == ["0%-5%", "5%-10%", "10%-20%", "20%-40%", "40%-100%"]
+    assert list(got["n"]) == [1, 2, 1, 1, 1]
+    assert list(got["within_13"]) == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert list(got["constant_13"]) == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
 def test_trust_counts_the_far_runs_the_validity_flagged():
     rows = []
     for i, (rel, flagged) in enumerate([(0.05, False), (0.1, False), (0.8, True), (0.9, False)]):

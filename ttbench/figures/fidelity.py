@@ -109,6 +109,12 @@ def fidelity_markdown(results: pd.DataFrame) -> str:
             tb.markdown(tb.following(rows, by=("regime",)), percent=_PERCENT)
             if len(tb.following(rows))
             else "No re-linearisations.\n",
+            "Against the fraction of the run observed (k / T, the real T_eps): every "
+            "re-linearisation's loss T_eps, binned by how much of the run it had seen.",
+            "",
+            tb.markdown(tb.observed(rows), percent=_PERCENT)
+            if len(tb.observed(rows))
+            else "No re-linearisations.\n",
             "## Trust: the validity against the error, per predictor",
             "",
             "Runs that did not explode; `off`: runs whose median relative error of loss T_eps "

@@ -497,6 +497,34 @@ def following(results: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+OBSERVED = (0.05, 0.10, 0.20, 0.40, 1.0)  # the issue's k = 5, 10, 20, 40% of T, and beyond
+
+
+def observed(results: pd.DataFrame, edges: Sequence[float] = OBSERVED) -> pd.DataFrame:
+    """The chain's accuracy against the fraction of the run it had observed: every CHAIN
+    prediction of a loss T_eps, binned by k / T (its step over the real T_eps, so "up to 5%"
+    is a prediction made in the first 5% of the run), with its share within 13% and, on the
+    same points, `constant`'s. This is also what an ETA in a training loop would offer."""
+    rows = valid(results[results["kind"] == "loss"]) if len(results) else results
+    if not len(rows) or "k" not in rows:
+        return pd.DataFrame()
+    mine = rows[rows["predictor"].isin(CHAIN) & ~exploded(rows)]
+    if not len(mine):
+        return pd.DataFrame()
+    fraction = mine["k"].astype(float) / mine["t_real"].astype(float)
+    labels = [f"{a:.0%}-{b:.0%}" for a, b in zip((0.0, *edges[:-1]), edges, strict=True)]
+    mine = mine.assign(observed=pd.cut(fraction, [0.0, *edges], labels=labels))
+    constant = rows[rows["predictor"] == "constant"]
+    out = []
+    for label, part in mine.groupby("observed", observed=True):
+        theirs = constant.merge(part[["run", "eps"]], on=["run", "eps"])
+        out.append({
+            "observed": label, "n": len(part), "within_13": float(within(part, 0.13).mean()),
+            "constant_13": float(within(theirs, 0.13).mean()) if len(theirs) else None,
+        })  # fmt: skip
+    return pd.DataFrame(out)
+
+
 def trust(results: pd.DataFrame, far: float = 0.5) -> pd.DataFrame:
     """Per predictor, over runs that did not explode: how many were more than `far` off (the
     median relative error of their loss T_eps, as `run_error`), how many of those the run
