@@ -108,6 +108,4 @@ def test_disagreement_is_the_median_log_gap():
 
     assert disagreement([10, 20, 30], [10, 20, 30], 150) == 0.0
     assert disagreement([21, 21, 21], [10, 10, 10], 150) == pytest.approx(math.log(2))
-    assert disagreement([None, None, 10], [10, 10, 10], 150) == pytest.approx(
-        math.log(301 / 11)
-    )
+    assert disagreement([None, None, 10], [10, 10, 10], 150) == pytest.approx(math.log(301 / 11))

@@ -195,7 +195,10 @@ def test_outcomes_the_watch_and_trust_round_trip(tmp_path):
     assert (back.watch.verdict, back.watch.at) == ("diverges", 1)
     row = back.rows()[0]
     assert (row["real_outcome"], row["real_spike_at"], row["forecast"], row["k"]) == (
-        "exploded", 3, "diverges", 7
+        "exploded",
+        3,
+        "diverges",
+        7,
     )
     old = json.loads((tmp_path / record.RESULT).read_text())
     for key in ("outcome", "spike_at", "stopped_at"):

@@ -53,6 +53,8 @@ log = logging.getLogger("ttbench.run")
 
 STATE = "finetune.state"  # fine-tuning checkpoint inside the run directory, gone once done
 VALIDITY_LIMIT = math.log(1.2)  # a plain prediction 20% off the refined one is not trusted
+
+
 def _finetune(
     spec: RunSpec, model, x, y, state_file: Path, resume: dict | None, kept: dict, watch, keep
 ) -> Curves:

@@ -170,4 +170,3 @@ def subsample(n: int, size: int, seed: int) -> torch.Tensor:
     """`size` of n indices (all when fewer), drawn from `seed`."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=gen)[: min(size, n)].sort().values
-
