@@ -14,6 +14,7 @@ from ttbench.config import compose
 from ttbench.core.linearize import linearize
 from ttbench.models.small_resnet import small_resnet
 from ttbench.run import task
+from ttbench.runid import RunId
 from ttbench.spec import RunSpec
 from ttbench.validate import check_cli, validate
 
@@ -25,6 +26,15 @@ TINY = ["model.width=4", "model.pretrain.epochs=1", "task.n=6", "steps=4"]
 
 def compose_cfg(overrides: list[str] | None = None, hydra: bool = False):
     return compose(overrides or [], hydra=hydra)
+
+
+def run_id(overrides: list[str]) -> RunId:
+    return RunId.of(spec_of(list(overrides)).config, overrides)
+
+
+def run_dir(root: Path, overrides: list[str]) -> Path:
+    """A run's directory under root, as `python -m ttbench.run` picks it."""
+    return run_id(overrides).directory(root)
 
 
 def spec_of(overrides: list[str] | None = None) -> RunSpec:

@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY, run_in_process
+from tests.conftest import REPO, TINY, run_dir, run_in_process
 from ttbench import figures
 from ttbench.collect import main as collect_main
-from ttbench.config import run_name
 from ttbench.figures import tables as tb
 from ttbench.figures.__main__ import main
 from ttbench.figures.report import build_report, report_numbers
@@ -419,7 +418,7 @@ def test_runs_collect_analysis_and_notebooks(tmp_path, cache_dir, monkeypatch, c
     cheap = sorted(set(PROBES) - {"projection"})
     jobs.append([*base, "optim=sgd", "optim.batch_size=10", f"probes=[{','.join(cheap)}]"])
     for job in jobs:
-        run_in_process([*job, "probe.sizes=[10]"], runs / run_name(job), cache_dir)
+        run_in_process([*job, "probe.sizes=[10]"], run_dir(runs, job), cache_dir)
     stages = {"runs": time.perf_counter() - start}
     tables = tmp_path / "tables"
     collect_main([str(runs), "--out", str(tables)])

@@ -1,20 +1,24 @@
 """Deterministic run directories, skipping complete runs, and the results table."""
 
+import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from tests.conftest import TINY, run_in_process
+from tests.conftest import TINY, compose_cfg, run_dir, run_in_process
 from ttbench import record
 from ttbench.collect import collect, constant_rows, gather, main
-from ttbench.config import run_name
+from ttbench.run import task
+from ttbench.validate import ConfigError
 
 
 def test_records_are_collected_and_bad_directories_listed(tmp_path, cache_dir):
     out = tmp_path / "out"
     for seed in (1, 2):
         args = [*TINY, "predictor.names=[ode,discrete]", f"seed={seed}"]
-        run_in_process(args, out / "runs" / run_name(args), cache_dir)
+        run_in_process(args, run_dir(out / "runs", args), cache_dir)
     runs = sorted(p.name for p in (out / "runs").iterdir())
     good = out / "runs" / runs[0]
     shutil.copytree(good, out / "runs" / "truncated")
@@ -48,15 +52,53 @@ def test_records_are_collected_and_bad_directories_listed(tmp_path, cache_dir):
     assert {"curve", "quantile", "step", "loss", "error"} <= set(curves)
 
 
+def _copy_as(run: Path, to: Path, seed: int) -> None:
+    """A copy of a run's directory that reads as another run (another seed)."""
+    shutil.copytree(run, to)
+    rec = json.loads((to / record.RESULT).read_text())
+    rec["config"]["seed"] = seed
+    (to / record.RESULT).write_text(json.dumps(rec))
+
+
+def test_one_run_in_two_directories_counts_once_and_is_nobodys_other_seed(tmp_path, cache_dir):
+    """The same run twice (copied, or named by an older scheme) is listed, kept once, and
+    `constant` never takes a run's own copy for another seed."""
+    out = tmp_path / "out"
+    for seed in (1, 2):
+        args = [*TINY, "predictor.names=[discrete]", f"seed={seed}"]
+        run_in_process(args, run_dir(out / "runs", args), cache_dir)
+    first = sorted((out / "runs").iterdir())[0]
+    seed1 = [*TINY, "predictor.names=[discrete]", "seed=1"]
+    assert run_dir(out / "runs", [*seed1, "lr=0.003"]) == run_dir(out / "runs", seed1)
+    other = compose_cfg([*seed1[:-1], "seed=9", f"cache_dir={cache_dir}"])
+    with pytest.raises(ConfigError, match="holds the record of another run"):
+        task(other, run_dir(out / "runs", seed1))  # a directory picked by hand, say
+    shutil.copytree(first, out / "runs" / "zz_copy")
+    c = gather([out])
+    assert c.problems == [f"{out / 'runs' / 'zz_copy'}: the same run as {first} (counted once)"]
+    assert c.results["run"].nunique() == 2 and c.results["run_id"].nunique() == 2
+    assert c.results["config_id"].nunique() == 1
+    results = c.results[c.results["run"] != str(out / "runs" / "zz_copy")]
+    dup = pd.concat([results, results.assign(run="elsewhere")])  # a copy that slipped through
+    constant = constant_rows(dup.drop_duplicates(["run", "kind", "eps"]))
+    # each run's constant is the other seed's time, never its own copy's
+    by_id = constant.groupby(["run_id", "kind", "eps"])["t_pred"].nunique()
+    assert (by_id == 1).all()
+    real = results[results.predictor == "discrete"].set_index(["run_id", "kind", "eps"])["t_real"]
+    mine = constant.drop_duplicates(["run_id", "kind", "eps"]).set_index(["run_id", "kind", "eps"])
+    other = real.groupby(level=["kind", "eps"]).transform(lambda v: v.iloc[::-1].to_numpy())
+    assert mine["t_pred"].loc[other.index].tolist() == other.astype(float).tolist()
+
+
 def test_probe_and_spectra_tables_are_collected_and_bad_files_listed(tmp_path, cache_dir, capsys):
     out = tmp_path / "out"
     args = [*TINY, "predictor=subset", "loss=mse", "subset.n0=10", "subset.k0=5"]
     probes = ["probes=[spectrum,clustering]", "probe.sizes=[10]"]
     good = out / "runs" / "probed"
     run_in_process([*args, *probes], good, cache_dir)
-    shutil.copytree(good, out / "runs" / "no_clustering")
+    _copy_as(good, out / "runs" / "no_clustering", seed=7)
     (out / "runs" / "no_clustering" / "probe_clustering.parquet").unlink()
-    shutil.copytree(good, out / "runs" / "bad_spectrum")
+    _copy_as(good, out / "runs" / "bad_spectrum", seed=8)
     (out / "runs" / "bad_spectrum" / "probe_spectrum.parquet").write_bytes(b"PAR1 not parquet")
 
     c = gather([out])
@@ -91,7 +133,7 @@ def test_constant_says_diverges_when_most_other_seeds_exploded():
     """`constant` is what the other seeds did: the median time of those that converged, or
     "diverges" when most of them exploded (its own row never counts)."""
     rows = [
-        {"run": f"s{i}", "cfg.seed": i, "cfg.lr": 1.0, "predictor": "ode", "kind": "loss",
+        {"run": f"s{i}", "run_id": f"s{i}", "config_id": "c", "predictor": "ode", "kind": "loss",
          "eps": 0.1, "t_real": t, "real_outcome": out, "t_pred": 5.0, "pred_diverged": False}
         for i, (t, out) in enumerate(
             [(10, "converged"), (None, "exploded"), (None, "exploded"), (30, "catapult")]

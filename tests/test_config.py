@@ -2,10 +2,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import compose_cfg, spec_of
+from tests.conftest import compose_cfg, run_id, spec_of
 from ttbench.build import cpu_threads
-from ttbench.config import config_groups, run_name
-from ttbench.spec import NOT_IDENTITY, RunSpec
+from ttbench.config import config_groups
+from ttbench.runid import LABEL_CHARS, NOT_IDENTITY
+from ttbench.spec import RunSpec
 from ttbench.sweep import subdir_override
 from ttbench.validate import ConfigError, predictor_names, validate
 
@@ -114,9 +115,10 @@ def test_the_spec_holds_the_configs_values_typed():
     assert spec_of([]).train.batch_size is None  # GD has no batches
 
 
-def test_one_list_decides_a_runs_identity(tmp_path):
-    """The directory name, the checkpoint's identity and the sweeper all leave out exactly
-    NOT_IDENTITY."""
+def test_one_identity_per_run(tmp_path):
+    """The directory, the checkpoint's identity and the sweeper all leave out exactly
+    NOT_IDENTITY; a default spelled out is the same run, and two values that the old
+    override-string names confused (`/` as `_`) are two runs."""
     assert set(NOT_IDENTITY) == {
         "out_root",
         "device",
@@ -125,17 +127,30 @@ def test_one_list_decides_a_runs_identity(tmp_path):
         "cluster",
         "threads",
         "plan",
+        "hydra",
     }
     ignored = ["device=cpu", f"cache_dir={tmp_path}", "checkpoint_s=5", f"out_root={tmp_path}"]
     ignored += ["plan.set_steps=true", "plan.margin=0.5"]  # a key below an ignored one too
-    name = run_name(["seed=2", "lr=0.01", *ignored])
-    assert name == "lr=0.01,seed=2" == run_name(["lr=0.01", "seed=2"])
-    assert run_name([]) == "default" and run_name(["dataset.root=/a/b"]) == "dataset.root=_a_b"
-    long = run_name([f"probe.sizes=[{','.join(['1234'] * 60)}]"])
-    assert len(long) < 200 and long == run_name([f"probe.sizes=[{','.join(['1234'] * 60)}]"])
+    rid = run_id(["seed=2", "lr=0.01", *ignored])
+    assert rid == run_id(["lr=0.01", "seed=2"]) and rid.label == "lr=0.01,seed=2"
+    assert rid.digest != run_id(["lr=0.01", "seed=3"]).digest
+    assert rid.config == run_id(["lr=0.01", "seed=3"]).config != run_id(["seed=2"]).config
+    assert run_id([]).label == "default" and run_id(["steps=150"]).digest == run_id([]).digest
+    assert run_id(["lr=0.003"]).digest == run_id([]).digest  # the default, spelled out
+    assert run_id(["lr=3e-3"]).digest == run_id(["refine.steps=15"]).digest == run_id([]).digest
+    folder = ["dataset=imagefolder", "dataset.resolution=16", "model=resnet18"]
+    a, b = run_id([*folder, "dataset.root=/d/x/y"]), run_id([*folder, "dataset.root=/d/x_y"])
+    assert a.label == b.label and a.digest != b.digest  # once one directory, now two
+    long = run_id([f"probe.sizes=[{','.join(['1234'] * 60)}]"])
+    assert len(long.name) <= LABEL_CHARS + 11
     cfg = compose_cfg(["seed=2", "lr=0.01", *ignored], hydra=True)
-    assert cfg.hydra.run.dir == f"{tmp_path}/runs/{name}"
-    assert subdir_override(["seed=2", "lr=0.01", *ignored]) == f"hydra.sweep.subdir='{name}'"
+    assert cfg.hydra.run.dir == f"{tmp_path}/runs/{rid.name}"
+    assert subdir_override(["seed=2", "lr=0.01", *ignored], tmp_path, compose_cfg) == (
+        f"hydra.sweep.subdir='{rid.name}'"
+    )
+    (tmp_path / "runs" / f"seed=2,lr=0.010-{rid.digest}").mkdir(parents=True)  # found by digest
+    again = compose_cfg(["seed=2", "lr=0.01", f"out_root={tmp_path}"], hydra=True)
+    assert again.hydra.run.dir == f"{tmp_path}/runs/seed=2,lr=0.010-{rid.digest}"
     a, b = spec_of(["seed=2"]), spec_of(["seed=2", *ignored])
     assert a.identity() == b.identity() and a.identity() != spec_of(["seed=3"]).identity()
     assert not set(a.identity()) & set(NOT_IDENTITY)

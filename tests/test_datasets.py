@@ -260,6 +260,12 @@ def test_task_images_are_decoded_once(tmp_path):
     assert torch.equal(
         cached_task(data, 2, 2, seed=1, cache_dir=tmp_path / "c", key_parts=key).x, a.x
     )
+    # an image changed under its own name: decoded again, new pixels
+    changed = data.files[int(a.positions[0])]
+    Image.new("RGB", (12, 12), (250, 5, 5)).save(changed)
+    again = cached_task(data, 2, 2, seed=1, cache_dir=tmp_path / "c", key_parts=key)
+    assert len(calls) == 5 and not torch.equal(again.x[0], a.x[0])
+    assert torch.equal(again.x[1:], a.x[1:])
 
 
 def test_timm_resnet_loads_named_local_weights(tmp_path):

@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, run_in_process, spec_of
+from tests.conftest import TINY, compose_cfg, run_dir, run_id, run_in_process, spec_of
 from ttbench import judge
-from ttbench.config import run_name
 from ttbench.plan import finish, plan_job
 from ttbench.sweep import from_plan
 from ttbench.validate import ConfigError
@@ -28,22 +27,23 @@ def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir
     unstable = [*JOB, "seed=0", "lr=3", "momentum=0.9", *EXACT]
     for job in [unstable, *jobs]:
         spec = spec_of([*job, f"cache_dir={cache_dir}"])
-        plan_job(spec, tmp_path / "plan" / run_name(job), job)
+        plan_job(spec, run_dir(tmp_path / "plan", job), job)
     table = finish(tmp_path / "plan")
     out = capsys.readouterr().out
     assert "plan of 3 jobs (discrete on Theta exact)" in out
     # the probe's watch: the unstable job is forecast to explode, and ranked last
     said = table[table["target"]].set_index("job")["forecast"]
-    assert said[run_name(unstable)] == "diverges"
-    assert set(said.drop(run_name(unstable))) == {"converges"}
-    last = out.index(run_name(unstable))
-    assert all(out.index(run_name(job)) < last for job in jobs)
-    assert f"{run_name(unstable)}  diverges" in out
+    name = run_id(unstable).name
+    assert said[name] == "diverges"
+    assert set(said.drop(name)) == {"converges"}
+    last = out.index(name)
+    assert all(out.index(run_id(job).name) < last for job in jobs)
+    assert f"{name}  diverges" in out
     assert "[diverges in some seeds]" in out
     assert (tmp_path / "plan" / "plan.parquet").is_file()
     assert not list(tmp_path.glob("plan/*/result.json"))  # nothing was run
     rec = run_in_process([*jobs[0], "predictor.names=[discrete]"], tmp_path / "run", cache_dir)
-    mine = table[table["job"] == run_name(jobs[0])]
+    mine = table[table["run_id"] == run_id(jobs[0]).digest]
     assert mine["t_eps"].tolist() == list(rec.predictors["discrete"].t_eps["loss"])
     assert mine["q95"].tolist() == [q.q95 for q in rec.predictors["discrete"].band["loss"]]
     p = spec.plan
@@ -56,30 +56,37 @@ def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir
 
 
 def _plan(rows):
-    cols = ["job", "limit_s", "planned_steps", "planned_limit_s"]
+    cols = ["run_id", "limit_s", "planned_steps", "planned_limit_s"]
     return pd.DataFrame([dict(zip(cols, r, strict=True)) for r in rows]).assign(target=True)
 
 
 def test_a_sweep_from_a_plan_takes_its_limits_and_steps(tmp_path):
     path = tmp_path / "plan.parquet"
+    jobs = [["lr=0.1"], ["lr=0.2", "steps=150"], ["lr=0.3"]]
+    ids = [run_id(job).digest for job in jobs]
     _plan(
         [
-            ("lr=0.1", 70, 30, 65),
-            ("lr=0.2,steps=150", 200, 90, 130),
-            ("lr=0.3", 110, np.nan, np.nan),
+            (ids[0], 70, 30, 65),
+            (ids[1], 200, 90, 130),
+            (ids[2], 110, np.nan, np.nan),
         ]
     ).to_parquet(path)
-    jobs = [["lr=0.1"], ["lr=0.2", "steps=150"], ["lr=0.3"]]
-    assert from_plan(jobs, str(path), False) == [
+    assert from_plan(jobs, str(path), False, compose_cfg) == [
         (2, [["lr=0.1"], ["lr=0.3"]]),
         (4, [["lr=0.2", "steps=150"]]),
     ]
-    with pytest.raises(ConfigError, match=r"lr=0\.3 is not predicted to reach the target"):
-        from_plan(jobs, str(path), True)
-    groups = from_plan(jobs[:2], str(path), True)
+    with pytest.raises(ConfigError, match=r"lr=0\.3-\w+ is not predicted to reach the target"):
+        from_plan(jobs, str(path), True, compose_cfg)
+    groups = from_plan(jobs[:2], str(path), True, compose_cfg)
     assert groups == [(2, [["lr=0.1", "steps=30"]]), (3, [["lr=0.2", "steps=90"]])]
-    with pytest.raises(ConfigError, match=r"holds no job lr=0\.4: plan this sweep first"):
-        from_plan([["lr=0.4"]], str(path), False)
+    with pytest.raises(ConfigError, match=r"holds no job lr=0\.4-\w+: plan this sweep first"):
+        from_plan([["lr=0.4"]], str(path), False, compose_cfg)
+
+
+def _ids(plan: pd.DataFrame) -> pd.DataFrame:
+    """A plan table's identity columns, here the job names and those less the seed."""
+    config = plan["job"].str.replace(r",seed=\d+", "", regex=True)
+    return plan.assign(run_id=plan["job"], config=config)
 
 
 def test_judging_a_plan():
@@ -100,14 +107,14 @@ def test_judging_a_plan():
     )
     real = pd.DataFrame(
         {
-            "job": ["lr=1,seed=0", "lr=1,seed=1", "lr=2,seed=0", "lr=2,seed=1"],
+            "run_id": ["lr=1,seed=0", "lr=1,seed=1", "lr=2,seed=0", "lr=2,seed=1"],
             "t_real": [20.0, 15.0, 35.0, 70.0],
             "outcome": "converged",
             "real_step_s": [1.0, 1.0, 1.0, 2.0],
             "job_s": [50.0, 50.0, 150.0, 150.0],
         }
     )
-    m, jobs = judge.judge(plan, real)
+    m, jobs = judge.judge(_ids(plan), real)
     assert m["spearman_steps"] == pytest.approx(0.8)  # ranks 2 1 3 4 against 1 2 3 4
     assert m["regret"] == pytest.approx(20 / 15 - 1)  # picked a (20 s), b was fastest (15 s)
     assert m["regret_config"] == 0  # lr=1 (medians 15 and 35 predicted, 17.5 and 87.5 real)
@@ -141,14 +148,14 @@ def test_judge_counts_a_run_that_exploded():
     )
     real = pd.DataFrame(
         {
-            "job": ["lr=3,seed=0", "lr=1,seed=0", "lr=1,seed=1", "lr=9,seed=0"],
+            "run_id": ["lr=3,seed=0", "lr=1,seed=0", "lr=1,seed=1", "lr=9,seed=0"],
             "t_real": [None, 22.0, 24.0, 10.0],
             "outcome": ["exploded", "converged", "catapult", "converged"],
             "real_step_s": 1.0,
             "job_s": [10.0, 50.0, 50.0, 1000.0],
         }
     )
-    m, jobs = judge.judge(plan, real)
+    m, jobs = judge.judge(_ids(plan), real)
     assert m["jobs"] == 3 and m["exploded"] == 1
     assert m["regret"] == np.inf and m["regret_config"] == np.inf
     assert m["band_coverage"] == pytest.approx(2 / 3)  # the explosion is in no band
@@ -156,7 +163,8 @@ def test_judge_counts_a_run_that_exploded():
     assert m["short_of_target"] == pytest.approx(1 / 3)
     assert m["plan_cost"] == pytest.approx(4 / 110)  # the matched jobs only, not lr=9
     assert m["spearman_steps"] == pytest.approx(-0.5)  # 3 < 20 < 25 against inf > 24 > 22
-    m, jobs = judge.judge(plan.assign(forecast=["diverges", "converges", "spike ahead"]), real)
+    said = ["diverges", "converges", "spike ahead"]
+    m, jobs = judge.judge(_ids(plan).assign(forecast=said), real)
     assert m["regret"] == pytest.approx(0) and (m["diverge_hits"], m["diverge_misses"]) == (1, 0)
     assert m["spearman_steps"] == pytest.approx(1.0)
     table = judge.confusion(jobs)
@@ -184,7 +192,8 @@ def test_plan_launch_and_judge_from_the_command_line(tmp_path, cache_dir):
     cli("ttbench.run", "-m", *sweep, f"plan.table={table}", "plan.set_steps=true")
     planned = pd.read_parquet(table).query("target")["planned_steps"].astype(int)
     names = [p.name for p in (out / "runs").iterdir() if p.is_dir()]
-    assert sorted(n.split("steps=")[1].split(",")[0] for n in names) == sorted(map(str, planned))
+    labels = [n.rsplit("-", 1)[0] for n in names]
+    assert sorted(n.split("steps=")[1].split(",")[0] for n in labels) == sorted(map(str, planned))
     cli("ttbench.run", "-m", *sweep, f"plan.table={table}")
     printed = cli("ttbench.judge", str(table), str(out / "runs"), "--out", str(tmp_path / "j"))
     assert "against 2 real runs" in printed and (tmp_path / "j" / "plan.png").is_file()

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from tests.conftest import run_id
 from ttbench.config import CONF_DIR, compose
 from ttbench.validate import validate
 
@@ -80,5 +81,5 @@ def test_one_override_selects_the_launcher(overrides, target):
 
 def test_cluster_resources_do_not_change_the_run_directory():
     cfg = _compose(["cluster=slurm", "seed=3", "hydra.launcher.partition=gpu", "out_root=/x"])
-    assert cfg.hydra.run.dir == "/x/runs/seed=3"
+    assert cfg.hydra.run.dir == f"/x/runs/seed=3-{run_id(['seed=3']).digest}"
     assert cfg.hydra.launcher.partition == "gpu"

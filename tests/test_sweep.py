@@ -15,10 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import TINY, run_cli, run_in_process
+from tests.conftest import TINY, compose_cfg, run_cli, run_dir, run_in_process
 from ttbench import sweep
 from ttbench.collect import collect
-from ttbench.config import run_name
 from ttbench.run import STATE
 
 SWEEP = [*TINY[:-1], "steps=400", "checkpoint_s=0", "predictor=discrete", "seed=0,1,2"]
@@ -55,7 +54,7 @@ def test_killed_sweep_restarts_without_loss_duplication_or_corruption(tmp_path, 
     ref, out = tmp_path / "ref", tmp_path / "out"
     for seed in (0, 1, 2):  # the uninterrupted sweep's records, made in-process
         job = [*SWEEP[:-1], f"seed={seed}"]
-        run_in_process(job, ref / "runs" / run_name(job), cache_dir)
+        run_in_process(job, run_dir(ref / "runs", job), cache_dir)
 
     _kill_when_resumable(out, tmp_path, cache_dir)
     first = _run_dir(out, 0)
@@ -85,18 +84,19 @@ def test_killed_sweep_restarts_without_loss_duplication_or_corruption(tmp_path, 
 
 def test_sweep_status_and_the_incomplete_runs_command(tmp_path, cache_dir, capsys):
     root = tmp_path / "runs"
-    jobs = [["seed=1"], ["seed=2"], ["seed=3"]]
-    run_in_process([*TINY, "seed=1"], root / run_name(["seed=1"]), cache_dir)
-    (root / run_name(["seed=2"]) / ".hydra").mkdir(parents=True)  # started, never finished
-    s = sweep.status(root, jobs)
+    jobs = [[*TINY, f"seed={seed}"] for seed in (1, 2, 3)]
+    run_in_process(jobs[0], run_dir(root, jobs[0]), cache_dir)
+    started = run_dir(root, jobs[1])
+    (started / ".hydra").mkdir(parents=True)  # started, never finished
+    s = sweep.status(root, jobs, compose_cfg)
     assert [s.count(k) for k in (sweep.DONE, sweep.INCOMPLETE, sweep.NOT_STARTED)] == [1, 1, 1]
     assert s.line().startswith(f"sweep of 3 jobs in {root}: 1 done (skipped), 1 incomplete")
     capsys.readouterr()
     assert sweep.main([str(root)]) == 0
     printed = capsys.readouterr().out
     assert "2 run directories, 1 complete, 1 incomplete" in printed
-    assert f"incomplete: {root / 'seed=2'}" in printed and (root / "seed=2").exists()
+    assert f"incomplete: {started}" in printed and started.exists()
     assert sweep.main([str(root), "--delete"]) == 0
-    assert f"deleted: {root / 'seed=2'}" in capsys.readouterr().out
-    assert not (root / "seed=2").exists() and (root / "seed=1" / "done").is_file()
+    assert f"deleted: {started}" in capsys.readouterr().out
+    assert not started.exists() and (run_dir(root, jobs[0]) / "done").is_file()
     assert sweep.main([str(tmp_path / "nowhere")]) == 2

@@ -1,7 +1,8 @@
 """`python -m ttbench.collect DIR... [--out DIR]`: every run record under the given folders as
 one table, one row per (run, predictor, curve kind, eps), every config value a column
 (`cfg.<key>`), every run signal a column (`signal.<name>`), with the pooled predictor
-`constant` (the other seeds' median) added; one table of all curves; and one table per probe
+`constant` (the other seeds' median) added, each run's identity (`run_id`, `config_id`:
+ttbench.runid) a column; one table of all curves; and one table per probe
 (probe_<name>.parquet) and per predictor spectra (spectra_<name>.parquet) found, concatenated
 over runs with a `run` column and the runs' main settings (RUN_COLUMNS). Incomplete or corrupt
 run directories, and missing or unreadable probe and spectra files, are listed, never fatal.
@@ -21,7 +22,7 @@ from ttbench import record
 from ttbench.bands import loo_bands
 from ttbench.files import atomic_write_all
 from ttbench.points import exploded
-from ttbench.spec import NOT_IDENTITY
+from ttbench.runid import RunId
 
 # The settings that tell a probe's or spectra table's runs apart, copied onto its rows.
 RUN_COLUMNS = ("dataset.name", "seed", "lr", "momentum", "task.n", "preset")
@@ -46,15 +47,6 @@ def _run_columns(run: Path, cfg: dict) -> dict:
     return {"run": str(run), **{f"cfg.{k}": cfg.get(k) for k in RUN_COLUMNS}}
 
 
-def _configuration(results: pd.DataFrame) -> pd.Series:
-    """One label per row naming its run's configuration: every config value but the seed (the
-    task), the predictors asked for, and the settings that do not change a result."""
-    skip = {"cfg.seed", *(f"cfg.{k}" for k in NOT_IDENTITY)}
-    key = [c for c in results if c.startswith("cfg.") and c not in skip]
-    key = [c for c in key if not c.startswith("cfg.predictor.")]
-    return pd.Series([repr(t) for t in results[key].itertuples(index=False)], index=results.index)
-
-
 # A predictor's own columns, which a `constant` row does not take from the row it copies.
 _NOT_INHERITED = (
     *("q05", "q50", "q95", "covered", "validity", "k"),
@@ -70,18 +62,17 @@ def constant_rows(results: pd.DataFrame) -> pd.DataFrame:
     if not len(results):
         return results
     real = results.drop_duplicates(["run", "kind", "eps"]).copy()
-    real["_config"] = _configuration(real)
     out = []
-    for _, group in real.groupby(["_config", "kind", "eps"], sort=False):
+    for _, group in real.groupby(["config_id", "kind", "eps"], sort=False):
         for _, row in group.iterrows():
-            others = group[group["run"] != row["run"]]
+            others = group[group["run_id"] != row["run_id"]]
             diverges = len(others) > 0 and exploded(others).mean() > 0.5
             times = others.loc[~exploded(others), "t_real"].dropna()
             t_pred = float(times.median()) if len(times) and not diverges else None
             t_real = row["t_real"]
             known = t_pred is not None and pd.notna(t_real)
             out.append(
-                row.drop("_config").to_dict()
+                row.to_dict()
                 | {
                     "predictor": "constant",
                     "t_pred": t_pred,
@@ -99,19 +90,26 @@ def gather(roots: list[Path]) -> Collected:
     """Every table of every run directory below the roots, and the problems met."""
     rows, curves, problems = [], [], []
     extra: dict[str, list[pd.DataFrame]] = {}
+    seen: dict[str, Path] = {}  # run_id -> its first directory
     for run in record.run_dirs(roots):
         if not record.is_done(run):
             problems.append(f"{run}: incomplete (no done marker)")
             continue
         try:
             rec = record.read(run)
+            rid = RunId.of(rec.config)
             cfg = pd.json_normalize(rec.config, sep=".").iloc[0].to_dict()  # dotted keys
-            base = {"run": str(run), **{f"cfg.{k}": v for k, v in cfg.items()}}
+            base = {"run": str(run), "run_id": rid.digest, "config_id": rid.config}
+            base |= {f"cfg.{k}": v for k, v in cfg.items()}
             run_rows = [base | row for row in rec.rows()]
             frame = record.normalise_curves(pd.read_parquet(run / record.CURVES))
         except (OSError, ValueError) as e:
             problems.append(f"{run}: corrupt ({type(e).__name__}: {e})")
             continue
+        if rid.digest in seen:  # one run in two directories (copied, or older names)
+            problems.append(f"{run}: the same run as {seen[rid.digest]} (counted once)")
+            continue
+        seen[rid.digest] = run
         rows.extend(run_rows)
         curves.append(frame.assign(run=str(run)))
         columns = _run_columns(run, cfg)

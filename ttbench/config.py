@@ -7,45 +7,34 @@ benchmarks):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from ttbench.spec import NOT_IDENTITY
+from ttbench.runid import RunId
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-RUN_NAME_RESOLVER = "ttbench.run_name"
+RUN_DIR_RESOLVER = "ttbench.run_dir"
 
 
-def run_name(overrides: Iterable[str]) -> str:
-    """A run directory's name from its command-line overrides: those that change the result
-    (not NOT_IDENTITY), sorted and joined by commas as Hydra's override_dirname is, slashes
-    replaced; 'default' for none, hashed past 200 characters. Deterministic, so a run started
-    again, alone or in a sweep, finds its own record."""
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    kept = sorted(o.input_line for o in parsed if o.key_or_group.split(".")[0] not in NOT_IDENTITY)
-    name = ",".join(kept).replace("/", "_") or "default"
-    if len(name) > 200:
-        name = f"{name[:150]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
-    return name
+def _run_dir(root: str, task: list[str], *, _root_: DictConfig) -> str:
+    """`${ttbench.run_dir:ROOT,${hydra.overrides.task}}`: the run's directory under ROOT, by
+    its identity (ttbench.runid) from the validated config (the entry points have validated it
+    before Hydra resolves this)."""
+    from ttbench.validate import validate  # validate composes with this module: no cycle
 
-
-def configuration(name: str) -> str:
-    """A run's configuration: its run name less the seed, shared by the seeds of a sweep."""
-    return ",".join(o for o in name.split(",") if not o.startswith("seed=")) or "default"
+    return str(RunId.of(validate(_root_).config, task).directory(root))
 
 
 def register_resolvers() -> None:
-    """Make `${ttbench.run_name:...}` (config.yaml's run directory) known to OmegaConf. Called by
+    """Make `${ttbench.run_dir:...}` (config.yaml's run directory) known to OmegaConf. Called by
     the entry points and `compose`, never on import; sweep jobs get their directory's name
     from the sweeper instead (hydra_plugins/ttbench_sweeper), so job processes need nothing."""
-    if not OmegaConf.has_resolver(RUN_NAME_RESOLVER):
-        OmegaConf.register_new_resolver(RUN_NAME_RESOLVER, lambda task: run_name(task))
+    if not OmegaConf.has_resolver(RUN_DIR_RESOLVER):
+        OmegaConf.register_new_resolver(RUN_DIR_RESOLVER, _run_dir)
 
 
 def compose(overrides: Iterable[str] = (), hydra: bool = False) -> DictConfig:

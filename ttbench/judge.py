@@ -43,15 +43,15 @@ from matplotlib.ticker import FuncFormatter
 from scipy.stats import spearmanr
 
 from ttbench import record
-from ttbench.config import configuration
 from ttbench.core.curves import EXPLODED, OUTCOMES
 from ttbench.core.stability import CONVERGES, DIVERGES, SEVERITY
 from ttbench.prediction import is_prefix
+from ttbench.runid import RunId
 
 
 def real_rows(roots: list[Path], eps: float) -> pd.DataFrame:
-    """One row per complete run below roots: its job name, real T_eps at eps (steps), seconds
-    per fine-tuning step and the whole run's seconds."""
+    """One row per complete run below roots: its identity (ttbench.runid), real T_eps at eps
+    (steps), seconds per fine-tuning step and the whole run's seconds."""
     rows = []
     for run in record.run_dirs(roots):
         rec = record.complete(run)
@@ -61,7 +61,7 @@ def real_rows(roots: list[Path], eps: float) -> pd.DataFrame:
         ran = rec.real.stopped_at if rec.real.stopped_at is not None else rec.config["steps"]
         rows.append(
             {
-                "job": run.name,
+                "run_id": RunId.of(rec.config).digest,
                 "t_real": rec.real.t_eps["loss"][rec.eps.index(eps)],
                 "outcome": rec.real.outcome,
                 "real_step_s": finetune / max(ran, 1),
@@ -71,7 +71,7 @@ def real_rows(roots: list[Path], eps: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-COLUMNS = ["job", "t_real", "outcome", "real_step_s", "job_s"]
+COLUMNS = ["run_id", "t_real", "outcome", "real_step_s", "job_s"]
 
 
 def judge(plan: pd.DataFrame, real: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
@@ -79,7 +79,7 @@ def judge(plan: pd.DataFrame, real: pd.DataFrame) -> tuple[dict[str, float], pd.
     target = plan[plan["target"]]
     if "forecast" not in target:
         target = target.assign(forecast=CONVERGES)
-    jobs = target.merge(real, on="job", how="inner")
+    jobs = target.merge(real.drop_duplicates("run_id"), on="run_id", how="inner")
     exploded = jobs["outcome"] == EXPLODED
     said = jobs["forecast"].fillna(CONVERGES)
     never = np.inf
@@ -90,8 +90,7 @@ def judge(plan: pd.DataFrame, real: pd.DataFrame) -> tuple[dict[str, float], pd.
         _rank=said.map(SEVERITY).fillna(0), predicted_s=jobs["predicted_s"].astype(float)
     )
     ranked["predicted_s"] = ranked["predicted_s"].where(said != DIVERGES, never).fillna(never)
-    config = ranked["job"].map(configuration)
-    configs = ranked.groupby(config).agg(
+    configs = ranked.groupby("config").agg(
         _rank=("_rank", "max"), predicted_s=("predicted_s", "median"), real_s=("real_s", "median")
     )
     timed = jobs["t_real"].notna()

@@ -41,10 +41,11 @@ from omegaconf import DictConfig
 
 from ttbench import build, cli
 from ttbench.bands import default_calibration
-from ttbench.config import CONF_DIR, configuration, run_name
+from ttbench.config import CONF_DIR
 from ttbench.core.stability import CONVERGES, SEVERITY, Watch, forecast, subsample
 from ttbench.files import atomic_write
 from ttbench.prediction import at_w0, entry, with_bands
+from ttbench.runid import RunId
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages, timed
 from ttbench.train import finetune_run
@@ -57,7 +58,7 @@ TABLE = "plan.parquet"  # the sweep's plan, in the plan directory
 STAMP = "${now:%Y-%m-%d_%H-%M-%S}"
 DIRS = [  # a plan's own directory under out_root/plans, one sub-directory per job
     f"hydra.sweep.dir='${{out_root}}/plans/{STAMP}'",
-    f"hydra.run.dir='${{out_root}}/plans/{STAMP}/${{ttbench.run_name:${{hydra.overrides.task}}}}'",
+    f"hydra.run.dir='${{ttbench.run_dir:${{out_root}}/plans/{STAMP},${{hydra.overrides.task}}}}'",
     "+hydra.callbacks.plan_table._target_=ttbench.plan.PlanTable",
 ]
 
@@ -143,8 +144,11 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
                 else p.overhead_s + setup_s + planned * step_s,
             }
         )
+    rid = RunId.of(spec.config, overrides)
     job = {
-        "job": run_name(overrides),
+        "job": rid.name,
+        "run_id": rid.digest,
+        "config": rid.config,
         "overrides": list(overrides),
         "predictor": name,
         "theta": pspec.theta.mode,
@@ -216,9 +220,9 @@ def summary(table: pd.DataFrame) -> str:
         shown.to_string(index=False),
     ]
     if "cfg.seed" in t and t["cfg.seed"].nunique() > 1:  # configurations: the median over seeds
-        config = t["job"].map(configuration)
-        by = t.groupby(config)
+        by = t.groupby("config")
         ranked = pd.DataFrame({"worst": by["_rank"].max(), "s": by["predicted_s"].median()})
+        ranked.index = by["job"].first().map(_configuration).loc[ranked.index]
         ranked = ranked.sort_values(["worst", "s"], na_position="last")
         lines.append("configurations (median over seeds), fastest first, forecast trouble last:")
         marks = {v: k for k, v in SEVERITY.items()}
@@ -228,6 +232,12 @@ def summary(table: pd.DataFrame) -> str:
             for c, r in ranked.iterrows()
         ]
     return "\n".join(lines)
+
+
+def _configuration(job: str) -> str:
+    """A configuration's readable name: a job's label less its seed."""
+    label = job.rsplit("-", 1)[0]
+    return ",".join(o for o in label.split(",") if not o.startswith("seed=")) or "default"
 
 
 def _steps(r) -> str:

@@ -42,10 +42,11 @@ from ttbench.prediction import (
 )
 from ttbench.predictors import PREDICTORS, SETTLED, Solved, refine_step
 from ttbench.probes import PROBES
+from ttbench.runid import RunId
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
 from ttbench.train import finetune_run, load_state
-from ttbench.validate import validate
+from ttbench.validate import ConfigError, validate
 from ttbench.validity import REFERENCES
 from ttbench.watching import Watching, keeper
 
@@ -302,6 +303,12 @@ def task(
     try:
         with locked(out_dir):  # two processes on one job: the second skips it
             rec = record.complete(out_dir)
+            if rec is not None and RunId.of(rec.config).digest != RunId.of(spec.config).digest:
+                raise ConfigError(
+                    "hydra.run.dir",
+                    str(out_dir),
+                    "holds the record of another run (other settings): choose another directory",
+                )
             if rec is not None:
                 log.info("%s holds a complete record: skipped (delete it to run again)", out_dir)
                 print(summary(rec))

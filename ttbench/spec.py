@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Settings that do not change what a run computes: left out of its directory's name and of the
-# identity its fine-tuning checkpoint is checked against. The one list of them.
-NOT_IDENTITY = ("out_root", "device", "checkpoint_s", "cache_dir", "cluster", "threads", "plan")
+from ttbench import runid
 
 
 @dataclass(frozen=True)
@@ -172,5 +170,5 @@ class RunSpec:
     config: dict[str, Any] = field(compare=False, repr=False)  # resolved, as recorded
 
     def identity(self) -> dict[str, Any]:
-        """The settings that determine the run's result (the config less NOT_IDENTITY)."""
-        return {k: v for k, v in self.config.items() if k not in NOT_IDENTITY}
+        """The settings that determine the run's result (ttbench.runid)."""
+        return runid.identity(self.config)

@@ -5,7 +5,7 @@ request.
 Before the first job starts, the sweeper composes and validates every job of the sweep (a bad
 value in any job stops the sweep with one line, having run nothing) and prints how many of its
 jobs are done (they will be skipped), incomplete (they resume or start again) and not started.
-Each job's directory is named by `ttbench.config.run_name` of its overrides.
+Each job's directory is the one its identity (ttbench.runid) gives it.
 """
 
 from __future__ import annotations
@@ -21,16 +21,21 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ttbench import record
-from ttbench.config import run_name
 from ttbench.files import Busy, locked
+from ttbench.runid import RunId
 from ttbench.validate import ConfigError, validate
 
 DONE, INCOMPLETE, NOT_STARTED = "done", "incomplete", "not started"
+Compose = Callable[[list[str]], DictConfig]  # a job's overrides -> its composed config
 
 
-def subdir_override(job: Sequence[str]) -> str:
+def run_id(job: Sequence[str], compose: Compose) -> RunId:
+    return RunId.of(validate(compose(list(job))).config, job)
+
+
+def subdir_override(job: Sequence[str], root: Path, compose: Compose) -> str:
     """The Hydra override that puts a job into its own run directory."""
-    return f"hydra.sweep.subdir='{run_name(job)}'"
+    return f"hydra.sweep.subdir='{run_id(job, compose).directory(root).name}'"
 
 
 def state(run_dir: Path) -> str:
@@ -56,12 +61,12 @@ class Status:
         )
 
 
-def status(root: Path, jobs: Iterable[Sequence[str]]) -> Status:
-    names = [run_name(job) for job in jobs]
-    return Status(Path(root), {name: state(Path(root) / name) for name in names})
+def status(root: Path, jobs: Iterable[Sequence[str]], compose: Compose) -> Status:
+    dirs = [run_id(job, compose).directory(root) for job in jobs]
+    return Status(Path(root), {d.name: state(d) for d in dirs})
 
 
-def check_jobs(jobs: Sequence[Sequence[str]], compose: Callable[[list[str]], DictConfig]) -> None:
+def check_jobs(jobs: Sequence[Sequence[str]], compose: Compose) -> None:
     """Compose and validate every job; ConfigError names the first bad job."""
     for i, job in enumerate(jobs):
         try:
@@ -70,18 +75,16 @@ def check_jobs(jobs: Sequence[Sequence[str]], compose: Callable[[list[str]], Dic
             raise ConfigError(f"job #{i} ({' '.join(job)}): {e.key}", e.value, e.allowed) from e
 
 
-def before_launch(
-    jobs: Sequence[Sequence[str]], root: Path, compose: Callable[[list[str]], DictConfig]
-) -> Status:
+def before_launch(jobs: Sequence[Sequence[str]], root: Path, compose: Compose) -> Status:
     """Check every job, then print and return the sweep's status."""
     check_jobs(jobs, compose)
-    s = status(root, jobs)
+    s = status(root, jobs, compose)
     print(s.line(), flush=True)
     return s
 
 
 def from_plan(
-    jobs: Sequence[Sequence[str]], table: str, set_steps: bool
+    jobs: Sequence[Sequence[str]], table: str, set_steps: bool, compose: Compose
 ) -> list[tuple[int, list[list[str]]]]:
     """The jobs grouped by the time limit in minutes that the plan (ttbench.plan) gives each,
     shortest first: planned_limit_s with `set_steps` (and steps=planned_steps added to the
@@ -89,13 +92,16 @@ def from_plan(
     import pandas as pd  # here: the sweeper plugin imports this module at every Hydra start
 
     plan = pd.read_parquet(Path(table).expanduser())
-    rows = plan[plan["target"]].set_index("job")
+    rows = plan[plan["target"]].set_index("run_id")
     groups: dict[int, list[list[str]]] = {}
     for job in jobs:
-        name = run_name(job)
-        if name not in rows.index:
-            raise ConfigError("plan.table", table, f"holds no job {name}: plan this sweep first")
-        row = rows.loc[name]
+        rid = run_id(job, compose)
+        if rid.digest not in rows.index:
+            raise ConfigError(
+                "plan.table", table, f"holds no job {rid.name}: plan this sweep first"
+            )
+        row = rows.loc[rid.digest]
+        name = rid.name
         limit = row["limit_s"]
         if set_steps:
             if pd.isna(row["planned_steps"]):

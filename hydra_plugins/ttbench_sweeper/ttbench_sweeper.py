@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 class TtbenchSweeper(BasicSweeper):
     """Every job is validated and the sweep's status printed before the first job starts, and
-    each job runs in the directory that ttbench.config.run_name gives its overrides. With
+    each job runs in the directory its identity (ttbench.runid) gives it. With
     plan.table (ttbench.plan) the jobs are launched in groups sharing a time limit, which a
     launcher with one (submitit's timeout_min) takes, and with plan.set_steps each job's
     steps come from the plan."""
@@ -32,12 +32,11 @@ class TtbenchSweeper(BasicSweeper):
         )
         with cli.one_line_errors():
             jobs = [job for batch in self.split_arguments(parsed, None) for job in batch]
-            sweep.before_launch(
-                jobs,
-                Path(self.config.hydra.sweep.dir),
-                lambda job: loader.load_sweep_config(self.config, job),
-            )
+            sweep.before_launch(jobs, Path(self.config.hydra.sweep.dir), self._compose)
         return super().sweep(arguments)
+
+    def _compose(self, job: list[str]) -> Any:
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
 
     def split_arguments(self, overrides: Any, max_batch_size: int | None) -> list[list[list[str]]]:
         batches = super().split_arguments(overrides, max_batch_size)
@@ -47,7 +46,7 @@ class TtbenchSweeper(BasicSweeper):
         from ttbench.sweep import from_plan
 
         jobs = [job for batch in batches for job in batch]
-        groups = from_plan(jobs, plan.table, bool(plan.set_steps))
+        groups = from_plan(jobs, plan.table, bool(plan.set_steps), self._compose)
         self.limits = [minutes for minutes, _ in groups]
         return [group for _, group in groups]
 
@@ -65,4 +64,5 @@ class TtbenchSweeper(BasicSweeper):
                 )
             else:
                 log.warning("this launcher has no time limit: the plan's limits do not apply")
-        return [[*job, subdir_override(job)] for job in batch]
+        root = Path(self.config.hydra.sweep.dir)
+        return [[*job, subdir_override(job, root, self._compose)] for job in batch]

@@ -1,7 +1,9 @@
 """Decoded task images cached as tensors, so a sweep decodes each task's images once.
 
 The key is (dataset, root, resolution, the classes and the exact images chosen), which the
-seed, k and n determine; the file is written atomically and checked when read back.
+seed, k and n determine, and the size and modification time of every file those images are
+read from (`data.sources`), so images changed under the same names are decoded again; the
+file is written atomically and checked when read back.
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ log = logging.getLogger(__name__)
 
 
 def task_key(
-    dataset: str, root: str, resolution: int, classes: tuple[int, ...], positions: np.ndarray
+    dataset: str,
+    root: str,
+    resolution: int,
+    classes: tuple[int, ...],
+    positions: np.ndarray,
+    files: list[Path] = (),
 ) -> str:
     h = hashlib.sha1(f"{dataset}|{root}|{resolution}|{classes}|".encode())
     h.update(np.ascontiguousarray(positions, dtype=np.int64).tobytes())
+    for path in files:
+        st = Path(path).stat()
+        h.update(f"|{path}|{st.st_size}|{st.st_mtime_ns}".encode())
     return f"{dataset}_{resolution}px_{h.hexdigest()[:16]}.pt"
 
 
@@ -32,7 +42,8 @@ def cached_task(
 ) -> Task:
     """sample_task, with the decoded images read from / written to cache_dir/tasks."""
     classes, positions, y = sample_positions(data.labels(), k, n, seed)
-    path = Path(cache_dir) / "tasks" / task_key(*key_parts, classes, positions)
+    files = data.sources(positions) if hasattr(data, "sources") else []
+    path = Path(cache_dir) / "tasks" / task_key(*key_parts, classes, positions, files)
     x = None
     if path.is_file():
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ class Cifar:
         expected = f"<root>/{folder}/" + ", ".join(f for f, _ in spec.train_list)
         base = data_root(name, root, expected, _SOURCE) / folder
         data, labels = [], []
+        self._files = [base / file for file, _ in spec.train_list]
         for file, md5 in spec.train_list:
             path = base / file
             if not path.is_file():
@@ -59,6 +61,10 @@ class Cifar:
 
     def labels(self) -> np.ndarray:
         return self._labels
+
+    def sources(self, positions: np.ndarray) -> list[Path]:
+        """The files the images are read from (the task cache's key): every batch file."""
+        return list(self._files)
 
     def images(self, positions: np.ndarray) -> torch.Tensor:
         return torch.stack(

@@ -67,6 +67,10 @@ class FileDataset:
     def labels(self) -> np.ndarray:
         return self._labels
 
+    def sources(self, positions: np.ndarray) -> list[Path]:
+        """The files the images at these positions are read from (the task cache's key)."""
+        return [self.files[int(i)] for i in positions]
+
     def images(self, positions: np.ndarray) -> torch.Tensor:
         out = []
         for i in positions:
