@@ -89,6 +89,13 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
     ("args", "expected"),
     [
         (["lr=-0.1"], "lr=-0.1 is invalid: must be > 0"),
+        (["lr=inf"], "lr=inf is invalid: must be a finite number"),
+        (["lr=nan"], "lr=nan is invalid: must be a finite number"),
+        (["momentum=nan"], "momentum=nan is invalid: must be a finite number"),
+        (["lora.rank=4", "lora.alpha=nan"], "lora.alpha=nan is invalid: must be a finite"),
+        (["plan.margin=nan"], "plan.margin=nan is invalid: must be a finite number"),
+        (["model.head_init_std=nan"], "model.head_init_std=nan is invalid: must be a finite"),
+        (["model.width=0"], "model.width=0 is invalid: must be an integer >= 1"),
         (["momentum=1"], "momentum=1 is invalid: must be in [0, 1)"),
         (["steps=0"], "steps=0 is invalid"),
         (["eps=[0.5,2]"], "eps=[0.5, 2] is invalid: every value must be in (0, 1)"),

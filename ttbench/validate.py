@@ -8,6 +8,7 @@ what is allowed; the entry points print it and exit with status 2, without a tra
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -50,9 +51,12 @@ class ConfigError(ValueError):
 
 
 def _number(cfg: DictConfig, key: str) -> float:
+    """A finite number (nan passes every comparison and inf hangs the fine-tuning: refused)."""
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(key, value, "must be a number")
+    if not math.isfinite(value):
+        raise ConfigError(key, value, "must be a finite number")
     return value
 
 
@@ -118,6 +122,10 @@ def validate(cfg: DictConfig) -> RunSpec:
             f"takes {wanted}-channel images; dataset {cfg.dataset.name} has {channels}",
         )
     _integer(cfg, "task.n", 1)
+    if _number(cfg, "model.head_init_std") < 0:
+        raise ConfigError("model.head_init_std", cfg.model.head_init_std, "must be >= 0")
+    if cfg.model.name == "small_resnet":
+        _integer(cfg, "model.width", 1)
     _pretrain_settings(cfg)
     _optim(cfg)
     _choice("theta.mode", cfg.theta.mode, MODES)
