@@ -88,6 +88,10 @@ def test_sweep_status_and_the_incomplete_runs_command(tmp_path, cache_dir, capsy
     run_in_process(jobs[0], run_dir(root, jobs[0]), cache_dir)
     started = run_dir(root, jobs[1])
     (started / ".hydra").mkdir(parents=True)  # started, never finished
+    for name, files in (("planned", ["plan.json", "plan.log"]), ("planning", ["plan.log"])):
+        (root / "plans" / name / ".hydra").mkdir(parents=True)  # a plan's jobs: no runs
+        for f in files:
+            (root / "plans" / name / f).write_text("{}")
     s = sweep.status(root, jobs, compose_cfg)
     assert [s.count(k) for k in (sweep.DONE, sweep.INCOMPLETE, sweep.NOT_STARTED)] == [1, 1, 1]
     assert s.line().startswith(f"sweep of 3 jobs in {root}: 1 done (skipped), 1 incomplete")
@@ -99,4 +103,6 @@ def test_sweep_status_and_the_incomplete_runs_command(tmp_path, cache_dir, capsy
     assert sweep.main([str(root), "--delete"]) == 0
     assert f"deleted: {started}" in capsys.readouterr().out
     assert not started.exists() and (run_dir(root, jobs[0]) / "done").is_file()
+    assert (root / "plans" / "planned" / "plan.json").is_file()  # never taken for a run
+    assert (root / "plans" / "planning" / "plan.log").is_file()
     assert sweep.main([str(tmp_path / "nowhere")]) == 2

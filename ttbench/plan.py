@@ -39,7 +39,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ttbench import build, cli
+from ttbench import build, cli, record
 from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR
 from ttbench.core.stability import CONVERGES, SEVERITY, Watch, forecast, subsample
@@ -53,7 +53,7 @@ from ttbench.validate import validate
 
 log = logging.getLogger("ttbench.plan")
 
-ROW = "plan.json"  # one job's plan, in its directory
+ROW = record.PLAN_FILES[0]  # one job's plan, in its directory
 TABLE = "plan.parquet"  # the sweep's plan, in the plan directory
 STAMP = "${now:%Y-%m-%d_%H-%M-%S}"
 DIRS = [  # a plan's own directory under out_root/plans, one sub-directory per job

@@ -479,13 +479,17 @@ def complete(run_dir: Path) -> Record | None:
         return None
 
 
+PLAN_FILES = ("plan.json", "plan.log")  # a planned job's (ttbench.plan), never a run's
+
+
 def run_dirs(roots: Iterable[Path]) -> list[Path]:
-    """Run directories below the roots: those Hydra made (.hydra) or holding a record."""
+    """Run directories below the roots: those Hydra made (.hydra) or holding a record, less
+    the directories of planned jobs (`python -m ttbench.plan`), which hold no run."""
     found = set()
     for root in roots:
         for marker in (".hydra", RESULT):
             found.update(p.parent for p in Path(root).rglob(marker))
-    return sorted(found)
+    return sorted(d for d in found if not any((d / f).exists() for f in PLAN_FILES))
 
 
 def spectra_frame(spectra: Mapping[str, np.ndarray]) -> pd.DataFrame:
