@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import TINY, compose_cfg, run_dir, run_id, run_in_process, spec_of
 from ttbench import judge
-from ttbench.plan import finish, plan_job
+from ttbench.plan import DIRS, finish, plan_job
 from ttbench.sweep import from_plan
 from ttbench.validate import ConfigError
 
@@ -53,6 +53,12 @@ def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir
         assert np.isclose(r.predicted_s, r.t_eps * r.step_s)
         assert np.isclose(r.planned_limit_s, p.overhead_s + r.setup_s + r.planned_steps * r.step_s)
         assert np.isclose(r.limit_s, p.overhead_s + r.setup_s + 20 * r.step_s * (1 + p.margin))
+
+
+def test_two_plans_started_at_once_get_two_folders():
+    a, b = (compose_cfg(DIRS[:2], hydra=True) for _ in range(2))
+    assert a.hydra.sweep.dir != b.hydra.sweep.dir
+    assert a.hydra.run.dir.startswith(a.hydra.sweep.dir + "/")
 
 
 def _plan(rows):

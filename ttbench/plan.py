@@ -55,7 +55,7 @@ log = logging.getLogger("ttbench.plan")
 
 ROW = record.PLAN_FILES[0]  # one job's plan, in its directory
 TABLE = "plan.parquet"  # the sweep's plan, in the plan directory
-STAMP = "${now:%Y-%m-%d_%H-%M-%S}"
+STAMP = "${now:%Y-%m-%d_%H-%M-%S-%f}"  # to the microsecond: two plans, two folders
 DIRS = [  # a plan's own directory under out_root/plans, one sub-directory per job
     f"hydra.sweep.dir='${{out_root}}/plans/{STAMP}'",
     f"hydra.run.dir='${{ttbench.run_dir:${{out_root}}/plans/{STAMP},${{hydra.overrides.task}}}}'",
