@@ -1,13 +1,18 @@
+import time
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from tests.conftest import TINY, run_in_process, spec_of
+from ttbench import build
 from ttbench.core import losses
 from ttbench.core.curves import CATAPULT, EXPLODE, EXPLODED
 from ttbench.core.dynamics import sharpness
 from ttbench.core.linearize import linearize
-from ttbench.train import finetune, load_state
+from ttbench.run import STATE
+from ttbench.train import finetune, finetune_run, load_state
 
 
 def _tiny(seed=0):
@@ -130,3 +135,30 @@ def test_resume_from_saved_state_reproduces_the_uninterrupted_run(tmp_path, sgd)
     np.testing.assert_array_equal(resumed.error, ref.error)
     for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_resumed_run_counts_every_segments_fine_tuning_time(tmp_path, cache_dir):
+    """Killed at step 6 (its state saved every step, 0.5 s spent before), then run again: the
+    record's fine-tuning time holds both segments, and says there were two."""
+    args = [*TINY[:-1], "steps=12"]
+    spec = spec_of([*args, f"cache_dir={cache_dir}"])
+    s = build.setup(spec)
+
+    def killed_at_6(t: int, model) -> None:
+        if t == 5:
+            time.sleep(0.5)
+        if t == 6:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        finetune_run(
+            spec, s.model(), s.x, s.y, state_file=tmp_path / STATE, save_every_s=0,
+            meta=spec.identity(), watch=killed_at_6,
+        )  # fmt: skip
+    rec = run_in_process(args, tmp_path, cache_dir)
+    assert rec.real.resumed_at == 6 and not (tmp_path / STATE).exists()
+    assert rec.stages["finetune"]["segments"] == 2 and rec.stages["finetune"]["wall_s"] > 0.5

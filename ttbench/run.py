@@ -110,6 +110,9 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
     with stages("finetune"):
         keep = keeper(spec, watching)
         real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state, kept, watching, keep)
+    if state is not None:  # a resumed run: its earlier segments' time too, and how many
+        stages.stats["finetune"]["wall_s"] += state.get("seconds", 0.0)
+        stages.stats["finetune"]["segments"] = state.get("segments", 1) + 1
     if real.diverged:
         log.warning("fine-tuning diverged: its loss exploded")
     elif real.outcome(spec.train.smooth) == CATAPULT:

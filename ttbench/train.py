@@ -71,10 +71,11 @@ def finetune(
     points = steps // eval_every + 1
     loss_curve = np.full(points, np.nan)
     error_curve = np.full(points, np.nan)
-    start, elapsed = 0, 0.0
+    start, elapsed, segments = 0, 0.0, 1
     kept = {} if kept is None else kept
     if resume is not None:
         start, elapsed = resume["t"], resume.get("seconds", 0.0)
+        segments = resume.get("segments", 1) + 1
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["opt"])
         loss_curve[:], error_curve[:] = resume["loss"].numpy(), resume["error"].numpy()
@@ -87,7 +88,8 @@ def finetune(
             curves = {"loss": torch.from_numpy(loss_curve), "error": torch.from_numpy(error_curve)}
             seconds = elapsed + time.monotonic() - began
             try:
-                atomic_save(state_file, state | curves | {"kept": kept, "seconds": seconds})
+                more = {"kept": kept, "seconds": seconds, "segments": segments}
+                atomic_save(state_file, state | curves | more)
             except OSError as e:  # a full disk costs the checkpoint, never the run
                 log.warning(
                     "could not save the fine-tuning state to %s (%s): going on", state_file, e
