@@ -99,6 +99,7 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
         (["momentum=1"], "momentum=1 is invalid: must be in [0, 1)"),
         (["steps=0"], "steps=0 is invalid"),
         (["eps=[0.5,2]"], "eps=[0.5, 2] is invalid: every value must be in (0, 1)"),
+        (["eps=[0.1,0.1]"], "eps=[0.1, 0.1] is invalid: every value must be different"),
         (["task.k=12"], "task.k=12 is invalid: must be <= 10"),
         (["task.n=0"], "task.n=0 is invalid"),
         (

@@ -26,9 +26,17 @@ def test_records_are_collected_and_bad_directories_listed(tmp_path, cache_dir):
     (out / "runs" / "truncated" / "result.json").write_text(text[: len(text) // 2])
     shutil.copytree(good, out / "runs" / "unfinished")
     (out / "runs" / "unfinished" / "done").unlink()
+    shutil.copytree(good, out / "runs" / "no_stage")  # hand-edited records: one line each
+    rec = json.loads((good / "result.json").read_text())
+    del rec["stages"]["finetune"]
+    (out / "runs" / "no_stage" / "result.json").write_text(json.dumps(rec))
+    shutil.copytree(good, out / "runs" / "no_curve")
+    curves = pd.read_parquet(good / "curves.parquet").drop(columns="curve")
+    curves.to_parquet(out / "runs" / "no_curve" / "curves.parquet")
 
     results, curves, problems = collect([out])
-    assert sorted(p.split(": ")[1].split(" ")[0] for p in problems) == ["corrupt", "incomplete"]
+    kinds = sorted(p.split(": ")[1].split(" ")[0] for p in problems)
+    assert kinds == ["corrupt", "corrupt", "corrupt", "incomplete"], problems
     assert results["run"].nunique() == 2
     assert set(results.predictor) == {"ode", "discrete", "constant"}
     assert set(results.kind) == {"loss", "error"}

@@ -103,7 +103,8 @@ def gather(roots: list[Path]) -> Collected:
             base |= {f"cfg.{k}": v for k, v in cfg.items()}
             run_rows = [base | row for row in rec.rows()]
             frame = record.normalise_curves(pd.read_parquet(run / record.CURVES))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            # one bad record is listed, never fatal: the others still make the tables
             problems.append(f"{run}: corrupt ({type(e).__name__}: {e})")
             continue
         if rid.digest in seen:  # one run in two directories (copied, or older names)

@@ -392,7 +392,11 @@ def curves_frame(
 
 
 def normalise_curves(frame: pd.DataFrame) -> pd.DataFrame:
-    """A curves table of either format in format 2's layout (a `quantile` column)."""
+    """A curves table of either format in format 2's layout (a `quantile` column); ValueError
+    for a table without the columns every format has."""
+    missing = sorted({"curve", "step", "loss", "error"} - set(frame))
+    if missing:
+        raise ValueError(f"the curves table has no column {', '.join(missing)}")
     if "quantile" in frame:
         return frame
     split = frame["curve"].str.extract(r"^(?P<name>.*?)(?::q(?P<q>\d+))?$")

@@ -97,6 +97,8 @@ def validate(cfg: DictConfig) -> RunSpec:
     for e in eps:
         if isinstance(e, bool) or not isinstance(e, int | float) or not 0 < e < 1:
             raise ConfigError("eps", list(eps), "every value must be in (0, 1)")
+    if len(set(eps)) < len(eps):
+        raise ConfigError("eps", list(eps), "every value must be different")
     _choice("loss", cfg.loss, LOSSES)
     _choice("device", cfg.device, ("auto", "cpu", "cuda"))
     if cfg.device == "cuda" and not torch.cuda.is_available():
