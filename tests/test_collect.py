@@ -81,6 +81,9 @@ def test_one_run_in_two_directories_counts_once_and_is_nobodys_other_seed(tmp_pa
     other = compose_cfg([*seed1[:-1], "seed=9", f"cache_dir={cache_dir}"])
     with pytest.raises(ConfigError, match="holds the record of another run"):
         task(other, run_dir(out / "runs", seed1))  # a directory picked by hand, say
+    (tmp_path / "odd" / "finetune.state").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"holds a directory finetune\.state where"):
+        task(other, tmp_path / "odd")  # before any compute
     shutil.copytree(first, out / "runs" / "zz_copy")
     c = gather([out])
     assert c.problems == [f"{out / 'runs' / 'zz_copy'}: the same run as {first} (counted once)"]

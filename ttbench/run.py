@@ -316,6 +316,12 @@ def task(
                 log.info("%s holds a complete record: skipped (delete it to run again)", out_dir)
                 print(summary(rec))
                 return rec
+            if (out_dir / STATE).is_dir():
+                raise ConfigError(
+                    "hydra.run.dir",
+                    str(out_dir),
+                    f"holds a directory {STATE} where the fine-tuning checkpoint goes: remove it",
+                )
             if record.is_done(out_dir):
                 log.warning("%s is marked done but its record is unreadable: redoing", out_dir)
                 (out_dir / record.DONE).unlink()
