@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import TINY, cli_error, compose_cfg, run_in_process
-from ttbench import pretrain, record
+from ttbench import bands, pretrain, record
 
 
 def test_run_writes_record_curves_and_figure(tmp_path, cache_dir, capsys):
@@ -133,3 +133,15 @@ def test_bad_input_fails_with_one_line(tmp_path, cache_dir, capsys, args, expect
     assert expected in line
     if "memory_gb" not in args[0]:  # the memory check needs the model, so it comes later
         assert not (tmp_path / "run").exists()  # nothing was computed
+
+
+@pytest.mark.parametrize("text", ["{}", "{not json", None])
+def test_a_damaged_calibration_stops_a_run_before_any_compute(
+    tmp_path, cache_dir, capsys, monkeypatch, text
+):
+    if text is not None:
+        (tmp_path / "calibration.json").write_text(text)
+    monkeypatch.setattr(bands, "shipped", lambda: tmp_path / "calibration.json")
+    line = cli_error([*TINY, f"cache_dir={cache_dir}"], tmp_path, capsys)
+    assert line.startswith(f"ttbench: error: the band calibration {tmp_path}/calibration.json ")
+    assert "reinstall ttbench" in line and not (tmp_path / "run").exists()

@@ -237,10 +237,26 @@ def from_json(d: dict) -> Calibration:
     return Calibration(entries, d["source"], model)
 
 
+def shipped():
+    """Where the shipped calibration is (a file of the installed package)."""
+    return resources.files("ttbench").joinpath(DEFAULT)
+
+
+class CalibrationError(RuntimeError):
+    """The shipped calibration does not read back (a damaged install)."""
+
+
 def default_calibration() -> Calibration:
-    """The calibration shipped with ttbench (module docstring)."""
-    text = resources.files("ttbench").joinpath(DEFAULT).read_text()
-    return from_json(json.loads(text))
+    """The calibration shipped with ttbench (module docstring); CalibrationError when it does
+    not read back."""
+    path = shipped()
+    try:
+        return from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CalibrationError(
+            f"the band calibration {path} does not read ({type(e).__name__}: {e}): reinstall "
+            "ttbench, or write one with python -m ttbench.bands TABLE_DIR --out FILE"
+        ) from e
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from omegaconf import OmegaConf
 
+from ttbench.bands import CalibrationError
 from ttbench.config import CONF_DIR, compose, register_resolvers
 from ttbench.data.images import DataNotFound
 from ttbench.models.zoo import WeightsNotFound
@@ -16,7 +17,7 @@ from ttbench.record import WriteError
 from ttbench.validate import ConfigError, check_cli, validate
 
 # Bad input, found before or during a run: the message is one line for the user.
-USER_ERRORS = (ConfigError, DataNotFound, WeightsNotFound, WriteError)
+USER_ERRORS = (ConfigError, DataNotFound, WeightsNotFound, WriteError, CalibrationError)
 
 
 def fail(error: Exception) -> None:

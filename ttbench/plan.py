@@ -107,6 +107,7 @@ def _round_up(value: float, every: int) -> int:
 
 def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
     """Plan one job into out_dir/plan.json; returns what it wrote."""
+    calibration = default_calibration()  # before any compute: a damaged one stops here
     device = build.device(spec.device)
     build.cpu_threads(spec.threads)
     stages = Stages(device)
@@ -116,7 +117,7 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
     with stages("predict"):
         _, predicted, signals = at_w0(pspec, s.model(), s.x, s.y, Stages(device))
         rec = entry(name, predicted[name], pspec)
-        rec = with_bands({name: rec}, pspec, default_calibration())[name]
+        rec = with_bands({name: rec}, pspec, calibration)[name]
     t = spec.train
     every = t.eval_every
     probed = -(-spec.plan.probe_steps // every) * every + every

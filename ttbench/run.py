@@ -24,7 +24,7 @@ from tqdm import tqdm
 # No `import torch` here: submitit pickles this __main__ module's functions by value, and a
 # global torch module does not pickle ("cannot pickle '_Classes' object").
 from ttbench import build, cli, record
-from ttbench.bands import default_calibration
+from ttbench.bands import Calibration, default_calibration
 from ttbench.config import CONF_DIR
 from ttbench.core.curves import CATAPULT, Curves
 from ttbench.core.stability import CONVERGES
@@ -87,8 +87,15 @@ def _finetune(
         )
 
 
-def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> record.Record:
-    """Execute one run, write its record into out_dir, and return the record."""
+def run(
+    spec: RunSpec,
+    out_dir: Path,
+    overrides: list[str] | None = None,
+    calibration: Calibration | None = None,
+) -> record.Record:
+    """Execute one run, write its record into out_dir, and return the record; the bands from
+    `calibration` (default: the shipped one)."""
+    calibration = default_calibration() if calibration is None else calibration
     device = build.device(spec.device)
     threads = build.cpu_threads(spec.threads)
     log.info("device %s, %d CPU threads", device, threads)
@@ -157,7 +164,7 @@ def run(spec: RunSpec, out_dir: Path, overrides: list[str] | None = None) -> rec
         predictors=with_bands(
             {name: entry(name, p, spec) for name, p in predictions.items()},
             spec,
-            default_calibration(),
+            calibration,
             Evidence(
                 signals,
                 real.spike_at(spec.train.smooth),
@@ -302,6 +309,7 @@ def task(
     skip it; print the summary either way. A run directory another process is running is
     skipped (None). Raises the errors of cli.USER_ERRORS."""
     spec = validate(cfg)
+    calibration = default_calibration()  # before any compute: a damaged one stops here
     out_dir = Path(out_dir)
     try:
         with locked(out_dir):  # two processes on one job: the second skips it
@@ -325,7 +333,7 @@ def task(
             if record.is_done(out_dir):
                 log.warning("%s is marked done but its record is unreadable: redoing", out_dir)
                 (out_dir / record.DONE).unlink()
-            rec = run(spec, out_dir, overrides)
+            rec = run(spec, out_dir, overrides, calibration)
     except Busy as e:
         log.warning("%s: skipped", e)
         print(f"ttbench: {e}: skipped")
