@@ -96,6 +96,7 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
         (["plan.margin=nan"], "plan.margin=nan is invalid: must be a finite number"),
         (["model.head_init_std=nan"], "model.head_init_std=nan is invalid: must be a finite"),
         (["model.width=0"], "model.width=0 is invalid: must be an integer >= 1"),
+        (["seed=4294967296"], "seed=4294967296 is invalid: must be below 2**32"),
         (["momentum=1"], "momentum=1 is invalid: must be in [0, 1)"),
         (["steps=0"], "steps=0 is invalid"),
         (["eps=[0.5,2]"], "eps=[0.5, 2] is invalid: every value must be in (0, 1)"),
@@ -145,3 +146,14 @@ def test_a_damaged_calibration_stops_a_run_before_any_compute(
     line = cli_error([*TINY, f"cache_dir={cache_dir}"], tmp_path, capsys)
     assert line.startswith(f"ttbench: error: the band calibration {tmp_path}/calibration.json ")
     assert "reinstall ttbench" in line and not (tmp_path / "run").exists()
+
+
+def test_a_resolution_the_patches_do_not_tile_is_refused_before_pretraining(
+    tmp_path, cache_dir, capsys
+):
+    args = ["model=vit_tiny", "dataset.resolution=18", "dataset.channels=3"]
+    line = cli_error([*args, f"cache_dir={cache_dir}"], tmp_path, capsys)
+    assert (
+        "dataset.resolution=18 is invalid: must be a multiple of vit_tiny's model.patch_size=4"
+        in line
+    )

@@ -90,7 +90,8 @@ def validate(cfg: DictConfig) -> RunSpec:
     if _number(cfg, "checkpoint_s") < 0:
         raise ConfigError("checkpoint_s", cfg.checkpoint_s, "must be >= 0 (0: every step)")
     _integer(cfg, "steps", 1)
-    _integer(cfg, "seed", 0)
+    if not 0 <= _integer(cfg, "seed", 0) < 2**32:  # numpy's and torch's generators take these
+        raise ConfigError("seed", cfg.seed, "must be below 2**32")
     eps = cfg.eps
     if not OmegaConf.is_list(eps) or len(eps) == 0:
         raise ConfigError("eps", eps, "must be a non-empty list of numbers in (0, 1)")
@@ -244,6 +245,16 @@ def _pretrained(cfg: DictConfig) -> None:
             f"{cfg.model.name}: set model.weights=FILE (timm's weights, .safetensors or .pth), "
             f"or model.pretrained={TTBENCH} (pretrained here on the digits) or false",
         )
+    patch = cfg.model.get("patch_size")
+    resolution = cfg.dataset.get("resolution")
+    if patch is not None:
+        _integer(cfg, "model.patch_size", 1)
+        if resolution is None or resolution % patch:
+            raise ConfigError(
+                "dataset.resolution",
+                resolution,
+                f"must be a multiple of {cfg.model.name}'s model.patch_size={patch}",
+            )
     if value == TTBENCH and (cfg.model.get("pretrain") is None or cfg.dataset.name != "digits"):
         raise ConfigError(
             "model.pretrained",
