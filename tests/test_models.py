@@ -1,4 +1,6 @@
 import logging
+import threading
+import time
 
 import pytest
 import torch
@@ -38,6 +40,28 @@ def test_pretraining_is_seeded_and_cached(tmp_path, caplog):
     assert all(
         torch.equal(v, w)
         for v, w in zip(a.state_dict().values(), c.state_dict().values(), strict=True)
+    )
+
+
+def test_two_workers_needing_one_checkpoint_pretrain_it_once(tmp_path):
+    """The second waits for the first's pretraining, then loads its checkpoint (threads here:
+    flock locks one open file, so two threads exclude each other as two processes do)."""
+    calls, started = [], threading.Event()
+
+    def slow_source():
+        calls.append(1)
+        started.set()
+        time.sleep(0.5)  # the second worker arrives while this one pretrains
+        return _source()
+
+    first = threading.Thread(target=load_or_pretrain, args=(SPEC, tmp_path, slow_source))
+    first.start()
+    started.wait(10)
+    second = load_or_pretrain(SPEC, tmp_path, slow_source)
+    first.join()
+    assert len(calls) == 1 and len(list(tmp_path.glob("*.pt"))) == 1
+    assert (
+        second.state_dict().keys() == load_or_pretrain(SPEC, tmp_path, _source).state_dict().keys()
     )
 
 

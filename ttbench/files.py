@@ -8,7 +8,7 @@ import fcntl
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,20 +33,40 @@ class Busy(RuntimeError):
 
 
 @contextmanager
-def locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `directory` (its file .lock) while the block runs; Busy when
-    another process holds it. The lock dies with its process, so a killed job never leaves it."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a") as fh:
+def _flock(lock: Path, on_busy) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock`; when another process holds it, `on_busy(fh)`
+    raises or waits for it. The lock dies with its process, so a killed job never leaves it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise Busy(f"{directory} is being run by another process") from e
+        except BlockingIOError:
+            on_busy(fh)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def locked(directory: Path):
+    """Hold an exclusive lock on `directory` (its file .lock) while the block runs; Busy when
+    another process holds it."""
+
+    def busy(fh) -> None:
+        raise Busy(f"{directory} is being run by another process")
+
+    return _flock(Path(directory) / ".lock", busy)
+
+
+def waiting(lock: Path, note: Callable[[], None]):
+    """Hold an exclusive lock on the file `lock`, waiting for another process that holds it
+    (calling `note` first, to say so)."""
+
+    def wait(fh) -> None:
+        note()
+        fcntl.flock(fh, fcntl.LOCK_EX)
+
+    return _flock(Path(lock), wait)
 
 
 def atomic_write_all(files: dict[Path, bytes]) -> None:

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ttbench.files import atomic_save
+from ttbench.files import atomic_save, waiting
 from ttbench.models.classifier import Classifier
 from ttbench.models.small_resnet import small_resnet
 from ttbench.models.zoo import TIMM_MODELS, split_head, timm_classifier
@@ -213,17 +213,23 @@ def load_or_pretrain(spec: PretrainSpec, cache_dir: Path, source) -> Classifier:
     """The pretrained model from the cache, pretraining it first when missing or invalid.
     `source` is a callable returning the source images and labels."""
     path = Path(cache_dir) / spec.filename()
-    if path.exists():
-        try:
-            return load_checkpoint(path, spec)
-        except CheckpointError as e:
-            log.warning("cached checkpoint %s %s; pretraining it again", path, e)
-    else:
-        log.info(
-            "no pretrained checkpoint at %s: pretraining on %s (runs once)", path, spec.dataset
-        )
-    x, y = source()
-    model = pretrain(spec, x, y, progress=True)
-    save_checkpoint(path, spec, model)
-    log.info("saved pretrained checkpoint %s", path)
-    return model
+
+    def note() -> None:
+        log.info("another process is pretraining %s: waiting for it", path.name)
+
+    # one pretraining per checkpoint: a second worker that needs it waits, then loads it
+    with waiting(path.with_name(f".{path.name}.lock"), note):
+        if path.exists():
+            try:
+                return load_checkpoint(path, spec)
+            except CheckpointError as e:
+                log.warning("cached checkpoint %s %s; pretraining it again", path, e)
+        else:
+            log.info(
+                "no pretrained checkpoint at %s: pretraining on %s (runs once)", path, spec.dataset
+            )
+        x, y = source()
+        model = pretrain(spec, x, y, progress=True)
+        save_checkpoint(path, spec, model)
+        log.info("saved pretrained checkpoint %s", path)
+        return model
