@@ -238,6 +238,7 @@ def test_cli_runs_each_dataset_with_a_resnet(tmp_path, cache_dir, name):
 )
 def test_dataset_and_model_errors_are_one_line(tmp_path, cache_dir, capsys, args, expected):
     assert expected in cli_error([*args, f"cache_dir={cache_dir}"], tmp_path, capsys)
+    assert not (tmp_path / "run").exists()  # found after the run's directory was made: removed
 
 
 def test_task_images_are_decoded_once(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -302,6 +303,16 @@ def signal_lines(rec: record.Record) -> list[str]:
     return out
 
 
+HYDRA_FILES = {".hydra", ".lock", "run.log"}  # what a run directory holds before any compute
+
+
+def _leave_nothing(out_dir: Path) -> None:
+    """A run stopped by bad input (a missing data root, say) before it computed anything
+    leaves no directory behind, so that collect and sweep never list it."""
+    if out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= HYDRA_FILES:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
 def task(
     cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None
 ) -> record.Record | None:
@@ -338,6 +349,9 @@ def task(
         log.warning("%s: skipped", e)
         print(f"ttbench: {e}: skipped")
         return None
+    except cli.USER_ERRORS:
+        _leave_nothing(out_dir)
+        raise
     print(summary(rec))
     print(f"record: {out_dir / record.RESULT}")
     return rec
