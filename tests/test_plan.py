@@ -3,6 +3,7 @@ and judging a plan against the real runs (ttbench.judge)."""
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import TINY, compose_cfg, run_dir, run_id, run_in_process, spec_of
 from ttbench import judge
-from ttbench.plan import DIRS, finish, plan_job
+from ttbench.plan import COLUMNS, DIRS, finish, plan_job
 from ttbench.sweep import from_plan
 from ttbench.validate import ConfigError
 
@@ -63,7 +64,45 @@ def test_two_plans_started_at_once_get_two_folders():
 
 def _plan(rows):
     cols = ["run_id", "limit_s", "planned_steps", "planned_limit_s"]
-    return pd.DataFrame([dict(zip(cols, r, strict=True)) for r in rows]).assign(target=True)
+    table = pd.DataFrame([dict(zip(cols, r, strict=True)) for r in rows]).assign(target=True)
+    return table.assign(**{c: 1.0 for c in COLUMNS if c not in table})
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("directory", "is a directory: give a plan.parquet"),
+        ("missing", "is missing: give a plan.parquet"),
+        ("truncated", "does not read as a table"),
+        ("empty", "is not a plan table: no column job"),
+        ("no_limit", "is not a plan table: no column limit_s"),
+        ("no_target", "holds no job: plan the sweep again"),
+    ],
+)
+def test_a_bad_plan_table_is_one_line_in_judge_and_in_a_sweep(tmp_path, capsys, damage, expected):
+    good = _plan([("a", 70, 30, 65)])
+    path = tmp_path / "plan.parquet"
+    if damage == "directory":
+        path.mkdir()
+    elif damage == "truncated":
+        good.to_parquet(path)
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "empty":
+        pd.DataFrame().to_parquet(path)
+    elif damage == "no_limit":
+        good.drop(columns="limit_s").to_parquet(path)
+    elif damage == "no_target":
+        good.assign(target=False).to_parquet(path)
+    assert judge.main([str(path), str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    said = (
+        "no such file or directory"
+        if damage == "missing"
+        else f"plan='{path}' is invalid: {expected}"
+    )
+    assert len(lines) == 1 and said in lines[0], lines
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        from_plan([["lr=0.1"]], str(path), False, compose_cfg)
 
 
 def test_a_sweep_from_a_plan_takes_its_limits_and_steps(tmp_path):

@@ -45,8 +45,10 @@ from scipy.stats import spearmanr
 from ttbench import record
 from ttbench.core.curves import EXPLODED, OUTCOMES
 from ttbench.core.stability import CONVERGES, DIVERGES, SEVERITY
+from ttbench.plan import read_table
 from ttbench.prediction import is_prefix
 from ttbench.runid import RunId
+from ttbench.validate import ConfigError
 
 
 def real_rows(roots: list[Path], eps: float) -> pd.DataFrame:
@@ -174,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"ttbench: error: no such file or directory: {missing[0]}", file=sys.stderr)
         return 2
-    plan = pd.read_parquet(a.plan)
+    try:
+        plan = read_table(a.plan, "plan")
+    except ConfigError as e:
+        print(f"ttbench: error: {e}", file=sys.stderr)
+        return 2
     eps = float(plan.loc[plan["target"], "eps"].iloc[0])
     metrics, jobs = judge(plan, real_rows(a.runs, eps))
     if not len(jobs):

@@ -49,7 +49,7 @@ from ttbench.runid import RunId
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages, timed
 from ttbench.train import finetune_run
-from ttbench.validate import validate
+from ttbench.validate import ConfigError, validate
 
 log = logging.getLogger("ttbench.plan")
 
@@ -178,6 +178,34 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
         job["plan_s"],
     )
     return job
+
+
+# What `judge` and a sweep launched from a plan read; the plan writes more.
+COLUMNS = (
+    *("job", "run_id", "config", "target", "eps", "t_eps", "q05", "q95", "planned_steps"),
+    *("step_s", "predicted_s", "planned_limit_s", "limit_s", "plan_s"),
+)
+
+
+def read_table(path: str | Path, key: str = "plan.table") -> pd.DataFrame:
+    """A plan table (plan.parquet); ConfigError naming `key` when it is not a file, does not
+    read, holds no job at its target eps, or lacks a column of COLUMNS."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "missing"
+        raise ConfigError(
+            key, str(path), f"is {what}: give a plan.parquet of python -m ttbench.plan"
+        )
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(key, str(path), f"does not read as a table ({e})") from e
+    missing = [c for c in COLUMNS if c not in table]
+    if missing:
+        raise ConfigError(key, str(path), f"is not a plan table: no column {', '.join(missing)}")
+    if not table["target"].astype(bool).any():
+        raise ConfigError(key, str(path), "holds no job: plan the sweep again")
+    return table
 
 
 def gather(plan_dir: Path) -> pd.DataFrame:

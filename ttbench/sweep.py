@@ -91,7 +91,9 @@ def from_plan(
     job), limit_s otherwise. ConfigError for a job the plan does not hold."""
     import pandas as pd  # here: the sweeper plugin imports this module at every Hydra start
 
-    plan = pd.read_parquet(Path(table).expanduser())
+    from ttbench.plan import read_table
+
+    plan = read_table(table)
     rows = plan[plan["target"]].set_index("run_id")
     groups: dict[int, list[list[str]]] = {}
     for job in jobs:
