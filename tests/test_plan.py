@@ -216,6 +216,26 @@ def test_judge_counts_a_run_that_exploded():
     assert table.loc["diverges", "exploded"] == 1 and table.loc["spike ahead", "catapult"] == 1
 
 
+def test_judge_counts_a_run_that_never_reached_the_target():
+    """The plan's pick (5 steps predicted) ran all its steps without reaching eps: its regret
+    is infinite, its band a miss, and a job stopped at its planned steps falls short."""
+    plan = pd.DataFrame(
+        {
+            "job": ["a", "b"], "run_id": ["a", "b"], "config": ["a", "b"], "target": True,
+            "eps": 0.05, "t_eps": [5.0, 20.0], "q05": [4.0, 15.0], "q95": [6.0, 25.0],
+            "planned_steps": [8, 30], "step_s": 1.0, "predicted_s": [5.0, 20.0],
+            "limit_s": 100.0, "plan_s": 1.0,
+        }
+    )  # fmt: skip
+    real = pd.DataFrame(
+        {"run_id": ["a", "b"], "t_real": [None, 22.0], "outcome": "converged",
+         "real_step_s": 1.0, "job_s": 50.0}
+    )  # fmt: skip
+    m, _ = judge.judge(plan, real)
+    assert m["regret"] == np.inf and m["regret_config"] == np.inf
+    assert m["band_coverage"] == 0.5 and m["short_of_target"] == 0.5
+
+
 @pytest.mark.slow
 def test_plan_launch_and_judge_from_the_command_line(tmp_path, cache_dir):
     """The process boundary is the point: Hydra's multirun, its callback, the sweeper."""

@@ -2,9 +2,9 @@
 sweep that also ran for real (the same overrides, all of their steps).
 
 At the plan's target eps, over the jobs that both planned and ran. A job whose real run
-exploded has no time to the target: it counts as never reaching it (an infinite time), so the
-plan is right about it only when it said "diverges" (its probe's forecast), and every metric
-counts it:
+exploded, or never reached the target within its steps, has no time to the target: it counts
+as never reaching it (an infinite time), so the plan is right about an explosion only when it
+said "diverges" (its probe's forecast), its band never holds it, and every metric counts it:
 
 * spearman_steps, spearman_time: rank correlation of predicted and real T_eps, and of
   predicted and real time to the target (real T_eps x the run's seconds per step), "never"
@@ -85,8 +85,9 @@ def judge(plan: pd.DataFrame, real: pd.DataFrame) -> tuple[dict[str, float], pd.
     exploded = jobs["outcome"] == EXPLODED
     said = jobs["forecast"].fillna(CONVERGES)
     never = np.inf
-    # "never" as an infinite time on both sides: a forecast explosion, a run that exploded
-    jobs["t_real"] = jobs["t_real"].astype(float).where(~exploded, never)
+    # "never" as an infinite time on both sides: a forecast explosion, a run that exploded or
+    # did not reach the target in its steps
+    jobs["t_real"] = jobs["t_real"].astype(float).where(~exploded, never).fillna(never)
     jobs["real_s"] = jobs["t_real"] * jobs["real_step_s"]
     ranked = jobs.assign(
         _rank=said.map(SEVERITY).fillna(0), predicted_s=jobs["predicted_s"].astype(float)
