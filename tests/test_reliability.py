@@ -17,13 +17,15 @@ from ttbench.train import finetune_run
 
 
 # 1. a done marker is trusted only when the record behind it reads back
-@pytest.mark.parametrize("damage", ["garbled", "missing", "no curves"])
+@pytest.mark.parametrize("damage", ["garbled", "missing", "no curves", "truncated curves"])
 def test_a_broken_record_marked_done_is_done_again(tmp_path, cache_dir, damage):
     out = tmp_path / "r"
     first = run_in_process(TINY, out, cache_dir)
-    target = out / (record.CURVES if damage == "no curves" else record.RESULT)
+    target = out / (record.CURVES if "curves" in damage else record.RESULT)
     if damage == "garbled":
         target.write_text('{"format_version": 2, "conf')
+    elif damage == "truncated curves":
+        target.write_bytes(target.read_bytes()[:200])
     else:
         target.unlink()
     assert record.is_done(out) and record.complete(out) is None

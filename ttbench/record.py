@@ -473,14 +473,20 @@ def is_done(run_dir: Path) -> bool:
 
 
 def complete(run_dir: Path) -> Record | None:
-    """The run's record when the run is complete: its done marker, a result.json that reads
-    back and its curves file; None otherwise (the run is to be done again)."""
-    if not is_done(run_dir) or not (Path(run_dir) / CURVES).is_file():
+    """The run's record when the run is complete: its done marker, and every file of the
+    record reads back (result.json, the curves, its probe tables); None otherwise (the run is
+    to be done again)."""
+    run_dir = Path(run_dir)
+    if not is_done(run_dir) or not (run_dir / CURVES).is_file():
         return None
     try:
-        return read(run_dir)
-    except (OSError, ValueError):
+        rec = read(run_dir)
+        normalise_curves(pd.read_parquet(run_dir / CURVES))
+        for name in rec.probes.values():
+            pd.read_parquet(run_dir / name)
+    except (OSError, ValueError):  # pyarrow's errors are ValueErrors
         return None
+    return rec
 
 
 PLAN_FILES = ("plan.json", "plan.log")  # a planned job's (ttbench.plan), never a run's
