@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import TINY, compose_cfg, run_dir, run_id, run_in_process, spec_of
 from ttbench import judge
-from ttbench.plan import COLUMNS, DIRS, finish, plan_job
+from ttbench.plan import COLUMNS, DIRS, finish, plan_job, read_table
 from ttbench.sweep import from_plan
 from ttbench.validate import ConfigError
 
@@ -41,6 +41,9 @@ def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir
     assert all(out.index(run_id(job).name) < last for job in jobs)
     assert f"{name}  diverges" in out
     assert "[diverges in some seeds]" in out
+    assert (tmp_path / "plan" / "plan.parquet").is_file()
+    (tmp_path / "plan" / "plan.parquet").unlink()  # a plan killed before its table: gathered
+    pd.testing.assert_frame_equal(read_table(tmp_path / "plan"), table)
     assert (tmp_path / "plan" / "plan.parquet").is_file()
     assert not list(tmp_path.glob("plan/*/result.json"))  # nothing was run
     rec = run_in_process([*jobs[0], "predictor.names=[discrete]"], tmp_path / "run", cache_dir)

@@ -188,9 +188,17 @@ COLUMNS = (
 
 
 def read_table(path: str | Path, key: str = "plan.table") -> pd.DataFrame:
-    """A plan table (plan.parquet); ConfigError naming `key` when it is not a file, does not
-    read, holds no job at its target eps, or lacks a column of COLUMNS."""
+    """A plan table (plan.parquet), or a plan's directory: its table, or, when the plan was
+    killed before writing it, the table gathered from its finished jobs (and written).
+    ConfigError naming `key` when there is none, it does not read, holds no job at its target
+    eps, or lacks a column of COLUMNS."""
     path = Path(path).expanduser()
+    if path.is_dir() and not (path / TABLE).is_file() and any(path.glob(f"*/{ROW}")):
+        table = gather(path)
+        atomic_write(path / TABLE, table.to_parquet(index=False))
+        log.info("gathered %s from the plan's %d finished jobs", path / TABLE, len(table))
+    if path.is_dir() and (path / TABLE).is_file():
+        path = path / TABLE
     if not path.is_file():
         what = "a directory" if path.is_dir() else "missing"
         raise ConfigError(
