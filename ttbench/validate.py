@@ -215,8 +215,8 @@ def _plan_settings(cfg: DictConfig) -> None:
         raise ConfigError("plan.margin", p.margin, "must be >= 0")
     if _number(cfg, "plan.overhead_s") < 0:
         raise ConfigError("plan.overhead_s", p.overhead_s, "must be >= 0")
-    if p.table is not None and not Path(p.table).expanduser().is_file():
-        raise ConfigError("plan.table", p.table, "is not a file: run python -m ttbench.plan first")
+    if p.table is not None and not Path(p.table).expanduser().exists():
+        raise ConfigError("plan.table", p.table, "does not exist: run python -m ttbench.plan first")
 
 
 TRAINABLE = ("all", "head", "norm", "adapters")
