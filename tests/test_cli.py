@@ -116,6 +116,10 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
         (["weight_decay=0.1"], "weight_decay=0.1 is invalid: the predictors model 0 only"),
         (["predictor=sde"], "predictor='sde' is invalid: sde needs optim=sgd"),
         (["optim=sgd", "optim.batch_size=31"], "optim.batch_size=31 is invalid: must be <= N"),
+        (  # digits has about 90 target images per class: N = 451 here, not 5 x 200
+            ["optim=sgd", "task.k=5", "task.n=200", "optim.batch_size=1000"],
+            "optim.batch_size=1000 is invalid: must be <= N = 451, the images of this task",
+        ),
         (["optim=adam"], "optim='adam' is invalid: must be one of gd, sgd"),
         (["theta.memory_gb=0.0001"], "theta.mode='exact' is invalid: needs at least"),
         (["theta.sketch=fft"], "theta.sketch='fft' is invalid: must be one of"),

@@ -18,7 +18,7 @@ from ttbench.models.pretrain import PretrainSpec, load_or_pretrain
 from ttbench.models.zoo import TIMM_MODELS, TTBENCH, WEIGHT_FILES, imagenet_resnet, timm_classifier
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
-from ttbench.validate import check_classes
+from ttbench.validate import ConfigError, check_classes
 
 
 def cpu_threads(threads: int | None = None) -> int:
@@ -121,12 +121,21 @@ def held_out_accuracy(spec: RunSpec, model: Classifier, batch: int = 256) -> tup
 
 
 def task(spec: RunSpec, data) -> Task:
-    """The run's task, its images decoded once per sweep through the task cache."""
+    """The run's task, its images decoded once per sweep through the task cache; ConfigError
+    when an SGD batch is larger than the task (classes with fewer than task.n images make
+    N smaller than task.k * task.n, which validation checked)."""
     check_classes(spec.k, len(np.unique(data.labels())), spec.dataset.name)
     if spec.dataset.name == "digits":  # in memory already: nothing to decode
-        return sample_task(data, spec.k, spec.n, spec.seed)
-    key = (spec.dataset.name, str(spec.dataset.root), spec.dataset.resolution)
-    return cached_task(data, spec.k, spec.n, spec.seed, spec.cache_dir, key)
+        t = sample_task(data, spec.k, spec.n, spec.seed)
+    else:
+        key = (spec.dataset.name, str(spec.dataset.root), spec.dataset.resolution)
+        t = cached_task(data, spec.k, spec.n, spec.seed, spec.cache_dir, key)
+    b = spec.train.batch_size
+    if b is not None and b > t.n_samples:
+        raise ConfigError(
+            "optim.batch_size", b, f"must be <= N = {t.n_samples}, the images of this task"
+        )
+    return t
 
 
 @dataclass
