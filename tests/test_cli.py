@@ -99,6 +99,7 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
         (["seed=4294967296"], "seed=4294967296 is invalid: must be below 2**32"),
         (["momentum=1"], "momentum=1 is invalid: must be in [0, 1)"),
         (["steps=0"], "steps=0 is invalid"),
+        (["steps=1000000000"], "steps=1000000000 is invalid: must be <= 10,000,000"),
         (["eps=[0.5,2]"], "eps=[0.5, 2] is invalid: every value must be in (0, 1)"),
         (["eps=[0.1,0.1]"], "eps=[0.1, 0.1] is invalid: every value must be different"),
         (["task.k=12"], "task.k=12 is invalid: must be <= 10"),

@@ -286,6 +286,12 @@ def test_timm_resnet_loads_named_local_weights(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(WeightsNotFound, match=r"resnet18\.safetensors cannot be read"):
         imagenet_resnet("resnet18", weights=str(path), source="timm")
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights")
+    with pytest.raises(
+        WeightsNotFound, match=r"cannot be read as a PyTorch state dict or a \.safetensors file \("
+    ):
+        imagenet_resnet("resnet18", weights=str(text))
 
 
 @pytest.mark.parametrize(("arch", "source"), [("resnet34", "torchvision"), ("resnet18", "timm")])

@@ -43,6 +43,8 @@ from ttbench.spec import (
     WatchSpec,
 )
 
+MAX_STEPS = 10_000_000  # curves (and SGD batches) are held in memory, per step
+
 
 class ConfigError(ValueError):
     def __init__(self, key: str, value: object, allowed: str) -> None:
@@ -89,7 +91,10 @@ def validate(cfg: DictConfig) -> RunSpec:
         _integer(cfg, "threads", 1)
     if _number(cfg, "checkpoint_s") < 0:
         raise ConfigError("checkpoint_s", cfg.checkpoint_s, "must be >= 0 (0: every step)")
-    _integer(cfg, "steps", 1)
+    if _integer(cfg, "steps", 1) > MAX_STEPS:
+        raise ConfigError(
+            "steps", cfg.steps, f"must be <= {MAX_STEPS:,}: every step's loss is kept in memory"
+        )
     if not 0 <= _integer(cfg, "seed", 0) < 2**32:  # numpy's and torch's generators take these
         raise ConfigError("seed", cfg.seed, "must be below 2**32")
     eps = cfg.eps

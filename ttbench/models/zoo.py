@@ -29,6 +29,13 @@ def default_weights(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHT_FILES[arch]
 
 
+def _reason(e: Exception) -> str:
+    """A loader's error in a few words: its type and the first line of its message (torch
+    says only `KeyError(101)` of a text file)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def _load_state(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -66,8 +73,10 @@ def imagenet_resnet(
         try:
             state = _load_state(path)
         except Exception as e:  # any unreadable file, whatever the loader raises
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise WeightsNotFound(f"model {arch}: {path} cannot be read ({first})") from e
+            raise WeightsNotFound(
+                f"model {arch}: {path} cannot be read as a PyTorch state dict or a "
+                f".safetensors file ({_reason(e)})"
+            ) from e
         _load_body(model, state, arch, path)
     return split_head(model).eval()
 
@@ -144,8 +153,7 @@ def _load_timm(model: nn.Module, arch: str, path: Path) -> None:
         state = {k: v for k, v in state.items() if k not in classifier or v.shape == own[k].shape}
         result = model.load_state_dict(state, strict=False)
     except Exception as e:  # any unreadable or mismatching file, whatever raises
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsNotFound(f"model {arch}: {path} cannot be loaded ({first})") from e
+        raise WeightsNotFound(f"model {arch}: {path} cannot be loaded ({_reason(e)})") from e
     missing = [k for k in result.missing_keys if k not in classifier]
     if missing or result.unexpected_keys:
         raise WeightsNotFound(
