@@ -33,6 +33,31 @@ def test_a_broken_record_marked_done_is_done_again(tmp_path, cache_dir, damage):
     assert record.complete(out) == again and again.real.t_eps == first.real.t_eps
 
 
+@pytest.mark.parametrize("full", ["curves.png", "curves.parquet", "result.json"])
+def test_a_full_disk_is_one_line_or_costs_only_the_figure(
+    tmp_path, cache_dir, capsys, monkeypatch, full
+):
+    """A file-size limit (`ulimit -f`) or a full disk: the record's files give one line and no
+    done marker; the figure, drawn after the record, costs only itself."""
+    import ttbench.run
+
+    def too_large(*args, **kwargs):
+        raise OSError(27, "File too large")
+
+    if full == "curves.png":
+        monkeypatch.setattr(ttbench.run, "plot_curves", too_large)
+        rec = run_in_process(TINY, tmp_path / "run", cache_dir)
+        assert record.complete(tmp_path / "run") == rec
+        return
+    write = record.atomic_write
+    monkeypatch.setattr(
+        record, "atomic_write", lambda p, d: too_large() if p.name == full else write(p, d)
+    )
+    line = cli_error([*TINY, f"cache_dir={cache_dir}"], tmp_path, capsys)
+    assert line.startswith("ttbench: error: cannot write") and "File too large" in line
+    assert not record.is_done(tmp_path / "run")
+
+
 # 2. collect never destroys tables, and the analysis says in one line what is wrong
 def test_collect_refuses_nothing_and_writes_all_or_nothing(tmp_path, cache_dir, capsys):
     out = tmp_path / "tables"

@@ -431,14 +431,18 @@ def read_curves(
 # --- files ----------------------------------------------------------------------------------
 
 
-def write_table(path: Path, frame: pd.DataFrame) -> None:
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    atomic_write(path, buf.getvalue())
-
-
 class WriteError(OSError):
     """A record that could not be written (a full disk, a lost mount); one line for the user."""
+
+
+def write_table(path: Path, frame: pd.DataFrame) -> None:
+    """One table of the record, atomically; WriteError when it cannot be written."""
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    try:
+        atomic_write(path, buf.getvalue())
+    except OSError as e:
+        raise WriteError(f"cannot write {path} ({e})") from e
 
 
 def write(
@@ -451,8 +455,8 @@ def write(
     that fails leaves no `done` marker and raises WriteError."""
     run_dir = Path(run_dir)
     text = json.dumps(_to_json(rec), indent=2, allow_nan=False) + "\n"
+    write_table(run_dir / CURVES, curves_frame(curves, bands))
     try:
-        write_table(run_dir / CURVES, curves_frame(curves, bands))
         atomic_write(run_dir / RESULT, text.encode())
         atomic_write(run_dir / DONE, b"")
     except OSError as e:

@@ -145,9 +145,6 @@ def run(
         if p.solved.spectra is not None:  # the subset predictor's spectra (Figs. 7 and 11)
             frame = record.spectra_frame(p.solved.spectra)
             record.write_table(out_dir / f"spectra_{name}.parquet", frame)
-    plot_curves(
-        curves, paths, out_dir / "curves.png", title=f"{spec.dataset.name} {s.task.classes}"
-    )
     rec = record.Record(
         config=spec.config,
         overrides=tuple(overrides or ()),
@@ -178,6 +175,12 @@ def run(
     )
     record.write(out_dir, rec, curves, paths)
     (out_dir / STATE).unlink(missing_ok=True)
+    try:  # a figure, after the record: a full disk here costs the picture, not the run
+        plot_curves(
+            curves, paths, out_dir / "curves.png", title=f"{spec.dataset.name} {s.task.classes}"
+        )
+    except OSError as e:
+        log.warning("could not draw %s (%s): the record is complete", out_dir / "curves.png", e)
     return rec
 
 
