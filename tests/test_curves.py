@@ -110,7 +110,7 @@ def test_relative_error():
 
 
 def test_curves_shape_checked():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1-d arrays of the same length"):
         Curves(np.zeros(3), np.zeros(4))
     assert Curves(np.zeros(4), np.zeros(4)).steps == 3
 
@@ -119,7 +119,7 @@ def test_smooth_is_a_centred_moving_average():
     c = np.array([0.0, 3.0, 0.0, 3.0, 0.0, 6.0])
     np.testing.assert_allclose(smooth(c, 3), [0, 1, 2, 1, 3, 6])
     np.testing.assert_array_equal(smooth(c, 1), c)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="window must be a positive odd number, got 4"):
         smooth(c, 4)
 
 

@@ -42,7 +42,14 @@ def test_task_takes_all_images_when_fewer_than_n():
     assert len(set(positions)) == len(positions)
 
 
-@pytest.mark.parametrize(("k", "n"), [(0, 5), (4, 5), (2, 0)])
-def test_bad_task_sizes(k, n):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("k", "n", "said"),
+    [
+        (0, 5, r"k must be in 1\.\.3, got 0"),
+        (4, 5, r"k must be in 1\.\.3, got 4"),
+        (2, 0, "n must be >= 1"),
+    ],
+)
+def test_bad_task_sizes(k, n, said):
+    with pytest.raises(ValueError, match=said):
         sample_positions(np.array([0, 0, 1, 1, 2, 2]), k, n, seed=0)

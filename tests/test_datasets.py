@@ -1,6 +1,7 @@
 """Paper-scale datasets and ImageNet ResNets, on tiny fixtures in the real on-disk formats."""
 
 import pickle
+import zlib
 
 import numpy as np
 import pytest
@@ -15,7 +16,11 @@ from ttbench.data.finegrained import cub200, fgvc_aircraft, minc2500, stanford_c
 from ttbench.data.images import DataNotFound, image_folder, mit67
 from ttbench.models.zoo import WEIGHT_FILES, WeightsNotFound, imagenet_resnet
 
-RNG = np.random.default_rng(0)
+
+def _rng(key: str) -> np.random.Generator:
+    """Pixels drawn from the file's own name: a fixture's contents never depend on which
+    tests ran before it."""
+    return np.random.default_rng(zlib.crc32(key.encode()))
 
 
 def write_cifar(root, name, per_file=4, bytes_keys=False):
@@ -27,7 +32,8 @@ def write_cifar(root, name, per_file=4, bytes_keys=False):
     base.mkdir(parents=True)
     for k, (file, _) in enumerate(spec.train_list):
         labels = [(k * per_file + i) % 3 for i in range(per_file)]
-        blob = {"data": RNG.integers(0, 256, (per_file, 3072), dtype=np.uint8), key: labels}
+        pixels = _rng(f"{name}/{file}").integers(0, 256, (per_file, 3072), dtype=np.uint8)
+        blob = {"data": pixels, key: labels}
         if bytes_keys:
             blob = {k.encode(): v for k, v in blob.items()}
         (base / file).write_bytes(pickle.dumps(blob))
@@ -36,7 +42,8 @@ def write_cifar(root, name, per_file=4, bytes_keys=False):
 
 def _image(path, size=(24, 20)):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(RNG.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    pixels = _rng(f"{path.parent.name}/{path.name}").integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
 
 
 def write_imagefolder(root):

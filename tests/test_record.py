@@ -152,11 +152,17 @@ def test_format_1_records_and_curves_are_read(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text", ["{", '{"format_version": 9}', '{"format_version": 2, "eps": []}', "[]"]
+    ("text", "said"),
+    [
+        ("{", "Expecting property name"),
+        ('{"format_version": 9}', "unknown record format version 9"),
+        ('{"format_version": 2, "eps": []}', "malformed record .KeyError"),
+        ("[]", "malformed record .AttributeError"),
+    ],
 )
-def test_unreadable_records_raise_value_error(tmp_path, text):
+def test_unreadable_records_raise_value_error(tmp_path, text, said):
     (tmp_path / record.RESULT).write_text(text)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=said):
         record.read(tmp_path)
 
 
@@ -166,7 +172,7 @@ def test_write_is_atomic_and_refuses_nan(tmp_path):
     record.write(tmp_path, rec, curves)
     before = (tmp_path / record.RESULT).read_text()
     bad = _record(config={"seed": float("nan")})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         record.write(tmp_path / "x", bad, curves)
     assert (tmp_path / record.RESULT).read_text() == before
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary file left behind

@@ -30,7 +30,7 @@ def test_batch_schemes():
     r1 = sgd.batch_paths(10, 4, 6, "with_replacement", 3, seed=1)
     r2 = sgd.batch_paths(10, 4, 6, "with_replacement", 3, seed=1)
     assert r1.shape == (3, 6, 4) and torch.equal(r1, r2) and not torch.equal(r1[0], r1[1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"batch size must be in 1\.\.10, got 11"):
         sgd.batch_indices(10, 11, 3, "epoch", g)
 
 

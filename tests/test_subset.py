@@ -12,7 +12,7 @@ def test_power_law_fit_recovers_known_coefficients():
     law = fit_power_law(values)
     assert law.c == pytest.approx(3.5, rel=0.03) and law.s == pytest.approx(1.3, abs=0.01)
     np.testing.assert_allclose(fit_power_law(2.0 * k**-0.7).s, 0.7)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least two positive values"):
         fit_power_law(np.array([1.0, 0.0, -1.0]))
 
 
@@ -34,7 +34,7 @@ def test_projection_rule_meets_both_constraints():
     tail = p[k0 - 1 :]
     slopes = np.diff(np.log(tail)) / np.diff(np.log(np.arange(k0, count + 1)))
     np.testing.assert_allclose(slopes, slopes[0])  # a power law
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="leave no positive tail to extrapolate"):
         extrapolate_projections(p_sub, p_sub[:99].sum() * 0.5, count, k0)
 
 

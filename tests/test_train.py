@@ -27,8 +27,9 @@ def _tiny(seed=0):
 
 @pytest.mark.parametrize("kind", ["ce", "mse"])
 def test_steps_equal_hand_written_gd_with_momentum(kind):
-    x = torch.randn(10, 1, 4, 4, dtype=torch.float64)
-    y = torch.randint(0, 4, (10,))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 1, 4, 4, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 4, (10,), generator=g)
     lr, m, steps = 0.3, 0.8, 3
     model = _tiny()
     ref = _tiny()
@@ -96,8 +97,9 @@ def test_a_catapult_is_trained_through_and_an_explosion_stops():
 
 
 def test_divergence_is_recorded_and_stops():
-    x = torch.randn(8, 1, 4, 4, dtype=torch.float64) * 100
-    y = torch.randint(0, 4, (8,))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=g) * 100
+    y = torch.randint(0, 4, (8,), generator=g)
     curves = finetune(_tiny(), x, y, lr=1e6, momentum=0.9, steps=50, loss="mse")
     assert curves.diverged
     assert np.isnan(curves.loss[-1]) or not np.isfinite(curves.loss).all()
