@@ -28,6 +28,15 @@ def _run_dir(out: Path, seed: int) -> Path:
     return run
 
 
+def _step_of(state: Path | None) -> int:
+    """The step a checkpoint was saved at; -1 when there is none, or it went away (the run
+    finished) or is being replaced between the glob and the read."""
+    try:
+        return -1 if state is None else torch.load(state, weights_only=True)["t"]
+    except (OSError, RuntimeError, EOFError):
+        return -1
+
+
 def _kill_when_resumable(out: Path, cwd: Path, cache: Path) -> None:
     """Start the sweep and SIGKILL it once seed 1 has a checkpoint past step 50."""
     env = {**os.environ, "TTBENCH_CACHE": str(cache)}
@@ -37,8 +46,7 @@ def _kill_when_resumable(out: Path, cwd: Path, cache: Path) -> None:
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            state = next((out / "runs").glob(f"*seed=1*/{STATE}"), None)
-            if state is not None and torch.load(state, weights_only=True)["t"] > 50:
+            if _step_of(next((out / "runs").glob(f"*seed=1*/{STATE}"), None)) > 50:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return
