@@ -153,19 +153,19 @@ def test_records_follow_the_umask(tmp_path, cache_dir):
 
 
 def test_a_run_directory_held_by_another_process_is_skipped(tmp_path, cache_dir, capsys):
+    """flock locks an open file, so a second open of .lock here is refused as another
+    process's would be: the run is skipped, says so, and writes nothing."""
     out = tmp_path / "r"
     out.mkdir()
     with open(out / ".lock", "a") as fh:  # as another process holding the lock would
         fcntl.flock(fh, fcntl.LOCK_EX)
-        pid = os.fork()
-        if pid == 0:  # the child: a second process trying the same job
-            try:
-                with locked(out):
-                    os._exit(0)
-            except Busy:
-                os._exit(3)
-        assert os.waitpid(pid, 0)[1] >> 8 == 3
-    assert run_in_process(TINY, out, cache_dir) is not None  # free again: it runs
+        with pytest.raises(Busy, match="is being run by another process"), locked(out):
+            pass
+        assert run_in_process(TINY, out, cache_dir) is None
+        assert f"ttbench: {out} is being run by another process: skipped" in capsys.readouterr().out
+        assert not record.is_done(out) and not (out / record.RESULT).exists()
+    rec = run_in_process(TINY, out, cache_dir)  # free again: it runs
+    assert record.complete(out) == rec
 
 
 def test_pretraining_ahead_of_time_leaves_the_runs_alone(tmp_path, monkeypatch):
