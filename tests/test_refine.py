@@ -150,3 +150,39 @@ def test_refine_steps_are_validated():
     with pytest.raises(ConfigError, match=r"relin needs refine\.steps > 0"):
         spec_of(["refine.steps=0", "predictor=ode", "predictor.names=[relin]"])
     assert dynamics.elr(0.1, 0.5) == pytest.approx(0.2)
+
+
+def test_sgd_predictions_of_a_linear_model_along_the_real_batches_are_the_real_run(
+    monkeypatch,
+):
+    """Given the real run's own batches as their one path, `exact_sgd` (from w0) and
+    `relin_sgd` (from w_k, with the momentum buffer carried) reproduce real SGD on a model
+    linear in its weights, and the SGD branch of the drift signal is 0."""
+    import ttbench.predictors
+    from ttbench.train import sgd_batches
+
+    k = 10
+    model, x, y = _linear_problem()
+    spec = spec_of(
+        ["optim=sgd", "optim.batch_size=6", "lr=0.05", "momentum=0.5", "steps=40",
+         f"refine.steps={k}", "stochastic.paths=1", "predictor.names=[exact_sgd,relin_sgd]"]
+    )  # fmt: skip
+    real_batches = sgd_batches(spec.train, len(y), spec.seed)
+    monkeypatch.setattr(
+        ttbench.predictors.sgd,
+        "batch_paths",
+        lambda n, b, steps, scheme, paths, seed: real_batches[-steps:].unsqueeze(0),
+    )
+    stages = Stages(torch.device("cpu"))
+    inputs, plain, _ = at_w0(spec, model, x, y, stages)
+    kept: dict = {}
+    real = finetune_run(spec, model, x, y, keep=lambda t, _: ["k"] if t == k else [], kept=kept)
+    state = kept["states"]["k"]
+    model_k = Classifier(nn.Identity(), nn.Linear(6, 3)).double().eval()
+    model_k.load_state_dict(state["model"])
+    refined, more = after_prefix(
+        spec, [PREDICTORS["relin_sgd"]], "k", k, model_k, state["velocity"], real, inputs, stages
+    )
+    np.testing.assert_allclose(plain["exact_sgd"].curves.loss, real.loss, rtol=1e-9)
+    np.testing.assert_allclose(refined["relin_sgd"].curves.loss, real.loss, rtol=1e-9)
+    assert more["drift"] < 1e-12
