@@ -19,6 +19,7 @@ from ttbench.collect import main as collect_main
 from ttbench.figures import tables as tb
 from ttbench.figures.__main__ import main
 from ttbench.figures.report import build_report, report_numbers
+from ttbench.figures.style import label
 from ttbench.predictors import stochastic as stochastic_predictor
 from ttbench.probes import PROBES
 
@@ -485,3 +486,36 @@ def test_fidelity_scores_refined_predictors_only_on_what_they_did_not_observe():
     assert signals.loc["validity", "spearman"] == pytest.approx(1.0)
     per_regime = tb.fidelity(results)
     assert set(per_regime["regime"]) == {"gd lr=0.01 m=0", "gd lr=0.03 m=0", "gd lr=0.1 m=0"}
+
+
+def test_fig1_draws_exactly_the_scorable_points_and_their_shares(synthetic, monkeypatch):
+    """Not only a file: each predictor's markers sit at its (real, predicted) T_eps, computed
+    here in plain pandas, and the panel's text gives its shares within 13% and 20%."""
+    from ttbench.figures import accuracy
+
+    saved = []
+    monkeypatch.setattr(accuracy, "save", lambda fig, path: saved.append(fig))
+    accuracy.fig1_scatter(synthetic, Path("unused"))
+    (fig,) = saved
+    r = synthetic.results
+    for ax, optim in zip(fig.axes, ("gd", "sgd"), strict=True):
+        mine = r[(r["kind"] == "loss") & (r["cfg.optim.name"] == optim)]
+        if "cfg.preset" in mine and (mine["cfg.preset"] == f"fig1_{optim}").any():
+            mine = mine[mine["cfg.preset"] == f"fig1_{optim}"]
+        drawn = mine[mine["t_real"].notna() & mine["t_pred"].notna() & ~mine["real_diverged"]]
+        drawn = drawn[drawn["t_real"] > 0]
+        got = {
+            c.get_label(): sorted(map(tuple, c.get_offsets().tolist()))
+            for c in ax.collections
+            if len(c.get_offsets()) and c.get_label() and not c.get_label().startswith("_")
+        }
+        want = {
+            label(name): sorted(zip(part["t_real"], part["t_pred"], strict=True))
+            for name, part in drawn.groupby("predictor")
+        }
+        assert got == want, optim
+        text = ax.texts[0].get_text()
+        for name, part in _direct_points(mine).groupby("predictor"):
+            rel = (part["t_pred"] - part["t_real"]).abs() / part["t_real"]
+            hit = part["pred_diverged"].astype(bool).where(part["real_diverged"], rel <= 0.13)
+            assert f"{label(name)}: {hit.mean():.0%} ≤13%" in text, (name, text)
