@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ttbench.core.curves import QUANTILES
 from ttbench.points import valid
 from ttbench.validity import FEATURES, Model, fit, table_features
 from ttbench.validity import from_json as validity_from_json
 from ttbench.validity import to_json as validity_json
 
 SIGMA0 = 0.05  # the scale of a prediction with validity 0, in log time
-LEVELS = (0.05, 0.5, 0.95)
 DEFAULT = "calibration.json"  # beside this module
 ANY = "*"  # a Mondrian cell over every family or level
 LEVEL_EDGES = (0.1, 0.3)  # validity (expected |log error|) levels: low, mid, high
@@ -64,7 +64,7 @@ def level(validity: float | None) -> str:
 class Entry:
     predictor: str
     kind: str
-    z: tuple[float, float, float]  # conformal quantiles of the normalised residuals at LEVELS
+    z: tuple[float, float, float]  # conformal quantiles of the normalised residuals at QUANTILES
     n: int  # calibration points
     validity: float  # the typical validity, used when a run has none (no refinement)
     family: str = ANY  # the Mondrian cell: model family and validity level
@@ -116,7 +116,7 @@ def residual(t_real: np.ndarray, t_pred: np.ndarray) -> np.ndarray:
     return np.log((np.asarray(t_real, float) + 1) / (np.asarray(t_pred, float) + 1))
 
 
-def conformal_quantiles(z: np.ndarray, levels: Sequence[float] = LEVELS) -> tuple[float, ...]:
+def conformal_quantiles(z: np.ndarray, levels: Sequence[float] = QUANTILES) -> tuple[float, ...]:
     """The finite-sample conformal quantiles of n scores: for q above 1/2 the ceil((n + 1) q)-th
     smallest (inf beyond n), below it the floor((n + 1) q)-th (-inf below 1)."""
     z = np.sort(np.asarray(z, float))

@@ -14,6 +14,10 @@ import pandas as pd
 from ttbench.core.curves import EXPLODED
 from ttbench.predictors import PREDICTORS
 
+# The paper's headline tolerances: a GD prediction within 13% of the real T_eps, SGD within 20%
+GD_TOLERANCE, SGD_TOLERANCE = 0.13, 0.20
+TOLERANCES = (GD_TOLERANCE, SGD_TOLERANCE)
+
 
 def exploded(rows: pd.DataFrame) -> pd.Series:
     """Whether each row's real run exploded (tables from before outcomes: real_diverged)."""

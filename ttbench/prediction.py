@@ -26,7 +26,7 @@ from torch import nn
 from ttbench import record
 from ttbench.bands import Calibration
 from ttbench.core import losses, refine, sgd
-from ttbench.core.curves import Curves, t_eps_quantiles
+from ttbench.core.curves import QUANTILES, Curves, t_eps_quantiles
 from ttbench.core.dynamics import discrete, sharpness
 from ttbench.core.jacobian import GENERIC, jacobian_factors, routes
 from ttbench.core.linearize import block_size, blocked_gram, gram, jvp
@@ -362,7 +362,7 @@ def entry(name: str, p: Predicted, spec: RunSpec) -> record.PredictorRecord:
         quantiles = {}
         for kind, arr in (("loss", paths.paths_loss), ("error", paths.paths_error)):
             grid = arr[:, ::stride] if stride > 1 else arr
-            qs = t_eps_quantiles(grid, spec.eps, window, interval=every, q=record.QUANTILES)
+            qs = t_eps_quantiles(grid, spec.eps, window, interval=every, q=QUANTILES)
             quantiles[kind] = tuple(record.Quantiles(*qs[e]) for e in spec.eps)
     return record.PredictorRecord(
         kind=PREDICTORS[name].kind,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ttbench.core.curves import CONVERGED, EXPLODED, Curves, relative_error
+from ttbench.core.curves import CONVERGED, EXPLODED, QUANTILES, Curves, relative_error
 from ttbench.files import atomic_write
 
 FORMAT_VERSION = 2
@@ -32,8 +32,7 @@ RESULT = "result.json"
 CURVES = "curves.parquet"
 DONE = "done"  # written last: its presence means the record is complete
 KINDS = ("loss", "error")
-BAND = (0.05, 0.95)  # the per-step band of a stochastic predictor's sample paths
-QUANTILES = (0.05, 0.5, 0.95)  # of the sample paths' T_eps
+BAND = (QUANTILES[0], QUANTILES[-1])  # the per-step band of a stochastic predictor's paths
 
 Times = dict[str, tuple[int | None, ...]]  # curve kind -> T_eps per eps, in steps
 

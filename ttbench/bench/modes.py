@@ -26,6 +26,7 @@ from ttbench.core.curves import DEFAULT_EPS, t_eps_grid
 from ttbench.core.dynamics import closed_form
 from ttbench.core.linearize import linearize
 from ttbench.core.sketch import Sketch
+from ttbench.points import GD_TOLERANCE
 from ttbench.predictors import subset_prediction
 from ttbench.probes.projection import compare
 from ttbench.probes.spectrum import spectrum_frame
@@ -37,7 +38,7 @@ from ttbench.validate import validate
 def _errors(curve: np.ndarray, real: dict) -> tuple[float, float]:
     pred = t_eps_grid(curve, real)
     rel = [abs(pred[e] - t) / t for e, t in real.items() if t and pred[e] is not None]
-    return float(np.mean(rel)), float(np.mean(np.array(rel) <= 0.13))
+    return float(np.mean(rel)), float(np.mean(np.array(rel) <= GD_TOLERANCE))
 
 
 def main(argv: list[str] | None = None) -> None:

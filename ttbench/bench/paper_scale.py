@@ -40,6 +40,7 @@ from ttbench.config import compose
 from ttbench.core.curves import DEFAULT_EPS, Curves
 from ttbench.core.dynamics import sharpness
 from ttbench.core.linearize import linearize
+from ttbench.points import GD_TOLERANCE
 from ttbench.prediction import at_w0
 from ttbench.train import finetune_run
 from ttbench.validate import validate
@@ -134,7 +135,7 @@ def _part(bench, part, model_fn, x, y, base, modes, finetune_s, real):
         exact_t = t if exact_t is None else exact_t
         row["ratio"] = finetune_s / row["wall_s"]
         row["max_steps_from_exact"] = float(np.nanmax(np.abs(t - exact_t)))
-        row["within_13_of_real"] = float(np.mean(np.abs(t - real) <= 0.13 * real))
+        row["within_13_of_real"] = float(np.mean(np.abs(t - real) <= GD_TOLERANCE * real))
         _print(row)
         del inputs, predicted
 

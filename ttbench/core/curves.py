@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+QUANTILES = (0.05, 0.5, 0.95)  # every band: 5-95% with its median
 EXPLODE = 1000.0  # a loss above this multiple of its start has exploded (catapults reach 60x)
 SPIKE_UNDO = 0.5  # a spike undoes at least this share of the progress made so far
 SPIKE_FLOOR = 0.1  # and rises by at least this share of the starting loss (not batch noise)
@@ -186,7 +187,7 @@ def t_eps_quantiles(
     eps: Iterable[float],
     window: int = 1,
     interval: int = 1,
-    q: Sequence[float] = (0.05, 0.5, 0.95),
+    q: Sequence[float] = QUANTILES,
 ) -> dict[float, list[float | None]]:
     """Quantiles over sample paths (R, points) of their T_eps in steps. A diverged path (see
     `blew_up`) never gets within eps: it counts as an infinite time, and a quantile that falls

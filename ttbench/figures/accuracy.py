@@ -22,7 +22,7 @@ from ttbench.figures.style import (
     subplots,
 )
 
-_BANDS = ((0.13, ":"), (0.20, "--"))  # the paper's two tolerances, drawn around the bisector
+_BANDS = tuple(zip(tb.TOLERANCES, (":", "--"), strict=True))  # drawn around the bisector
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
