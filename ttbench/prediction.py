@@ -287,7 +287,7 @@ def samples_per_block(spec: RunSpec, model: nn.Module, x: torch.Tensor) -> int:
         ) from None
 
 
-def bands(paths: sgd.PathPrediction) -> dict[float, Curves]:
+def path_bands(paths: sgd.PathPrediction) -> dict[float, Curves]:
     """Per-step 5% and 95% quantiles of the paths' loss and error."""
     return {
         q: Curves(

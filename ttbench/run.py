@@ -36,8 +36,8 @@ from ttbench.prediction import (
     Predicted,
     after_prefix,
     at_w0,
-    bands,
     entry,
+    path_bands,
     prefix_stage,
     with_bands,
 )
@@ -140,7 +140,7 @@ def run(
     predictions = {n: predictions[n] for n in spec.predictors}
 
     curves = {"real": real} | {name: p.curves for name, p in predictions.items()}
-    paths = {n: bands(p.solved.paths) for n, p in predictions.items() if p.solved.paths}
+    paths = {n: path_bands(p.solved.paths) for n, p in predictions.items() if p.solved.paths}
     for name, p in predictions.items():
         if p.solved.spectra is not None:  # the subset predictor's spectra (Figs. 7 and 11)
             frame = record.spectra_frame(p.solved.spectra)
