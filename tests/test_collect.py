@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import TINY, compose_cfg, run_dir, run_in_process
 from ttbench import record
-from ttbench.collect import collect, constant_rows, gather, main
+from ttbench.collect import constant_rows, gather, main
 from ttbench.run import task
 from ttbench.validate import ConfigError
 
@@ -34,7 +34,8 @@ def test_records_are_collected_and_bad_directories_listed(tmp_path, cache_dir):
     curves = pd.read_parquet(good / "curves.parquet").drop(columns="curve")
     curves.to_parquet(out / "runs" / "no_curve" / "curves.parquet")
 
-    results, curves, problems = collect([out])
+    c = gather([out])
+    results, curves, problems = c.results, c.curves, c.problems
     kinds = sorted(p.split(": ")[1].split(" ")[0] for p in problems)
     assert kinds == ["corrupt", "corrupt", "corrupt", "incomplete"], problems
     assert results["run"].nunique() == 2

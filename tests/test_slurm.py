@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, TINY
-from ttbench.collect import collect
+from ttbench.collect import gather
 from ttbench.run import STATE
 
 SCRIPTS = REPO / "tests" / "slurm"
@@ -94,7 +94,8 @@ def test_sweep_cancel_and_requeue_on_a_real_scheduler(slurm, tmp_path, cache_dir
     proc = _launch(sweep, cache_dir, "steps=1000", "seed=0,1")
     log = proc.communicate(timeout=400)[0]
     assert proc.returncode == 0, log
-    results, _, problems = collect([sweep])
+    c = gather([sweep])
+    results, problems = c.results, c.problems
     assert problems == [] and results["run"].nunique() == 2
 
     # a third job, cancelled while it fine-tunes, and a fourth, preempted (submitit's protocol:
@@ -114,7 +115,7 @@ def test_sweep_cancel_and_requeue_on_a_real_scheduler(slurm, tmp_path, cache_dir
     assert doomed.returncode != 0 and "CANCELLED" in log, log
     assert _wait_for("sacct to record the cancellation", lambda: (
         _sacct_state(victim).startswith("CANCELLED")), timeout=60)  # fmt: skip
-    _, _, problems = collect([cancel])
+    problems = gather([cancel]).problems
     assert len(problems) == 1 and "incomplete" in problems[0]
 
     log = resumed.communicate(timeout=400)[0]

@@ -17,7 +17,7 @@ import torch
 
 from tests.conftest import TINY, compose_cfg, run_cli, run_dir, run_in_process
 from ttbench import sweep
-from ttbench.collect import collect
+from ttbench.collect import gather
 from ttbench.run import STATE
 
 SWEEP = [*TINY[:-1], "steps=400", "checkpoint_s=0", "predictor=discrete", "seed=0,1,2"]
@@ -73,7 +73,8 @@ def test_killed_sweep_restarts_without_loss_duplication_or_corruption(tmp_path, 
     again = run_cli("ttbench.run", "-m", *SWEEP, f"out_root={out}", cwd=tmp_path, cache=cache_dir)
     assert again.returncode == 0, again.stderr
     assert (first / "result.json").stat().st_mtime_ns == before  # complete run not repeated
-    results, _, problems = collect([out])
+    c = gather([out])
+    results, problems = c.results, c.problems
     assert problems == [] and results["run"].nunique() == 3  # none lost, none corrupt
     for seed in (0, 1, 2):
         run, want = _run_dir(out, seed), _run_dir(ref, seed)

@@ -136,13 +136,6 @@ def gather(roots: list[Path]) -> Collected:
     )
 
 
-def collect(roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(results, curves, problems) for every run directory below the roots; `gather` also
-    returns the probe and spectra tables."""
-    c = gather(roots)
-    return c.results, c.curves, c.problems
-
-
 def _one_type_per_column(table: pd.DataFrame) -> pd.DataFrame:
     """A config value that is a bool in some runs and a string in others (model.pretrained:
     true, or "ttbench") as strings in that column: parquet holds one type per column."""

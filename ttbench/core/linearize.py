@@ -219,7 +219,9 @@ def diagonal_noise_gram(factors: JacobianFactors, sample_grads: torch.Tensor) ->
     """J diag(sigma^2) J^T (N*C x N*C): the function-space covariance of SGD noise with the
     gradient covariance Sigma approximated by its diagonal (Section 4). sigma^2 is, per weight,
     the variance over samples of the per-sample loss gradient h_i = J_i^T sample_grads[i].
-    Exact, at the cost of an (N C)^2 D Gram; runs use `diagonal_noise_features`."""
+    Exact, at the cost of an (N C)^2 D Gram; runs use the sketched `diagonal_noise_features`,
+    and this stays as the exact route that the sketch is checked against (and usable on small
+    N), as neural-tangents keeps its exact kernel beside the sketched ones."""
     if factors.directions is not None:
         raise ValueError("the diagonal noise needs every class's gradients")
     n, C = factors.f0.shape
