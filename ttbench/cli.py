@@ -20,9 +20,15 @@ from ttbench.validate import ConfigError, check_cli, validate
 USER_ERRORS = (ConfigError, DataNotFound, WeightsNotFound, WriteError, CalibrationError)
 
 
-def fail(error: Exception) -> None:
-    print(f"ttbench: error: {error}", file=sys.stderr)
-    raise SystemExit(2)
+def error(message: object) -> int:
+    """The one way every entry point reports a user's error: one line on stderr; returns the
+    exit status (2)."""
+    print(f"ttbench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def fail(e: Exception) -> None:
+    raise SystemExit(error(e))
 
 
 @contextmanager

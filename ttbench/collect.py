@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ttbench import record
+from ttbench import cli, record
 from ttbench.bands import loo_bands
 from ttbench.files import atomic_write_all
 from ttbench.points import exploded
@@ -175,25 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     missing = [d for d in a.dirs if not d.is_dir()]
     if missing:
-        return _fail(f"no such directory: {missing[0]}")
+        return cli.error(f"no such directory: {missing[0]}")
     c = gather(a.dirs)
     if not len(c.results) and not a.allow_empty:
         where = ", ".join(map(str, a.dirs))
-        return _fail(f"no complete run below {where}: nothing written (--allow-empty writes it)")
+        return cli.error(
+            f"no complete run below {where}: nothing written (--allow-empty writes it)"
+        )
     try:
         names = write_tables(a.out, c)
     except OSError as e:
-        return _fail(f"cannot write the tables into {a.out} ({e}); the earlier ones are intact")
+        return cli.error(f"cannot write the tables into {a.out} ({e}); the earlier ones are intact")
     runs = c.results["run"].nunique() if len(c.results) else 0
     print(f"{runs} runs, {len(c.results)} rows -> {a.out}/{{{','.join(names)}}}.parquet")
     for line in c.problems:
         print(f"skipped {line}")
     return 0
-
-
-def _fail(message: str) -> int:
-    print(f"ttbench: error: {message}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

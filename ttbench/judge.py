@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from scipy.stats import spearmanr
 
-from ttbench import record
+from ttbench import cli, record
 from ttbench.core.curves import EXPLODED, OUTCOMES
 from ttbench.core.stability import CONVERGES, DIVERGES, SEVERITY
 from ttbench.plan import read_table
@@ -175,18 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     missing = [d for d in [a.plan, *a.runs] if not d.exists()]
     if missing:
-        print(f"ttbench: error: no such file or directory: {missing[0]}", file=sys.stderr)
-        return 2
+        return cli.error(f"no such file or directory: {missing[0]}")
     try:
         plan = read_table(a.plan, "plan")
     except ConfigError as e:
-        print(f"ttbench: error: {e}", file=sys.stderr)
-        return 2
+        return cli.error(e)
     eps = float(plan.loc[plan["target"], "eps"].iloc[0])
     metrics, jobs = judge(plan, real_rows(a.runs, eps))
     if not len(jobs):
-        print("ttbench: error: no job of the plan ran below the given folders", file=sys.stderr)
-        return 2
+        return cli.error("no job of the plan ran below the given folders")
     print(f"plan of {len(plan[plan['target']])} jobs against {len(jobs)} real runs, eps={eps:g}:")
     for k, v in metrics.items():
         print(f"  {k:16s} {v:.3g}")

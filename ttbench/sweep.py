@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ttbench import record
+from ttbench import cli, record
 from ttbench.files import Busy, locked
 from ttbench.runid import RunId
 from ttbench.validate import ConfigError, validate
@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     missing = [d for d in a.dirs if not d.is_dir()]
     if missing:
-        print(f"ttbench: error: no such directory: {missing[0]}", file=sys.stderr)
-        return 2
+        return cli.error(f"no such directory: {missing[0]}")
     runs = record.run_dirs(a.dirs)
     bad = [d for d in runs if record.complete(d) is None]
     print(f"{len(runs)} run directories, {len(runs) - len(bad)} complete, {len(bad)} incomplete")

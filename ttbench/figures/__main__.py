@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ttbench import cli
 from ttbench.figures import ARTEFACTS, REPORT, load, render_all
 from ttbench.figures.tables import HIGH_LR
 
@@ -26,18 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     if not (a.tables / "results.parquet").is_file():
-        print(f"no results.parquet in {a.tables}: run python -m ttbench.collect first")
-        return 2
+        return cli.error(f"no results.parquet in {a.tables}: run python -m ttbench.collect first")
     start = time.perf_counter()
     try:
         tables = load(a.tables)
     except (OSError, ValueError) as e:  # pyarrow's errors are ValueErrors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"ttbench: error: cannot read the tables in {a.tables} ({first})", file=sys.stderr)
-        return 2
+        return cli.error(f"cannot read the tables in {a.tables} ({first})")
     if not len(tables.results):
-        print(f"ttbench: error: {a.tables}/results.parquet has no rows", file=sys.stderr)
-        return 2
+        return cli.error(f"{a.tables}/results.parquet has no rows")
     print(f"{a.tables}: {tables.results['run'].nunique()} runs, {len(tables.results)} rows")
     status = render_all(tables, a.out, a.only, a.high_lr)
     counts = {s: list(status.values()).count(s) for s in ("wrote", "skipped", "failed")}
