@@ -147,12 +147,13 @@ def test_a_plan_sets_each_jobs_time_limit_on_a_real_scheduler(slurm, tmp_path, c
     (path,) = out.glob("plans/*/plan.parquet")
     assert len([p for p in out.glob("plans/*/.submitit/*_*") if p.is_dir()]) == 2  # on SLURM
     cli("ttbench.run", "-m", *sweep, f"plan.table={path}", "plan.set_steps=true")
-    plan = pd.read_parquet(path).query("target").set_index("job")
-    runs = [p.name for p in (out / "runs").iterdir() if p.is_dir() and p.name[0] != "."]
+    plan = pd.read_parquet(path).query("target")
+    runs = [p for p in (out / "runs").iterdir() if p.is_dir() and p.name[0] != "."]
     assert len(runs) == 2
-    for run in runs:
-        steps = next(o for o in run.split(",") if o.startswith("steps="))
-        assert steps == f"steps={int(plan.loc[run.replace(steps, 'steps=40'), 'planned_steps'])}"
+    for run in runs:  # each ran the steps the plan gave its seed
+        cfg = json.loads((run / "result.json").read_text())["config"]
+        planned = plan.loc[plan["cfg.seed"].astype(int) == cfg["seed"], "planned_steps"]
+        assert cfg["steps"] == int(planned.iloc[0]) and f"steps={cfg['steps']}" in run.name
     sacct = ["sacct", "-n", "-X", "-P", "-o", "Timelimit", "-j"]
     jobs = [j.name for j in (out / "runs" / ".submitit").iterdir() if j.is_dir() and "_" in j.name]
     limits = [subprocess.run([*sacct, j], capture_output=True, text=True).stdout for j in jobs]
