@@ -94,6 +94,8 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
         (["momentum=nan"], "momentum=nan is invalid: must be a finite number"),
         (["lora.rank=4", "lora.alpha=nan"], "lora.alpha=nan is invalid: must be a finite"),
         (["plan.margin=nan"], "plan.margin=nan is invalid: must be a finite number"),
+        (["plan.theta.dim=0"], "plan.theta.dim=0 is invalid: must be an integer >= 1"),
+        (["plan.theta.mode=fft"], "plan.theta.mode='fft' is invalid: must be one of"),
         (["model.head_init_std=nan"], "model.head_init_std=nan is invalid: must be a finite"),
         (["model.width=0"], "model.width=0 is invalid: must be an integer >= 1"),
         (["seed=4294967296"], "seed=4294967296 is invalid: must be below 2**32"),

@@ -167,3 +167,14 @@ def test_one_identity_per_run(tmp_path):
 def test_own_pretrained_resnets_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         validate(compose_cfg(overrides))
+
+
+def test_one_theta_spec_at_w0_at_w_k_and_for_the_plan():
+    spec = spec_of(["theta.mode=trace", "theta.outputs=2", "refine.theta=projected"])
+    assert spec.theta_at(refined=False).mode == "trace" and spec.theta.directions == 2
+    at_k = spec.theta_at(refined=True)
+    assert at_k.mode == "projected" and at_k.unsketched().mode == "trace"
+    assert spec_of([]).theta.directions is None  # exact: every class
+    plan = spec_of(["plan.theta.dim=512"]).plan.theta  # the plan's own, over theta.*
+    assert (plan.mode, plan.dim, plan.outputs, plan.block) == ("projected", 512, 1, 128)
+    assert plan.unsketched().mode == "trace"

@@ -69,7 +69,7 @@ def planning_spec(spec: RunSpec) -> RunSpec:
     return replace(
         spec,
         predictors=(spec.plan.predictor,),
-        theta=replace(spec.theta, **spec.plan.theta),
+        theta=spec.plan.theta,
         refine=replace(spec.refine, steps=0),
         probes=replace(spec.probes, names=()),
     )

@@ -62,15 +62,13 @@ class Predicted:
 def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, at: str = ""):
     """f and Theta, timed as the stages jacobian<at> and theta<at>; at w_k (at="_k") in
     refine.theta's mode."""
-    th = spec.theta
-    if at and spec.refine.theta is not None:
-        th = replace(th, mode=spec.refine.theta)
-    outputs = None if th.mode == "exact" else th.outputs
+    th = spec.theta_at(refined=bool(at))
+    outputs = th.directions
     kept = None
     with stages(f"jacobian{at}"):
         sketch = Sketch(th.sketch, th.dim, spec.seed)
         if th.mode == "projected" and _exact_is_cheaper(spec, model, x, sketch, outputs):
-            th = replace(th, mode="exact" if outputs is None else "trace")
+            th = th.unsketched()
             log.info(
                 "theta.mode=projected: the %s Theta costs fewer multiply-adds here than the "
                 "sketch (theta.dim=%d) and fits theta.memory_gb; building it instead",
@@ -154,7 +152,7 @@ def at_w0(
             with stages("noise"):
                 s0 = losses.grad_f(inputs.f0, y, spec.train.loss) * len(y)
                 th = spec.theta
-                outputs = None if th.mode == "exact" else th.outputs
+                outputs = th.directions
                 dim = min(th.dim, len(y) * (outputs or inputs.f0.shape[1]))
                 sketch = Sketch("countsketch", dim, spec.seed)
                 inputs.noise_sqrt = diagonal_noise_features(

@@ -17,7 +17,7 @@ Two families:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -166,10 +166,9 @@ def subset_prediction(spec: RunSpec, model: nn.Module, x: torch.Tensor, y: torch
     n0 = min(spec.subset.n0, len(y))
     gen = torch.Generator().manual_seed(spec.seed)
     idx = torch.randperm(len(y), generator=gen)[:n0].to(x.device)
-    mode = "exact" if spec.theta.mode == "projected" else spec.theta.mode
-    outputs = spec.theta.outputs if mode == "trace" else None
+    th = spec.theta if spec.theta.mode != "projected" else replace(spec.theta, mode="exact")
     lin = linearize(
-        model, x[idx], mode=mode, outputs=outputs, seed=spec.seed, memory_gb=spec.theta.memory_gb
+        model, x[idx], mode=th.mode, outputs=th.directions, seed=spec.seed, memory_gb=th.memory_gb
     )
     with torch.no_grad():
         f0_all = model(x)

@@ -4,7 +4,7 @@ the config itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,18 @@ class ThetaSpec:
     memory_gb: float  # exact/trace: the budget; above it Theta is built in sample blocks
     outputs: int | None = None  # trace/projected: random output directions (None: the C classes)
 
+    @property
+    def directions(self) -> int | None:
+        """The random output directions this mode takes: none in exact mode (every class)."""
+        return None if self.mode == "exact" else self.outputs
+
+    def unsketched(self) -> ThetaSpec:
+        """The same Θ without the sketch: exact, or trace with output directions (what a
+        projected Θ falls back to when building it outright costs less)."""
+        if self.mode != "projected":
+            return self
+        return replace(self, mode="exact" if self.outputs is None else "trace")
+
 
 @dataclass(frozen=True)
 class SubsetSpec:
@@ -78,7 +90,7 @@ class PlanSpec:
 
     eps: float  # the target: T_eps of the loss at this eps
     predictor: str  # the plain predictor the plan solves
-    theta: dict[str, Any]  # the plan's Theta settings (over theta.*)
+    theta: ThetaSpec  # the plan's Theta: theta.* with plan.theta.* over it
     probe_steps: int  # real steps timed per job, after one warm-up step
     margin: float  # recommended steps: the band's 95% point x (1 + margin)
     overhead_s: float  # added to every time limit
@@ -168,6 +180,12 @@ class RunSpec:
     checkpoint_s: float
     preset: str | None
     config: dict[str, Any] = field(compare=False, repr=False)  # resolved, as recorded
+
+    def theta_at(self, refined: bool) -> ThetaSpec:
+        """The Θ a run builds at w0, or at a refinement's w_k (refine.theta's mode there)."""
+        if refined and self.refine.theta is not None:
+            return replace(self.theta, mode=self.refine.theta)
+        return self.theta
 
     def identity(self) -> dict[str, Any]:
         """The settings that determine the run's result (ttbench.runid)."""

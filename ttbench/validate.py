@@ -136,24 +136,17 @@ def validate(cfg: DictConfig) -> RunSpec:
         _integer(cfg, "model.width", 1)
     _pretrain_settings(cfg)
     _optim(cfg)
-    _choice("theta.mode", cfg.theta.mode, MODES)
+    _theta_fields(cfg.theta, "theta")
     if cfg.refine.theta is not None:
         _choice("refine.theta", cfg.refine.theta, MODES)
-    _integer(cfg, "theta.block", 1)
-    _integer(cfg, "theta.dim", 1)
-    _integer(cfg, "theta.chunk", 1)
-    _choice("theta.sketch", cfg.theta.sketch, SKETCHES)
-    if cfg.theta.get("outputs") is not None:
-        _integer(cfg, "theta.outputs", 1)
-        if cfg.theta.mode == "exact" and cfg.refine.theta in (None, "exact"):
-            raise ConfigError(
-                "theta.outputs",
-                cfg.theta.outputs,
-                "estimates the class-averaged Theta_s: use theta.mode (or refine.theta) = "
-                "trace or projected",
-            )
-    if _number(cfg, "theta.memory_gb") <= 0:
-        raise ConfigError("theta.memory_gb", cfg.theta.memory_gb, "must be > 0")
+    exact_only = cfg.theta.mode == "exact" and cfg.refine.theta in (None, "exact")
+    if cfg.theta.get("outputs") is not None and exact_only:
+        raise ConfigError(
+            "theta.outputs",
+            cfg.theta.outputs,
+            "estimates the class-averaged Theta_s: use theta.mode (or refine.theta) = "
+            "trace or projected",
+        )
     names = predictor_names(cfg)
     if "subset" in names:
         n0 = _integer(cfg, "subset.n0", 2)
@@ -203,6 +196,25 @@ def plan_predictor(cfg: DictConfig) -> str:
     return "exact_sgd" if cfg.optim.name == "sgd" else "discrete"
 
 
+def _theta_fields(node: DictConfig, key: str) -> None:
+    """The settings of one Θ (theta.*, or the plan's), named under `key`."""
+    holder = OmegaConf.create({key.split(".")[0]: {}})
+    OmegaConf.update(holder, key, node, merge=False)
+    _choice(f"{key}.mode", node.mode, MODES)
+    for name in ("block", "dim", "chunk"):
+        _integer(holder, f"{key}.{name}", 1)
+    _choice(f"{key}.sketch", node.sketch, SKETCHES)
+    if node.get("outputs") is not None:
+        _integer(holder, f"{key}.outputs", 1)
+    if _number(holder, f"{key}.memory_gb") <= 0:
+        raise ConfigError(f"{key}.memory_gb", node.memory_gb, "must be > 0")
+
+
+def plan_theta(cfg: DictConfig) -> DictConfig:
+    """The plan's Θ: theta.* with plan.theta.* over it."""
+    return OmegaConf.merge(cfg.theta, cfg.plan.theta)
+
+
 def _plan_settings(cfg: DictConfig) -> None:
     p = cfg.plan
     if p.eps is not None and p.eps not in cfg.eps:
@@ -213,8 +225,10 @@ def _plan_settings(cfg: DictConfig) -> None:
     why = pred.applies(cfg.loss, cfg.optim.name, 0)
     if pred.prefix or pred.pooled or why:
         raise ConfigError("plan.predictor", name, why or "must be a plain predictor (no prefix)")
-    if p.theta.get("mode") is not None:
-        _choice("plan.theta.mode", p.theta.mode, MODES)
+    unknown = sorted(set(p.theta) - set(cfg.theta))
+    if unknown:
+        raise ConfigError(f"plan.theta.{unknown[0]}", p.theta[unknown[0]], "is not a theta setting")
+    _theta_fields(plan_theta(cfg), "plan.theta")
     _integer(cfg, "plan.probe_steps", 1)
     if _number(cfg, "plan.margin") < 0:
         raise ConfigError("plan.margin", p.margin, "must be >= 0")
@@ -502,7 +516,7 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         plan=PlanSpec(
             eps=plan_eps(cfg),
             predictor=plan_predictor(cfg),
-            theta=_plain(cfg.plan.theta),
+            theta=ThetaSpec(**_plain(plan_theta(cfg))),
             probe_steps=cfg.plan.probe_steps,
             margin=float(cfg.plan.margin),
             overhead_s=float(cfg.plan.overhead_s),
