@@ -160,7 +160,13 @@ def test_a_resolution_the_patches_do_not_tile_is_refused_before_pretraining(
 ):
     args = ["model=vit_tiny", "dataset.resolution=18", "dataset.channels=3"]
     line = cli_error([*args, f"cache_dir={cache_dir}"], tmp_path, capsys)
-    assert (
-        "dataset.resolution=18 is invalid: must be a multiple of vit_tiny's model.patch_size=4"
-        in line
+    said = "dataset.resolution=18 is invalid: must be set to a multiple of vit_tiny's"
+    assert f"{said} model.patch_size=4" in line
+
+
+def test_an_rgb_model_on_the_grey_digits_names_the_setting(tmp_path, cache_dir, capsys):
+    line = cli_error(["model=vit_tiny", f"cache_dir={cache_dir}"], tmp_path, capsys)
+    assert line.endswith(
+        "takes 3-channel images; dataset digits has 1 (set dataset.channels=3: the digits' grey "
+        "channel repeated)"
     )

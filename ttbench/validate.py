@@ -127,8 +127,14 @@ def validate(cfg: DictConfig) -> RunSpec:
         raise ConfigError(
             "model",
             cfg.model.name,
-            f"takes {wanted}-channel images; dataset {cfg.dataset.name} has {channels}",
+            f"takes {wanted}-channel images; dataset {cfg.dataset.name} has {channels}"
+            + (
+                f" (set dataset.channels={wanted}: the digits' grey channel repeated)"
+                if cfg.dataset.name == "digits"
+                else ""
+            ),
         )
+    _patches(cfg)
     _integer(cfg, "task.n", 1)
     if _number(cfg, "model.head_init_std") < 0:
         raise ConfigError("model.head_init_std", cfg.model.head_init_std, "must be >= 0")
@@ -251,6 +257,21 @@ def _finetune_settings(cfg: DictConfig) -> None:
         raise ConfigError("trainable", "adapters", "needs adapters: set lora.rank (e.g. 8)")
 
 
+def _patches(cfg: DictConfig) -> None:
+    """A ViT's images are tiled by its patches: dataset.resolution set, and a multiple."""
+    patch = cfg.model.get("patch_size")
+    if patch is None:
+        return
+    _integer(cfg, "model.patch_size", 1)
+    resolution = cfg.dataset.get("resolution")
+    if resolution is None or resolution % patch:
+        raise ConfigError(
+            "dataset.resolution",
+            resolution,
+            f"must be set to a multiple of {cfg.model.name}'s model.patch_size={patch}",
+        )
+
+
 def _pretrained(cfg: DictConfig) -> None:
     """model.pretrained of an ImageNet ResNet: its weights, none, or ttbench's own, pretrained
     on the source part of the run's dataset (which must have one)."""
@@ -264,16 +285,6 @@ def _pretrained(cfg: DictConfig) -> None:
             f"{cfg.model.name}: set model.weights=FILE (timm's weights, .safetensors or .pth), "
             f"or model.pretrained={TTBENCH} (pretrained here on the digits) or false",
         )
-    patch = cfg.model.get("patch_size")
-    resolution = cfg.dataset.get("resolution")
-    if patch is not None:
-        _integer(cfg, "model.patch_size", 1)
-        if resolution is None or resolution % patch:
-            raise ConfigError(
-                "dataset.resolution",
-                resolution,
-                f"must be a multiple of {cfg.model.name}'s model.patch_size={patch}",
-            )
     if value == TTBENCH and (cfg.model.get("pretrain") is None or cfg.dataset.name != "digits"):
         raise ConfigError(
             "model.pretrained",
