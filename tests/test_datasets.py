@@ -213,7 +213,15 @@ def test_imagenet_weights_load_from_a_local_file_only(tmp_path, monkeypatch):
     assert imagenet_resnet("resnet34", pretrained=False).head.in_features == 512
 
 
-@pytest.mark.parametrize("name", sorted(WRITERS))
+# every dataset end to end in the whole suite; in the fast lane one folder and one pickle
+# format (each reader has its own fast test above)
+FAST_DATASETS = ("cifar10", "imagefolder")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in FAST_DATASETS else pytest.param(n, marks=pytest.mark.slow) for n in sorted(WRITERS)],
+)
 def test_cli_runs_each_dataset_with_a_resnet(tmp_path, cache_dir, name):
     root = tmp_path / "data"
     WRITERS[name](root)
