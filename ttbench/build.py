@@ -124,12 +124,12 @@ def task(spec: RunSpec, data) -> Task:
     """The run's task, its images decoded once per sweep through the task cache; ConfigError
     when an SGD batch is larger than the task (classes with fewer than task.n images make
     N smaller than task.k * task.n, which validation checked)."""
-    check_classes(spec.k, len(np.unique(data.labels())), spec.dataset.name)
+    check_classes(spec.classes, len(np.unique(data.labels())), spec.dataset.name)
     if spec.dataset.name == "digits":  # in memory already: nothing to decode
-        t = sample_task(data, spec.k, spec.n, spec.seed)
+        t = sample_task(data, spec.classes, spec.per_class, spec.seed)
     else:
         key = (spec.dataset.name, str(spec.dataset.root), spec.dataset.resolution)
-        t = cached_task(data, spec.k, spec.n, spec.seed, spec.cache_dir, key)
+        t = cached_task(data, spec.classes, spec.per_class, spec.seed, spec.cache_dir, key)
     b = spec.train.batch_size
     if b is not None and b > t.n_samples:
         raise ConfigError(

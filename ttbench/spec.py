@@ -161,8 +161,8 @@ class RunSpec:
     seed: int  # drives every random choice of the run
     dataset: DataSpec
     model: ModelSpec
-    k: int  # classes per task
-    n: int  # images per class
+    classes: int  # task.k: classes per task
+    per_class: int  # task.n: images per class
     train: Training
     eps: tuple[float, ...]
     predictors: tuple[str, ...]  # those that apply, in the config's order

@@ -502,8 +502,8 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         seed=cfg.seed,
         dataset=DataSpec(dataset.pop("name"), dataset),
         model=_model(cfg.model),
-        k=cfg.task.k,
-        n=cfg.task.n,
+        classes=cfg.task.k,
+        per_class=cfg.task.n,
         train=Training(
             o.name,
             float(cfg.lr),
