@@ -1,4 +1,5 @@
-"""ttbench.figures: every figure from a synthetic table with known numbers, Table 1 and the
+"""ttbench.figures: every figure from a synthetic table with known numbers (what each panel
+draws, against direct pandas computations), Table 1 and the
 report against direct pandas computations, skipping without data, and (slow) the whole chain
 from a real sweep of the embedded default to the figures and notebooks."""
 
@@ -6,16 +7,18 @@ from __future__ import annotations
 
 import runpy
 import time
-from itertools import product
+from itertools import pairwise, product
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 
 from tests.conftest import REPO, TINY, run_dir, run_in_process
 from ttbench import figures
 from ttbench.collect import main as collect_main
+from ttbench.figures import accuracy, cost, curves, probe_figures
 from ttbench.figures import tables as tb
 from ttbench.figures.__main__ import main
 from ttbench.figures.report import build_report, report_numbers
@@ -519,3 +522,107 @@ def test_fig1_draws_exactly_the_scorable_points_and_their_shares(synthetic, monk
             rel = (part["t_pred"] - part["t_real"]).abs() / part["t_real"]
             hit = part["pred_diverged"].astype(bool).where(part["real_diverged"], rel <= 0.13)
             assert f"{label(name)}: {hit.mean():.0%} ≤13%" in text, (name, text)
+
+
+# --- what each figure draws, not only that a file was written ---
+
+FIGURES = [a.name for a in figures.ARTEFACTS if ".png" in a.suffixes]
+
+
+def drawn(monkeypatch, name: str, tables: figures.Tables):
+    """The matplotlib Figure an artefact draws, caught at its save."""
+    saved = []
+    for module in (accuracy, cost, curves, probe_figures):
+        monkeypatch.setattr(module, "save", lambda fig, path: saved.append(fig))
+    figures.artefact(name).make(tables, None)
+    (fig,) = saved
+    return fig
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_every_panel_draws_data_and_none_is_an_empty_placeholder(synthetic, monkeypatch, name):
+    for i, ax in enumerate(drawn(monkeypatch, name, synthetic).axes):
+        if not ax.get_visible() or ax.get_label() == "<colorbar>":
+            continue
+        points = sum(len(line.get_xdata()) for line in ax.lines)
+        points += sum(len(c.get_offsets()) + len(c.get_paths()) for c in ax.collections)
+        points += len(ax.patches) + len(ax.images)
+        assert points > 0, (name, i, ax.get_title())
+        placeholders = [t.get_text() for t in ax.texts if t.get_text().startswith("no ")]
+        assert not placeholders, (name, i, placeholders)
+
+
+def test_fig5_bars_are_the_median_seconds_and_ratios_the_median_ratio(synthetic, monkeypatch):
+    fig = drawn(monkeypatch, "fig5_cost", synthetic)
+    c = tb.costs(synthetic.results)
+    for ax in fig.axes:
+        device = ax.get_title().removeprefix("runs on ")
+        part = c[c["device"] == device]
+        datasets = sorted(part["dataset"].unique())
+        bars = {
+            b.get_label(): [p.get_height() for p in b.patches]
+            for b in ax.containers
+            if hasattr(b, "patches")
+        }
+        want = {"fine-tuning": [part[part["dataset"] == d].drop_duplicates("run")["finetune_s"]
+                                .median() for d in datasets]}  # fmt: skip
+        for name, rows in part.groupby("predictor"):
+            want[label(name)] = [rows[rows["dataset"] == d]["predict_s"].median() for d in datasets]
+        assert bars.keys() == want.keys()
+        for key, heights in want.items():
+            np.testing.assert_allclose(bars[key], heights, err_msg=key)
+        ratios = sorted(float(t.get_text()[1:]) for t in ax.texts)
+        direct = part.groupby(["predictor", "dataset"])["ratio"].median()
+        assert ratios == sorted(float(f"{r:.3g}") for r in direct), device
+
+
+def test_fig8_lines_are_the_runs_curves(synthetic, monkeypatch):
+    fig = drawn(monkeypatch, "fig8_curves", synthetic)
+    runs = curves.fig8_runs(synthetic)
+    top = fig.axes[: len(runs)]  # subplots are laid out row by row
+    assert len(runs) >= 2
+    for ax, run in zip(top, runs["run"], strict=True):
+        want = tb.run_curves(synthetic.curves, run)
+        lines = {line.get_label(): line for line in ax.lines}
+        assert set(lines) == {label(n) for n in want}, run
+        for name, c in want.items():
+            np.testing.assert_allclose(lines[label(name)].get_xdata(), c["step"])
+            np.testing.assert_allclose(lines[label(name)].get_ydata(), c["loss"])
+
+
+def test_fig2_one_colour_per_effective_lr_and_its_curves_coincide(synthetic, monkeypatch):
+    """The synthetic curves decay at a rate set by lr / (1 - m): runs sharing an effective lr
+    must share a colour and their lines must coincide; different colours must differ. (The
+    fixture's run on a projected Θ has made-up real curves of its own: left out.)"""
+    plain = synthetic.results[~synthetic.results["run"].str.endswith("projected")]
+    tables = figures.Tables(plain, synthetic.curves, synthetic.extra, synthetic.source)
+    ax = drawn(monkeypatch, "fig2_elr", tables).axes[0]
+    by_colour: dict[str, list[np.ndarray]] = {}
+    for line in ax.lines:
+        by_colour.setdefault(to_hex(line.get_color()), []).append(np.asarray(line.get_ydata()))
+    assert len(by_colour) >= 2 and any(len(v) >= 2 for v in by_colour.values())
+    firsts = []
+    for ys in by_colour.values():
+        for y in ys[1:]:
+            np.testing.assert_allclose(y, ys[0])
+        firsts.append(ys[0])
+    for a, b in pairwise(firsts):
+        assert not np.allclose(a, b)
+
+
+def test_fig6_error_bars_are_the_mean_absolute_errors(synthetic, monkeypatch):
+    fig = drawn(monkeypatch, "fig6_sensitivity", synthetic)
+    for ax, (preset, optim, col, _, _) in zip(fig.axes, accuracy.FIG6_PANELS, strict=True):
+        rows = accuracy.fig6_rows(synthetic.results, preset, optim, "loss")
+        rows = rows[rows[col].notna() & rows["abs_err"].notna()]
+        direct = rows.groupby(["predictor", "dataset", col])["abs_err"].mean()
+        plotted = {}
+        for bar in ax.containers:  # one ErrorbarContainer per (predictor, dataset)
+            name, ds = bar.get_label().rsplit(", ", 1)
+            plotted[(name, ds)] = list(np.asarray(bar.lines[0].get_ydata(), dtype=float))
+        want: dict[tuple[str, str], list[float]] = {}
+        for (name, ds, _), mean in direct.sort_index().items():
+            want.setdefault((label(name), ds), []).append(mean)
+        assert plotted.keys() == want.keys(), optim
+        for key, means in want.items():
+            np.testing.assert_allclose(plotted[key], means, err_msg=str(key))
