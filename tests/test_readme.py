@@ -2,6 +2,7 @@
 imported (no public name shadowed, nothing registered on import), and `pip install .` then
 `python -m ttbench.run` from any directory."""
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -48,7 +49,7 @@ print("example ok", t)
 
 def readme_api_example() -> str:
     text = (REPO / "README.md").read_text()
-    return text.split("### Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    return text.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
 
 
 def test_readme_api_example_after_importing_every_entry_point():
@@ -113,3 +114,18 @@ def test_a_plain_install_runs_from_any_directory(tmp_path, cache_dir):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sweep of 2 jobs" in again.stdout and "1 done (skipped)" in again.stdout
     assert "1 not started" in again.stdout
+
+
+def test_the_package_namespace_loads_each_public_name_from_its_home():
+    """`import ttbench` loads no torch (names come on first use) and names what __all__ says."""
+    import ttbench
+
+    assert sorted(ttbench.__all__) == sorted(ttbench._HOMES)
+    for name in ttbench.__all__:
+        home = importlib.import_module(ttbench._HOMES[name])
+        assert getattr(ttbench, name) is getattr(home, name)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, ttbench; print('torch' in sys.modules)"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.stdout.strip() == "False", proc.stderr

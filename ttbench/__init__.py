@@ -7,15 +7,43 @@ The Python API, for a model in eval mode, inputs x and labels y:
     ttbench.t_eps(pred.curves.loss, 0.1)                    # predicted steps to within 10%
 """
 
-from ttbench.core.curves import Curves, t_eps, t_eps_grid
-from ttbench.core.dynamics import Prediction, closed_form, discrete, elr, ode
-from ttbench.core.linearize import Linearization, LinearizedModel, linearize
-from ttbench.core.sgd import batch_paths, exact_sgd, sde
-from ttbench.core.spectrum import spectrum
-from ttbench.predictors import PREDICTORS, predict
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Each public name and its home. Loaded on first use (PEP 562) so that `import ttbench` and
+# the command lines' config checks do not pay for torch (about 2 s on 2 cores).
+_HOMES = {
+    "Curves": "ttbench.core.curves",
+    "t_eps": "ttbench.core.curves",
+    "t_eps_grid": "ttbench.core.curves",
+    "Prediction": "ttbench.core.dynamics",
+    "closed_form": "ttbench.core.dynamics",
+    "discrete": "ttbench.core.dynamics",
+    "elr": "ttbench.core.dynamics",
+    "ode": "ttbench.core.dynamics",
+    "Linearization": "ttbench.core.linearize",
+    "LinearizedModel": "ttbench.core.linearize",
+    "linearize": "ttbench.core.linearize",
+    "batch_paths": "ttbench.core.sgd",
+    "exact_sgd": "ttbench.core.sgd",
+    "sde": "ttbench.core.sgd",
+    "spectrum": "ttbench.core.spectrum",
+    "PREDICTORS": "ttbench.predictors",
+    "predict": "ttbench.predictors",
+}
+
+if TYPE_CHECKING:
+    from ttbench.core.curves import Curves, t_eps, t_eps_grid
+    from ttbench.core.dynamics import Prediction, closed_form, discrete, elr, ode
+    from ttbench.core.linearize import Linearization, LinearizedModel, linearize
+    from ttbench.core.sgd import batch_paths, exact_sgd, sde
+    from ttbench.core.spectrum import spectrum
+    from ttbench.predictors import PREDICTORS, predict
 
 __version__ = "0.1.0"
-__all__ = [
+__all__ = [  # spelled out for linters and IDEs; a test keeps it equal to _HOMES
     "PREDICTORS",
     "Curves",
     "Linearization",
@@ -34,3 +62,15 @@ __all__ = [
     "t_eps",
     "t_eps_grid",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'ttbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -4,6 +4,7 @@ cause, printed as one line with exit status 2 instead of a traceback."""
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -46,6 +47,9 @@ def main(app: Callable[[], None], run_dir: str | None = None, extra: Sequence[st
     are, by the sweeper); `run_dir` puts a single run's Hydra output elsewhere; `extra` are
     Hydra overrides of the app's own, after the user's."""
     register_resolvers()
+    # torch's forward-mode AD compiles its decompositions by torch.jit.script on the first jvp,
+    # which warns that jit is deprecated: nothing the user can act on
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
     argv = sys.argv[1:]
     multirun = "-m" in argv or "--multirun" in argv
     with one_line_errors():

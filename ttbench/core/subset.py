@@ -9,7 +9,7 @@ and the projections p_k = (v_k . dy)^2 as the subset's p'_k for k < k0 and a k^-
 with a, b fixed by p_k0 = p'_k0 and sum_k p_k = |dy|^2 (dy = f0 - Y on all N samples, which
 needs only a forward pass). One departure from Appendix D: p'_k is first scaled by
 |dy|^2 / |dy_0|^2 (all samples over the subset, about N / N0), since the leading projections grow
-with the dataset like |dy|^2 does; the README ("Cheaper Theta") gives the measurement behind it.
+with the dataset like |dy|^2 does; docs/theta.md ("Cheaper Θ") gives the measurement behind it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets import CIFAR10, CIFAR100
 
 from ttbench.data.images import DataNotFound, data_root, preprocess
 
@@ -24,6 +23,8 @@ class Cifar:
     def __init__(
         self, name: str, root: str | None, resolution: int = 224, verify: bool = True
     ) -> None:
+        from torchvision.datasets import CIFAR10, CIFAR100  # torchvision costs ~1 s to import
+
         spec = CIFAR10 if name == "cifar10" else CIFAR100
         folder = spec.base_folder
         expected = f"<root>/{folder}/" + ", ".join(f for f, _ in spec.train_list)

@@ -8,11 +8,14 @@ centre-cropped to `resolution` and normalised with the ImageNet statistics, no a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
+
+if TYPE_CHECKING:
+    from torchvision import transforms
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,6 +26,8 @@ class DataNotFound(RuntimeError):
 
 
 def preprocess(resolution: int) -> transforms.Compose:
+    from torchvision import transforms  # torchvision costs ~1 s to import
+
     return transforms.Compose(
         [
             transforms.Resize(resolution),

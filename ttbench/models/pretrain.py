@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from ttbench.files import atomic_save, waiting
@@ -54,6 +53,8 @@ class PretrainSpec:
             return small_resnet(self.in_channels, self.width, self.num_classes)
         if self.arch in TIMM_MODELS:
             return timm_classifier(self.arch, self.num_classes, self.resolution, self.patch_size)
+        import torchvision  # ~1 s to import: only for its models
+
         return split_head(getattr(torchvision.models, self.arch)(num_classes=self.num_classes))
 
     def identity(self) -> dict:

@@ -1,7 +1,7 @@
 """The default network: a small ResNet (stem + 3 basic blocks of widths w, 2w, 4w, BatchNorm).
 
 At w = 48 it has about 690k weights; how well its linearisation predicts fine-tuning on the
-digits data is measured in the README ("Choices").
+digits data is measured in docs/choices.md.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from ttbench.models.classifier import Classifier
@@ -57,6 +56,8 @@ def imagenet_resnet(
 
         model = timm.create_model(arch, pretrained=False)
     else:
+        import torchvision  # ~1 s to import: only for its models
+
         model = getattr(torchvision.models, arch)(weights=None)
     if pretrained:
         if source == "timm" and not weights:
