@@ -1,11 +1,13 @@
 """`python -m ttbench.run` and `python -m ttbench.pretrain`, in-process: compose as Hydra does,
 then the task function; bad input gives one line and exit status 2."""
 
+import importlib
+
 import pandas as pd
 import pytest
 
 from tests.conftest import TINY, cli_error, compose_cfg, run_in_process
-from ttbench import bands, pretrain, record
+from ttbench import bands, cli, pretrain, record
 
 
 def test_run_writes_record_curves_and_figure(tmp_path, cache_dir, capsys):
@@ -170,3 +172,22 @@ def test_an_rgb_model_on_the_grey_digits_names_the_setting(tmp_path, cache_dir, 
         "takes 3-channel images; dataset digits has 1 (set dataset.channels=3: the digits' grey "
         "channel repeated)"
     )
+
+
+@pytest.mark.parametrize(
+    "module,argv",
+    [
+        ("ttbench.bench.theta", ["lr=-1"]),
+        ("ttbench.bench.modes", ["seed=-1"]),
+        ("ttbench.collect", ["/nonexistent"]),
+    ],
+)
+def test_every_argparse_entry_point_reports_a_users_error_in_one_line(module, argv, capsys):
+    """cli.command, the one wrapper of the argparse entry points: status 2 and one line, also
+    for the benchmarks, which validate their overrides like a run."""
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as stop:
+        cli.command(lambda: main(argv))
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("ttbench: error: ") and ("invalid" in line or "no such" in line), line

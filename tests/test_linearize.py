@@ -1,10 +1,19 @@
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 
 from ttbench.bench.baseline import func_theta
 from ttbench.core.jacobian import ROUTES, routes
-from ttbench.core.linearize import block_size, blocked_gram, exact_memory_bytes, linearize
+from ttbench.core.linearize import (
+    OverBudget,
+    block_size,
+    blocked_gram,
+    exact_memory_bytes,
+    linearize,
+)
+from ttbench.core.sketch import Sketch
 from ttbench.models.small_resnet import small_resnet
 
 
@@ -122,8 +131,31 @@ def test_theta_in_sample_blocks_equals_theta_at_once(model_and_input, mode, outp
     assert 1 <= size < len(x)
     limited = linearize(model, x, mode=mode, outputs=outputs, seed=1, memory_gb=0.8 * need)
     assert ((limited.theta - whole.theta).norm() / whole.theta.norm()).item() <= 1e-12
-    with pytest.raises(ValueError, match="needs at least"):
-        block_size(model, x, 1e-9)
+    assert (limited.block_samples, whole.block_samples) == (size, len(x))
+    with pytest.raises(OverBudget, match="needs at least"):
+        linearize(model, x, mode=mode, outputs=outputs, memory_gb=1e-9)
+
+
+def test_the_dispatcher_times_its_two_parts_and_says_what_it_built(model_and_input):
+    """One dispatcher for every mode: the stage hook is entered around "jacobian" then
+    "theta"; a projected Theta that would cost more than the exact one is built exactly when
+    a memory budget allows it (built="exact"), and sketched otherwise."""
+    model, x = model_and_input
+    entered = []
+
+    @contextlib.contextmanager
+    def stage(name):
+        entered.append(name)
+        yield
+
+    sketch = Sketch("countsketch", 10**6, 0)  # far wider than Theta: the sketch is dearer
+    lin = linearize(model, x, "projected", sketch=sketch, memory_gb=1.0, stage=stage)
+    assert entered == ["jacobian", "theta"] and lin.built == "exact"
+    torch.testing.assert_close(lin.theta, linearize(model, x).theta, rtol=0, atol=1e-12)
+    small = Sketch("countsketch", 8, 0)
+    for budget in (None, 1.0):
+        sketched = linearize(model, x, "projected", sketch=small, memory_gb=budget)
+        assert sketched.built == "projected" and sketched.theta.shape == lin.theta.shape
 
 
 def test_inplace_activations_are_restored():

@@ -1,4 +1,4 @@
-"""The typed record: one writer, one reader, format 2 round trips and format 1 still reads."""
+"""The typed record: one writer, one reader, format 2 round trips; format 1 is refused."""
 
 import json
 
@@ -100,62 +100,12 @@ def test_write_read_round_trip_and_marker(tmp_path):
     assert text["predictors"]["sde"]["quantiles"]["loss"][1]["covered"] is False
 
 
-def test_format_1_records_and_curves_are_read(tmp_path):
-    """Format 1 keyed T_eps by eps as strings and named bands "<name>:qXX"."""
-    v1 = {
-        "format_version": 1,
-        "config": {"seed": 3},
-        "overrides": ["seed=3"],
-        "seed": 3,
-        "versions": {},
-        "device": "cpu",
-        "cpu_threads": 2,
-        "task": {"dataset": "digits", "classes": [1, 2], "N": 10, "C": 2, "D": 100},
-        "stages": {"theta": {"wall_s": 1.0}, "solve_sde": {"wall_s": 2.0}},
-        "eps": [0.4, 0.1],
-        "real": {"diverged": False, "resumed_at": 7, "t_eps": {"loss": {"0.4": 2, "0.1": 4}}},
-        "predictors": {
-            "sde": {
-                "diverged": False,
-                "t_eps": {"loss": {"0.4": 2, "0.1": None}},
-                "timing": {"theta_s": 1.0, "solve_sde_s": 2.0, "total_s": 3.0},
-                "paths": 4,
-                "quantiles": {
-                    "loss": {
-                        "0.4": {"q05": 1.0, "q50": 2.0, "q95": 3.0, "covered": True},
-                        "0.1": {"q05": None, "q50": None, "q95": None, "covered": None},
-                    }
-                },
-            }
-        },
-    }
-    (tmp_path / record.RESULT).write_text(json.dumps(v1))
-    rec = record.read(tmp_path)
-    assert rec.format_version == 1 and rec.real.t_eps["loss"] == (2, 4) and rec.real.resumed_at == 7
-    sde = rec.predictors["sde"]
-    assert sde.kind == "stochastic" and sde.t_eps["loss"] == (2, None)
-    assert sde.stages == ("theta", "solve_sde") and rec.timing("sde")["total_s"] == 3.0
-    assert sde.quantiles["loss"][0] == record.Quantiles(1.0, 2.0, 3.0)
-
-    old = pd.DataFrame(
-        {
-            "curve": ["real", "real", "sde", "sde", "sde:q05", "sde:q05"],
-            "step": [0, 1] * 3,
-            "loss": [1.0, 0.5, 1.0, 0.6, 0.9, 0.4],
-            "error": [0.5] * 6,
-        }
-    )
-    old.to_parquet(tmp_path / record.CURVES)
-    curves, bands = record.read_curves(tmp_path / record.CURVES)
-    assert list(curves) == ["real", "sde"] and list(bands["sde"]) == [0.05]
-    np.testing.assert_array_equal(bands["sde"][0.05].loss, [0.9, 0.4])
-
-
 @pytest.mark.parametrize(
     ("text", "said"),
     [
         ("{", "Expecting property name"),
         ('{"format_version": 9}', "unknown record format version 9"),
+        ('{"format_version": 1}', "format 1 record, written by a development version"),
         ('{"format_version": 2, "eps": []}', "malformed record .KeyError"),
         ("[]", "malformed record .AttributeError"),
     ],

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import TINY, cli_error, run_in_process
 from ttbench import cli, collect, record
 from ttbench.figures.__main__ import main as figures_main
-from ttbench.files import Busy, atomic_write_all, locked
+from ttbench.files import MANIFEST, Busy, atomic_write_all, locked, stale
 from ttbench.points import valid
 from ttbench.train import finetune_run
 
@@ -59,7 +59,9 @@ def test_a_full_disk_is_one_line_or_costs_only_the_figure(
 
 
 # 2. collect never destroys tables, and the analysis says in one line what is wrong
-def test_collect_refuses_nothing_and_writes_all_or_nothing(tmp_path, cache_dir, capsys):
+def test_collect_refuses_nothing_and_writes_all_or_nothing(
+    tmp_path, cache_dir, capsys, monkeypatch
+):
     out = tmp_path / "tables"
     run_in_process(
         [*TINY, "probes=[spectrum]", "probe.sizes=[10]"], tmp_path / "runs" / "a", cache_dir
@@ -85,6 +87,26 @@ def test_collect_refuses_nothing_and_writes_all_or_nothing(tmp_path, cache_dir, 
         atomic_write_all({out / "results.parquet": b"new", tmp_path / "file" / "x": b"y"})
     assert (out / "results.parquet").read_bytes() == before
     assert not list(out.glob(".*.tmp"))
+    # a kill between the renames (the second never happens) leaves results new, curves old:
+    # the manifest, written last, tells, and the analysis refuses the mix in one line
+    replace, renamed = os.replace, []
+
+    def killed_after_one(src, dst):
+        if renamed:
+            raise KeyboardInterrupt
+        renamed.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_one)
+    new = {out / "results.parquet": b"new", out / "curves.parquet": b"new"}
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_all(new, out / MANIFEST)
+    monkeypatch.setattr(os, "replace", replace)
+    assert stale(out / MANIFEST) == ["results.parquet"]  # the manifest is the earlier one
+    capsys.readouterr()
+    assert figures_main([str(out), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "stopped while writing" in err and len(err.strip().splitlines()) == 1, err
     # the analysis on an empty or unreadable table: one line
     (tmp_path / "t0").mkdir()
     pd.DataFrame({"run": []}).to_parquet(tmp_path / "t0" / "results.parquet")

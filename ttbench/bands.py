@@ -273,4 +273,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ttbench import cli  # cli imports this module's CalibrationError
+
+    cli.command(main)

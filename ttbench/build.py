@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ttbench import stages as stages_
 from ttbench.data.cache import cached_task
 from ttbench.data.registry import get_dataset
 from ttbench.data.task import Task, sample_task
@@ -168,9 +169,9 @@ def setup(spec: RunSpec, stages: Stages | None = None) -> Setup:
     """Device, task and pretrained model of a run (timed as the stages data and model)."""
     dev = device(spec.device)
     stages = stages or Stages(dev)
-    with stages("data"):
+    with stages(stages_.DATA):
         t = task(spec, dataset(spec))
         x, y = t.x.to(dev), t.y.to(dev)
-    with stages("model"):
+    with stages(stages_.MODEL):
         pretrained = pretrained_model(spec)
     return Setup(spec, dev, t, x, y, pretrained)

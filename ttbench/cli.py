@@ -7,8 +7,10 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ttbench.bands import CalibrationError
 from ttbench.config import CONF_DIR, compose, register_resolvers
@@ -39,6 +41,27 @@ def one_line_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as e:
         fail(e)
+
+
+@contextmanager
+def job(cfg: DictConfig) -> Iterator[HydraConfig | None]:
+    """The body of every Hydra app (run, plan, pretrain): torch's CPU threads set for its
+    launcher, a user's error as one line. Yields Hydra's runtime config (None in-process)."""
+    from ttbench import build  # torch: only once the command line has been checked
+
+    hc = HydraConfig.get() if HydraConfig.initialized() else None  # None: called in-process
+    launcher = str(hc.launcher.get("_target_", "")) if hc is not None else ""
+    build.cpu_threads(build.launcher_threads(launcher, cfg.threads))
+    with one_line_errors():
+        yield hc
+
+
+def command(main: Callable[[], int | None]) -> NoReturn:
+    """Run an argparse entry point (collect, figures, judge, sweep, the benchmarks): a user's
+    error as one line and status 2, else main's status (None: 0)."""
+    with one_line_errors():
+        status = main()
+    raise SystemExit(status or 0)
 
 
 def main(app: Callable[[], None], run_dir: str | None = None, extra: Sequence[str] = ()) -> None:

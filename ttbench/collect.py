@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pandas as pd
 
 from ttbench import cli, record
 from ttbench.bands import loo_bands
-from ttbench.files import atomic_write_all
+from ttbench.files import MANIFEST, atomic_write_all
 from ttbench.points import exploded
 from ttbench.runid import RunId
 
@@ -102,7 +101,7 @@ def gather(roots: list[Path]) -> Collected:
             base = {"run": str(run), "run_id": rid.digest, "config_id": rid.config}
             base |= {f"cfg.{k}": v for k, v in cfg.items()}
             run_rows = [base | row for row in rec.rows()]
-            frame = record.normalise_curves(pd.read_parquet(run / record.CURVES))
+            frame = record.check_curves(pd.read_parquet(run / record.CURVES))
         except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
             # one bad record is listed, never fatal: the others still make the tables
             problems.append(f"{run}: corrupt ({type(e).__name__}: {e})")
@@ -148,16 +147,16 @@ def _one_type_per_column(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_tables(out: Path, c: Collected) -> list[str]:
-    """Every table into `out`, all or none (ttbench.files.atomic_write_all); the probe and
-    spectra tables an earlier collect left there and this one has not are removed, so `out`
-    holds one collect's set. Returns the stems written."""
+    """Every table into `out` (ttbench.files.atomic_write_all), with the manifest that lets a
+    reader tell one collect's set from a mix; the probe and spectra tables an earlier collect
+    left there and this one has not are removed. Returns the stems written."""
     tables = {"results": c.results, "curves": c.curves, **c.tables}
     blobs = {}
     for stem, table in tables.items():
         buf = io.BytesIO()
         _one_type_per_column(table).to_parquet(buf, index=False)
         blobs[out / f"{stem}.parquet"] = buf.getvalue()
-    atomic_write_all(blobs)
+    atomic_write_all(blobs, out / MANIFEST)
     for pattern in ("probe_*.parquet", "spectra_*.parquet"):
         for old in out.glob(pattern):
             if old.stem not in tables:
@@ -194,4 +193,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.command(main)

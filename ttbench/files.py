@@ -5,15 +5,15 @@ killed half-way) never sees a half-written file."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 def _umask() -> int:
@@ -69,9 +69,14 @@ def waiting(lock: Path, note: Callable[[], None]):
     return _flock(Path(lock), wait)
 
 
-def atomic_write_all(files: dict[Path, bytes]) -> None:
-    """Write several files so that either all are replaced or none is: every temporary file is
-    written and flushed first, and only then are they renamed over their targets."""
+MANIFEST = "MANIFEST.json"
+
+
+def atomic_write_all(files: dict[Path, bytes], manifest: Path | None = None) -> None:
+    """Write several files, each atomically: every temporary file is written and flushed
+    first, and only then are they renamed over their targets. Renaming several files is not
+    one step: with `manifest`, a JSON of each file's SHA-256 is written last, so that a
+    reader (`stale`) can tell a set left half old, half new by a kill between the renames."""
     done: list[tuple[str, Path]] = []
     try:
         for path, data in files.items():
@@ -90,10 +95,33 @@ def atomic_write_all(files: dict[Path, bytes]) -> None:
         raise
     for tmp, path in done:
         os.replace(tmp, path)
+    if manifest is not None:
+        digests = {p.name: hashlib.sha256(data).hexdigest() for p, data in files.items()}
+        atomic_write(manifest, json.dumps(digests, indent=1).encode())
+
+
+def manifest_files(manifest: Path) -> list[str] | None:
+    """The files a manifest lists (None without a manifest)."""
+    return list(json.loads(manifest.read_text())) if manifest.is_file() else None
+
+
+def stale(manifest: Path) -> list[str]:
+    """The files a manifest lists whose content is not the one written with it (or missing)."""
+    if not manifest.is_file():
+        return []
+    wanted = json.loads(manifest.read_text())
+    return [
+        name
+        for name, digest in wanted.items()
+        if not (manifest.parent / name).is_file()
+        or hashlib.sha256((manifest.parent / name).read_bytes()).hexdigest() != digest
+    ]
 
 
 def atomic_save(path: Path, obj: Any) -> None:
     """torch.save, atomically."""
+    import torch  # here: the tables' readers and writers need no torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write(path, buf.getvalue())

@@ -33,7 +33,6 @@ with the band and the limits) into --out.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +45,8 @@ from ttbench import cli, record
 from ttbench.core.curves import EXPLODED, OUTCOMES
 from ttbench.core.stability import CONVERGES, DIVERGES, SEVERITY
 from ttbench.plan import read_table
-from ttbench.prediction import is_prefix
 from ttbench.runid import RunId
+from ttbench.stages import FINETUNE, is_prefix
 from ttbench.validate import ConfigError
 
 
@@ -59,7 +58,7 @@ def real_rows(roots: list[Path], eps: float) -> pd.DataFrame:
         rec = record.complete(run)
         if rec is None or eps not in rec.eps:
             continue
-        finetune = rec.stages["finetune"]["wall_s"]
+        finetune = rec.stages[FINETUNE]["wall_s"]
         ran = rec.real.stopped_at if rec.real.stopped_at is not None else rec.config["steps"]
         rows.append(
             {
@@ -198,4 +197,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.command(main)

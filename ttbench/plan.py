@@ -34,12 +34,12 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ttbench import build, cli, record
+from ttbench import stages as stages_
 from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR
 from ttbench.core.stability import CONVERGES, SEVERITY, Watch, forecast, subsample
@@ -114,7 +114,7 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
     s = build.setup(spec, stages)
     pspec = planning_spec(spec)
     name = pspec.predictors[0]
-    with stages("predict"):
+    with stages(stages_.PREDICT):
         _, predicted, signals = at_w0(pspec, s.model(), s.x, s.y, Stages(device))
         rec = entry(name, predicted[name], pspec)
         rec = with_bands({name: rec}, pspec, calibration)[name]
@@ -123,7 +123,7 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
     probed = -(-spec.plan.probe_steps // every) * every + every
     idx = subsample(len(s.x), spec.watch.samples, spec.seed).to(s.x.device)
     watch = Watch(t.lr, t.momentum, t.loss, s.x[idx], frozenset(range(probed)))
-    with stages("probe"):
+    with stages(stages_.PROBE):
         step_s = step_seconds(spec, s.model(), s.x, s.y, watch)
     said = forecast(watch.values, t.momentum, spec.watch.threshold)
     setup_s = sum(v["wall_s"] for k, v in stages.stats.items() if k not in ("predict", "probe"))
@@ -308,10 +308,8 @@ class PlanTable(Callback):
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    hc = HydraConfig.get()
-    build.cpu_threads(build.launcher_threads(str(hc.launcher.get("_target_", "")), cfg.threads))
-    out = Path(hc.runtime.output_dir)
-    with cli.one_line_errors():
+    with cli.job(cfg) as hc:
+        out = Path(hc.runtime.output_dir)
         plan_job(validate(cfg), out, list(hc.overrides.task))
     if hc.mode == RunMode.RUN:
         finish(out.parent)

@@ -24,18 +24,14 @@ import torch
 from torch import nn
 
 from ttbench import record
+from ttbench import stages as stages_
 from ttbench.bands import Calibration
 from ttbench.core import losses, refine, sgd
 from ttbench.core.curves import QUANTILES, Curves, t_eps_quantiles
 from ttbench.core.dynamics import discrete, sharpness
-from ttbench.core.jacobian import GENERIC, jacobian_factors, routes
-from ttbench.core.linearize import block_size, blocked_gram, gram, jvp
-from ttbench.core.projected import (
-    diagonal_noise_features,
-    projected_features,
-    sketch_is_cheaper,
-    sketched_theta,
-)
+from ttbench.core.jacobian import GENERIC, routes
+from ttbench.core.linearize import OverBudget, jvp, linearize
+from ttbench.core.projected import diagonal_noise_features
 from ttbench.core.sketch import Sketch
 from ttbench.core.stability import DIVERGES, SPIKE_AHEAD, forecast
 from ttbench.predictors import PREDICTORS, W0, WK, Inputs, K, Predictor, Solved
@@ -45,7 +41,6 @@ from ttbench.validate import ConfigError
 from ttbench.validity import REFERENCES, family, features
 
 log = logging.getLogger(__name__)
-PREFIX = "prefix"  # the pseudo-stage of the k real steps, counted in a refined prediction's cost
 
 
 @dataclass(frozen=True)
@@ -60,39 +55,43 @@ class Predicted:
 
 
 def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, at: str = ""):
-    """f and Theta, timed as the stages jacobian<at> and theta<at>; at w_k (at="_k") in
-    refine.theta's mode."""
+    """f and Theta by the core's dispatcher, timed as the stages jacobian<at> and theta<at>;
+    at w_k (at="_k") in refine.theta's mode."""
     th = spec.theta_at(refined=bool(at))
-    outputs = th.directions
-    kept = None
-    with stages(f"jacobian{at}"):
-        sketch = Sketch(th.sketch, th.dim, spec.seed)
-        if th.mode == "projected" and _exact_is_cheaper(spec, model, x, sketch, outputs):
-            th = th.unsketched()
-            log.info(
-                "theta.mode=projected: the %s Theta costs fewer multiply-adds here than the "
-                "sketch (theta.dim=%d) and fits theta.memory_gb; building it instead",
-                th.mode,
-                th.dim,
-            )
-        if th.mode == "projected":
-            f0, phi = projected_features(model, x, sketch, th.chunk, outputs, spec.seed)
-        else:
-            size = samples_per_block(spec, model, x)
-            if size == len(x):
-                kept = jacobian_factors(model, x, outputs, spec.seed)
-                f0 = kept.f0
-    with stages(f"theta{at}"):
-        if th.mode == "projected":
-            theta = sketched_theta(phi, len(f0), outputs is not None)
-        elif kept is None:  # over theta.memory_gb at once: capture and contract in blocks
-            log.info("Theta%s in blocks of %d samples (theta.memory_gb)", at, size)
-            f0, theta = blocked_gram(model, x, size, th.mode, "auto", th.block, outputs, spec.seed)
-        else:
-            theta = gram(kept, th.mode, block=th.block)
-    built = stages.stats[f"jacobian{at}"]["wall_s"] + stages.stats[f"theta{at}"]["wall_s"]
-    log.info("Theta%s (%s) %s built in %.2f s", at, th.mode, tuple(theta.shape), built)
-    return f0, theta
+    try:
+        lin = linearize(
+            model,
+            x,
+            th.mode,
+            block=th.block,
+            sketch=Sketch(th.sketch, th.dim, spec.seed),
+            chunk=th.chunk,
+            outputs=th.directions,
+            seed=spec.seed,
+            memory_gb=th.memory_gb,
+            stage=lambda name: stages(f"{name}{at}"),
+        )
+    except OverBudget as e:
+        raise ConfigError(
+            "theta.mode",
+            th.mode,
+            f"{e} (theta.memory_gb): use theta.mode=projected (theta.dim={th.dim})",
+        ) from None
+    if lin.built != th.mode:
+        log.info(
+            "theta.mode=projected: the %s Theta costs fewer multiply-adds here than the "
+            "sketch (theta.dim=%d) and fits theta.memory_gb; building it instead",
+            lin.built,
+            th.dim,
+        )
+    if lin.block_samples < len(x):
+        log.info("Theta%s in blocks of %d samples (theta.memory_gb)", at, lin.block_samples)
+    built = (
+        stages.stats[f"{stages_.JACOBIAN}{at}"]["wall_s"]
+        + stages.stats[f"{stages_.THETA}{at}"]["wall_s"]
+    )
+    log.info("Theta%s (%s) %s built in %.2f s", at, lin.built, tuple(lin.theta.shape), built)
+    return lin.f0, lin.theta
 
 
 def log_routes(model: nn.Module) -> None:
@@ -111,11 +110,7 @@ def log_routes(model: nn.Module) -> None:
 
 def prefix_stage(at: str) -> str:
     """The pseudo-stage of the real steps a refined predictor observed (predictors.K, ...)."""
-    return PREFIX if at == K else f"{PREFIX}_{at}"
-
-
-def is_prefix(stage: str) -> bool:
-    return stage == PREFIX or stage.startswith(f"{PREFIX}_")
+    return stages_.PREFIX if at == K else f"{stages_.PREFIX}_{at}"
 
 
 def _solve_all(
@@ -123,12 +118,12 @@ def _solve_all(
 ):
     out = {}
     for p in chosen:
-        with stages(f"solve_{p.name}"):
+        with stages(stages_.solve(p.name)):
             solved = p.solve(inputs)
-        own = ("noise",) if inputs.noise_sqrt is not None and p.diagonal_noise else ()
+        own = (stages_.NOISE,) if inputs.noise_sqrt is not None and p.diagonal_noise else ()
         costs = (*((prefix,) if p.prefix else ()), *shared.get(p.theta, ()), *own)
         k = inputs.k if p.prefix else None
-        out[p.name] = Predicted(solved, (*costs, f"solve_{p.name}"), k)
+        out[p.name] = Predicted(solved, (*costs, stages_.solve(p.name)), k)
         if solved.curves.diverged:
             log.warning("predictor %s diverged", p.name)
     return out
@@ -149,7 +144,7 @@ def at_w0(
         noise = [p for p in chosen if p.diagonal_noise and diagonal]
         inputs.f0, inputs.theta = _theta(spec, model, x, stages)
         if noise:
-            with stages("noise"):
+            with stages(stages_.NOISE):
                 s0 = losses.grad_f(inputs.f0, y, spec.train.loss) * len(y)
                 th = spec.theta
                 outputs = th.directions
@@ -161,7 +156,7 @@ def at_w0(
         t = spec.train
         lam = sharpness(inputs.theta, inputs.f0, t.loss)
         signals["stability"] = t.lr * lam / (2 * (1 + t.momentum))
-    out = _solve_all(chosen, inputs, stages, {W0: ("jacobian", "theta")})
+    out = _solve_all(chosen, inputs, stages, {W0: (stages_.JACOBIAN, stages_.THETA)})
     said = forecast({0: signals.get("stability", 0.0)}, spec.train.momentum, spec.watch.threshold)
     if said.verdict == DIVERGES:
         log.warning(
@@ -218,7 +213,7 @@ def after_prefix(
                 with stages(f"velocity_{at}"):  # u_k = J_k v_k, one forward-mode pass
                     _, u = jvp(model_k, i.x, velocity)
                     i.u_k = u.detach().to(torch.float64)
-        shared = {W0: ("jacobian", "theta")}
+        shared = {W0: (stages_.JACOBIAN, stages_.THETA)}
         if i.theta_k is not None:
             shared[WK] = _k_stages(at, velocity)
         prefix = prefix_stage(at)
@@ -232,7 +227,11 @@ def after_prefix(
 
 
 def _k_stages(at: str, velocity) -> tuple[str, ...]:
-    return (f"jacobian_{at}", f"theta_{at}", *((f"velocity_{at}",) if velocity else ()))
+    return (
+        f"{stages_.JACOBIAN}_{at}",
+        f"{stages_.THETA}_{at}",
+        *((f"velocity_{at}",) if velocity else ()),
+    )
 
 
 def _drift(spec: RunSpec, i: Inputs, f_k: torch.Tensor) -> dict[str, float]:
@@ -260,29 +259,6 @@ def _drift(spec: RunSpec, i: Inputs, f_k: torch.Tensor) -> dict[str, float]:
     if np.all(np.isfinite(plain)) and np.all(np.isfinite(prefix)):
         out["time_scale"] = refine.fit_time_scale(plain, prefix)
     return out
-
-
-def _exact_is_cheaper(spec: RunSpec, model: nn.Module, x, sketch: Sketch, outputs) -> bool:
-    if sketch_is_cheaper(model, x, sketch, outputs):
-        return False
-    try:
-        block_size(model, x, spec.theta.memory_gb)
-    except ValueError:
-        return False
-    return True
-
-
-def samples_per_block(spec: RunSpec, model: nn.Module, x: torch.Tensor) -> int:
-    """The samples per block of an exact or trace Theta within theta.memory_gb (all of them
-    when it fits at once); refused, suggesting projected mode, when Theta alone does not."""
-    try:
-        return block_size(model, x, spec.theta.memory_gb)
-    except ValueError as e:
-        raise ConfigError(
-            "theta.mode",
-            spec.theta.mode,
-            f"{e} (theta.memory_gb): use theta.mode=projected (theta.dim={spec.theta.dim})",
-        ) from None
 
 
 def path_bands(paths: sgd.PathPrediction) -> dict[float, Curves]:

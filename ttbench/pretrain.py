@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    with cli.one_line_errors():
+    with cli.job(cfg):
         spec = validate(cfg)
         model = build.pretrained_model(spec)
     if spec.model.pretrain is not None:

@@ -2,12 +2,13 @@
 one writer (`write`) and the one reader (`read`, `read_curves`) that run, collect, the figures
 and the notebooks use.
 
-result.json (format 2) holds per curve kind a list of T_eps aligned with `eps`; format 1 (eps as
-string keys) is still read. curves.parquet is long-format, one row per (curve, quantile, step):
-`curve` ("real" or a predictor), `quantile` (NaN for the curve itself, 0.05 / 0.95 for a
-stochastic predictor's per-step band), `step`, `loss`, `error`; format 1's band names
-("sde:q05") are read into the same layout. result.json is written after the curves, then the
-empty `done` marker, so a run directory with `done` holds a complete record.
+result.json (format 2) holds per curve kind a list of T_eps aligned with `eps`. curves.parquet
+is long-format, one row per (curve, quantile, step): `curve` ("real" or a predictor),
+`quantile` (NaN for the curve itself, 0.05 / 0.95 for a stochastic predictor's per-step
+band), `step`, `loss`, `error`. Format 1 (eps as string keys, bands named "sde:q05") was only
+ever written by development versions: it is refused with a line saying so. result.json is
+written after the curves, then the empty `done` marker, so a run directory with `done` holds a
+complete record.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 
 from ttbench.core.curves import CONVERGED, EXPLODED, QUANTILES, Curves, relative_error
 from ttbench.files import atomic_write
+from ttbench.stages import FINETUNE
 
 FORMAT_VERSION = 2
 RESULT = "result.json"
@@ -137,7 +139,7 @@ class Record:
         out = {f"{s}_s": self.stages[s]["wall_s"] for s in self.predictors[name].stages}
         total = sum(out.values()) if out else None  # None: nothing was computed
         out["total_s"] = total
-        finetune = self.stages.get("finetune", {}).get("wall_s")
+        finetune = self.stages.get(FINETUNE, {}).get("wall_s")
         out["finetune_over_predict"] = finetune / total if finetune and total else None
         return out
 
@@ -160,7 +162,7 @@ class Record:
             "C": t.C,
             "D": t.D,
             "device": self.device,
-            "finetune_s": self.stages["finetune"]["wall_s"],
+            "finetune_s": self.stages[FINETUNE]["wall_s"],
             "real_diverged": self.real.diverged,
             "real_outcome": self.real.outcome,
             "real_spike_at": self.real.spike_at,
@@ -293,26 +295,19 @@ def _quantiles_json(qs: dict[str, tuple[Quantiles, ...]], real: Times) -> dict[s
     }
 
 
-def _times(d: Mapping[str, Any], eps: list[str] | None) -> Times:
-    """Format 2: lists per kind; format 1: {eps as str: T_eps} per kind, in `eps`' order."""
-    if eps is None:
-        return {k: tuple(v) for k, v in d.items()}
-    return {k: tuple(v[e] for e in eps) for k, v in d.items()}
+def _times(d: Mapping[str, Any]) -> Times:
+    return {k: tuple(v) for k, v in d.items()}
 
 
-def _quantiles(d: Mapping[str, Any], eps: list[str] | None) -> dict[str, tuple[Quantiles, ...]]:
-    out = {}
-    for kind, by_eps in d.items():
-        entries = by_eps if eps is None else [by_eps[e] for e in eps]
-        out[kind] = tuple(Quantiles(q["q05"], q["q50"], q["q95"]) for q in entries)
-    return out
+def _quantiles(d: Mapping[str, Any]) -> dict[str, tuple[Quantiles, ...]]:
+    return {k: tuple(Quantiles(q["q05"], q["q50"], q["q95"]) for q in v) for k, v in d.items()}
 
 
-def _real(d: Mapping[str, Any], eps: list[str] | None) -> Real:
+def _real(d: Mapping[str, Any]) -> Real:
     """The real run; records from before outcomes were recorded read as converged or exploded."""
     outcome = d.get("outcome", EXPLODED if d["diverged"] else CONVERGED)
     return Real(
-        _times(d["t_eps"], eps),
+        _times(d["t_eps"]),
         d["diverged"],
         d["resumed_at"],
         outcome,
@@ -321,28 +316,24 @@ def _real(d: Mapping[str, Any], eps: list[str] | None) -> Real:
     )
 
 
-def _stages_v1(timing: Mapping[str, Any]) -> tuple[str, ...]:
-    skip = ("total_s", "finetune_over_predict")
-    return tuple(k[: -len("_s")] for k in timing if k not in skip)
-
-
 def from_json(d: Mapping[str, Any]) -> Record:
-    """A Record from result.json's content, format 1 or 2."""
+    """A Record from result.json's content (format 2)."""
     version = d.get("format_version")
-    if version not in (1, FORMAT_VERSION):
+    if version == 1:
+        raise ValueError("a format 1 record, written by a development version: run it again")
+    if version != FORMAT_VERSION:
         raise ValueError(f"unknown record format version {version!r}")
-    eps = [str(e) for e in d["eps"]] if version == 1 else None
     predictors = {}
     for name, p in d["predictors"].items():
         quantiles = p.get("quantiles")
         predictors[name] = PredictorRecord(
             kind=p.get("kind", "stochastic" if quantiles else "deterministic"),
-            t_eps=_times(p["t_eps"], eps),
+            t_eps=_times(p["t_eps"]),
             diverged=p["diverged"],
-            stages=tuple(p["stages"]) if "stages" in p else _stages_v1(p["timing"]),
+            stages=tuple(p["stages"]),
             paths=p.get("paths"),
-            quantiles=None if quantiles is None else _quantiles(quantiles, eps),
-            band=_quantiles(p["band"], eps) if "band" in p else None,
+            quantiles=None if quantiles is None else _quantiles(quantiles),
+            band=_quantiles(p["band"]) if "band" in p else None,
             validity=p.get("validity"),
             trusted=p.get("trusted"),
             k=p.get("k"),
@@ -357,7 +348,7 @@ def from_json(d: Mapping[str, Any]) -> Record:
         task=TaskInfo(t["dataset"], tuple(t["classes"]), t["N"], t["C"], t["D"]),
         stages=d["stages"],
         eps=tuple(float(e) for e in d["eps"]),
-        real=_real(d["real"], eps),
+        real=_real(d["real"]),
         predictors=predictors,
         probes=d.get("probes", {}),
         signals=d.get("signals", {}),
@@ -390,17 +381,12 @@ def curves_frame(
     return pd.concat(frames, ignore_index=True)
 
 
-def normalise_curves(frame: pd.DataFrame) -> pd.DataFrame:
-    """A curves table of either format in format 2's layout (a `quantile` column); ValueError
-    for a table without the columns every format has."""
-    missing = sorted({"curve", "step", "loss", "error"} - set(frame))
+def check_curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """The curves table, or a ValueError naming the columns it lacks."""
+    missing = sorted({"curve", "quantile", "step", "loss", "error"} - set(frame))
     if missing:
         raise ValueError(f"the curves table has no column {', '.join(missing)}")
-    if "quantile" in frame:
-        return frame
-    split = frame["curve"].str.extract(r"^(?P<name>.*?)(?::q(?P<q>\d+))?$")
-    out = frame.assign(curve=split["name"], quantile=split["q"].astype(float) / 100)
-    return out[["curve", "quantile", *[c for c in frame if c != "curve"]]]
+    return frame
 
 
 def _curves_of(frame: pd.DataFrame, diverged: Mapping[str, bool]) -> dict[str, Curves]:
@@ -417,8 +403,8 @@ def _curves_of(frame: pd.DataFrame, diverged: Mapping[str, bool]) -> dict[str, C
 def read_curves(
     path: Path, diverged: Mapping[str, bool] | None = None
 ) -> tuple[dict[str, Curves], dict[str, dict[float, Curves]]]:
-    """(curves by name, bands by name and quantile) of a curves.parquet of either format."""
-    frame = normalise_curves(pd.read_parquet(path))
+    """(curves by name, bands by name and quantile) of a curves.parquet."""
+    frame = check_curves(pd.read_parquet(path))
     main = frame[frame["quantile"].isna()]
     curves = _curves_of(main, diverged or {})
     bands: dict[str, dict[float, Curves]] = {}
@@ -484,7 +470,7 @@ def complete(run_dir: Path) -> Record | None:
         return None
     try:
         rec = read(run_dir)
-        normalise_curves(pd.read_parquet(run_dir / CURVES))
+        check_curves(pd.read_parquet(run_dir / CURVES))
         for name in rec.probes.values():
             pd.read_parquet(run_dir / name)
     except (OSError, ValueError):  # pyarrow's errors are ValueErrors

@@ -18,13 +18,13 @@ from pathlib import Path
 import hydra
 import numpy as np
 import pandas as pd
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 # No `import torch` here: submitit pickles this __main__ module's functions by value, and a
 # global torch module does not pickle ("cannot pickle '_Classes' object").
 from ttbench import build, cli, record
+from ttbench import stages as stages_
 from ttbench.bands import Calibration, default_calibration
 from ttbench.config import CONF_DIR
 from ttbench.core.curves import CATAPULT, Curves
@@ -115,12 +115,12 @@ def run(
     state = load_state(out_dir / STATE, spec.identity())
     kept: dict = dict(state["kept"]) if state is not None else {}
     watching = Watching(spec, s.x, kept, device) if spec.watch.steps else None
-    with stages("finetune"):
+    with stages(stages_.FINETUNE):
         keep = keeper(spec, watching)
         real = _finetune(spec, model, s.x, s.y, out_dir / STATE, state, kept, watching, keep)
     if state is not None:  # a resumed run: its earlier segments' time too, and how many
-        stages.stats["finetune"]["wall_s"] += state.get("seconds", 0.0)
-        stages.stats["finetune"]["segments"] = state.get("segments", 1) + 1
+        stages.stats[stages_.FINETUNE]["wall_s"] += state.get("seconds", 0.0)
+        stages.stats[stages_.FINETUNE]["segments"] = state.get("segments", 1) + 1
     if real.diverged:
         log.warning("fine-tuning diverged: its loss exploded")
     elif real.outcome(spec.train.smooth) == CATAPULT:
@@ -362,9 +362,7 @@ def task(
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    hc = HydraConfig.get()
-    build.cpu_threads(build.launcher_threads(str(hc.launcher.get("_target_", "")), cfg.threads))
-    with cli.one_line_errors():
+    with cli.job(cfg) as hc:
         task(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
 
 

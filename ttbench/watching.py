@@ -9,6 +9,7 @@ import logging
 import numpy as np
 
 from ttbench import record
+from ttbench import stages as stages_
 from ttbench.core.curves import settled
 from ttbench.core.stability import (
     CONVERGES,
@@ -69,9 +70,9 @@ class Watching:
         """Moves the watch's time out of the fine-tuning (and out of the real steps each refined
         prediction observed) into the stage `watch`; the record's part."""
         spent = sum(self.seconds.values())
-        stages.stats["finetune"]["wall_s"] -= spent
+        stages.stats[stages_.FINETUNE]["wall_s"] -= spent
         # it ran inside the fine-tuning's stage, whose memory figures it shares
-        stages.stats["watch"] = stages.stats["finetune"] | {"wall_s": spent}
+        stages.stats[stages_.WATCH] = stages.stats[stages_.FINETUNE] | {"wall_s": spent}
         for at, state in kept.get("states", {}).items():
             if prefix_stage(at) in stages.stats:
                 before = sum(s for t, s in self.seconds.items() if t <= state["step"])

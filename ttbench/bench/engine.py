@@ -16,6 +16,7 @@ import argparse
 import torch
 from torch import nn
 
+from ttbench import cli
 from ttbench.bench.baseline import func_theta
 from ttbench.core.linearize import linearize
 from ttbench.models.small_resnet import small_resnet
@@ -91,4 +92,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.command(main)

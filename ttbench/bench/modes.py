@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ttbench import build
+from ttbench import build, cli
 from ttbench.config import compose
 from ttbench.core.curves import DEFAULT_EPS, t_eps_grid
 from ttbench.core.dynamics import closed_form
@@ -127,4 +127,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.command(main)

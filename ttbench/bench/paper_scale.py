@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from ttbench import build
+from ttbench import build, cli
 from ttbench.bench.counting import CountingStages, gemm_rate
 from ttbench.config import compose
 from ttbench.core.curves import DEFAULT_EPS, Curves
@@ -141,6 +141,7 @@ def _part(bench, part, model_fn, x, y, base, modes, finetune_s, real):
 
 
 def main(argv: list[str] | None = None) -> None:
+    start = time.perf_counter()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
     p.add_argument("--size", type=int, default=224 if cuda else 64)
@@ -221,9 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         a.csv.mkdir(parents=True, exist_ok=True)
         table.to_csv(a.csv / "paper_scale.csv", index=False)
         print(f"wrote {a.csv}/paper_scale.csv")
+    print(f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
-    start = time.perf_counter()
-    main()
-    print(f"total {time.perf_counter() - start:.0f} s")
+    cli.command(main)

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from ttbench import stages
+from ttbench import cli, stages
 from ttbench.core import sgd
 
 
@@ -62,4 +62,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.command(main)

@@ -16,7 +16,7 @@ import logging
 
 import torch
 
-from ttbench import build
+from ttbench import build, cli
 from ttbench.bench.baseline import func_theta
 from ttbench.bench.counting import CountingStages, gemm_rate
 from ttbench.config import compose
@@ -97,4 +97,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.command(main)

@@ -21,6 +21,7 @@ the backbone's cross-class blocks, it falls like 1 / sqrt(P), and P = C is exact
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,18 +37,27 @@ from ttbench.core.jacobian import (
     exact_costs,
     jacobian_factors,
 )
-from ttbench.core.projected import projected_features, sketched_theta
+from ttbench.core.projected import projected_features, sketch_is_cheaper, sketched_theta
 from ttbench.core.sketch import Sketch
 
 MODES = ("exact", "trace", "projected")
 _FLUSH_ELEMENTS = 2**25  # materialised gradient columns are batched into GEMMs of this size
 
 
+Stage = Callable[[str], contextlib.AbstractContextManager]
+
+
+class OverBudget(ValueError):
+    """Theta alone does not fit the memory budget of the exact and trace modes."""
+
+
 @dataclass(frozen=True)
 class Linearization:
     f0: torch.Tensor  # (N, C) outputs at w0
     theta: torch.Tensor  # (N*C, N*C) exact, or (N, N) for mode "trace"
-    mode: str
+    mode: str  # the form of theta: exact | trace
+    built: str = ""  # how it was built: exact | trace | projected
+    block_samples: int = 0  # samples per block of the exact and trace builds (N: at once)
 
     @property
     def n_samples(self) -> int:
@@ -246,26 +256,57 @@ def linearize(
     outputs: int | None = None,
     seed: int = 0,
     memory_gb: float | None = None,
+    stage: Stage | None = None,
 ) -> Linearization:
-    """f0 and Theta of `model` (BatchNorm in eval mode) at its current weights on inputs x.
+    """f0 and Theta of `model` (BatchNorm in eval mode) at its current weights on inputs x: the
+    one dispatcher over Theta's modes (neural-tangents' `empirical_ntk_fn(implementation=)`).
+
     mode "projected" needs a `sketch` and streams over `chunk` samples at a time. `outputs=P`
     (trace and projected modes) estimates Theta_s from P random output projections drawn from
     `seed`: the result is then in trace form (N x N). With `memory_gb` the exact and trace
-    modes build Theta block pair by block pair when building it at once would not fit."""
+    modes build Theta block pair by block pair when building it at once would not fit
+    (OverBudget when Theta alone does not), and the projected mode builds Theta outright
+    (exact, or trace with `outputs`) where that costs fewer multiply-adds than the sketch and
+    fits. `stage(name)`, a context manager, is entered around the two parts, "jacobian" and
+    "theta", for whoever times them. The result says what was built (`built`, `block_samples`).
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "projected":
-        if sketch is None:
-            raise ValueError("mode='projected' needs a sketch")
-        f0, phi = projected_features(model, x, sketch, chunk, outputs, seed, route)
-        trace = outputs is not None
-        return Linearization(f0, sketched_theta(phi, len(f0), trace), "trace" if trace else "exact")
-    size = len(x) if memory_gb is None else block_size(model, x, memory_gb)
-    if size < len(x):
-        f0, theta = blocked_gram(model, x, size, mode, route, block, outputs, seed)
-        return Linearization(f0, theta, mode)
-    factors = jacobian_factors(model, x, outputs, seed)
-    return Linearization(factors.f0, gram(factors, mode, route, block), mode)
+    stage = stage or (lambda name: contextlib.nullcontext())
+    n = len(x)
+    with stage("jacobian"):
+        if mode == "projected":
+            if sketch is None:
+                raise ValueError("mode='projected' needs a sketch")
+            if memory_gb is not None and _outright_is_cheaper(model, x, sketch, outputs, memory_gb):
+                mode = "exact" if outputs is None else "trace"
+        if mode == "projected":
+            f0, phi = projected_features(model, x, sketch, chunk, outputs, seed, route)
+        else:
+            size = n if memory_gb is None else block_size(model, x, memory_gb)
+            factors = jacobian_factors(model, x, outputs, seed) if size == n else None
+    with stage("theta"):
+        if mode == "projected":
+            trace = outputs is not None
+            theta = sketched_theta(phi, len(f0), trace)
+            return Linearization(f0, theta, "trace" if trace else "exact", "projected", n)
+        if factors is None:
+            f0, theta = blocked_gram(model, x, size, mode, route, block, outputs, seed)
+        else:
+            f0, theta = factors.f0, gram(factors, mode, route, block)
+    return Linearization(f0, theta, mode, mode, size)
+
+
+def _outright_is_cheaper(
+    model: nn.Module, x: torch.Tensor, sketch: Sketch, outputs: int | None, memory_gb: float
+) -> bool:
+    if sketch_is_cheaper(model, x, sketch, outputs):
+        return False
+    try:
+        block_size(model, x, memory_gb)
+    except OverBudget:
+        return False
+    return True
 
 
 def exact_memory_bytes(model: nn.Module, x: torch.Tensor, n: int) -> int:
@@ -289,7 +330,7 @@ def _per_sample_bytes(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int]
 
 def block_size(model: nn.Module, x: torch.Tensor, memory_gb: float) -> int:
     """Samples per block for `blocked_gram` within memory_gb (len(x) when the whole build
-    fits at once); a ValueError when Theta alone does not fit."""
+    fits at once); OverBudget when Theta alone does not fit."""
     budget = memory_gb * 2**30
     if exact_memory_bytes(model, x, len(x)) <= budget:
         return len(x)
@@ -298,7 +339,7 @@ def block_size(model: nn.Module, x: torch.Tensor, memory_gb: float) -> int:
     size = int(left // (2 * per_sample))
     if size < 1:
         need = (item * (len(x) * C) ** 2 + 2 * per_sample) / 2**30
-        raise ValueError(f"needs at least {need:.2g} GB for N={len(x)}, above {memory_gb} GB")
+        raise OverBudget(f"needs at least {need:.2g} GB for N={len(x)}, above {memory_gb} GB")
     return size
 
 

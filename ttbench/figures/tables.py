@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ttbench.files import MANIFEST, manifest_files, stale
 from ttbench.points import GD_TOLERANCE, TOLERANCES, exploded, predicted_divergence, valid
-from ttbench.record import normalise_curves
+from ttbench.record import check_curves
 
 TABLE1_EPS = (0.01, 0.1, 0.4)
 # Table 1's learning-rate regime: lr >= HIGH_LR is "high". The paper's ResNet runs use high
@@ -48,8 +49,18 @@ class Tables:
 
 
 def load(directory: str | Path) -> Tables:
-    """Every table in a collect output folder; absent files give empty frames."""
+    """Every table of one collect in its output folder (those its manifest lists, when it
+    has one); absent files give empty frames. A set that a kill during collect's write left
+    half old, half new is refused (ValueError), never read as one."""
     directory = Path(directory)
+    manifest = directory / MANIFEST
+    mixed = stale(manifest)
+    if mixed:
+        raise ValueError(
+            f"{', '.join(mixed)} in {directory} are not the ones its last collect wrote (it was "
+            "stopped while writing): run python -m ttbench.collect again"
+        )
+    listed = manifest_files(manifest)
 
     def read(path: Path) -> pd.DataFrame:
         return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
@@ -57,11 +68,11 @@ def load(directory: str | Path) -> Tables:
     extra = {
         p.stem: pd.read_parquet(p)
         for p in sorted(directory.glob("*.parquet"))
-        if p.stem not in ("results", "curves")
+        if p.stem not in ("results", "curves") and (listed is None or p.name in listed)
     }
     curves = read(directory / "curves.parquet")
     if len(curves):
-        curves = normalise_curves(curves)
+        curves = check_curves(curves)
     return Tables(read(directory / "results.parquet"), curves, extra, directory)
 
 
