@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -8,7 +10,7 @@ from ttbench.config import config_groups
 from ttbench.runid import LABEL_CHARS, NOT_IDENTITY
 from ttbench.spec import RunSpec
 from ttbench.sweep import subdir_override
-from ttbench.validate import ConfigError, predictor_names, validate
+from ttbench.validate import BY_RULE, SETTINGS, ConfigError, Number, predictor_names, validate
 
 
 def test_every_config_group_option_composes_and_validates():
@@ -178,3 +180,46 @@ def test_one_theta_spec_at_w0_at_w_k_and_for_the_plan():
     plan = spec_of(["plan.theta.dim=512"]).plan.theta  # the plan's own, over theta.*
     assert (plan.mode, plan.dim, plan.outputs, plan.block) == ("projected", 512, 1, 128)
     assert plan.unsketched().mode == "trace"
+
+
+def _leaves(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _every_setting() -> dict[str, list[str]]:
+    """Each setting of the configs, with the overrides of one config that has it."""
+    groups = config_groups()
+    found: dict[str, list[str]] = {}
+    for choice in [[]] + [[f"{g}={o}"] for g in ("dataset", "model", "optim") for o in groups[g]]:
+        config = OmegaConf.to_container(compose_cfg(choice), resolve=False)
+        for key in _leaves({k: v for k, v in config.items() if k != "hydra"}):
+            found.setdefault(key, choice)
+    return found
+
+
+def test_every_setting_is_declared_once_with_its_rule():
+    """SETTINGS (type and range, one line each) and BY_RULE (checked against other settings)
+    cover every key of every config group option, and name no key the configs lack."""
+    found = _every_setting()
+    covered = set(SETTINGS) | {k for k in found if k.startswith(BY_RULE)}
+    assert sorted(set(found) - covered) == []
+    assert sorted(set(SETTINGS) - set(found)) == []
+    assert not set(SETTINGS) & set(BY_RULE)
+
+
+def test_every_number_refuses_nan_and_inf_and_a_string_naming_itself():
+    found = _every_setting()
+    numbers = [k for k, rule in SETTINGS.items() if isinstance(rule, Number)]
+    assert len(numbers) >= 40
+    for key in numbers:
+        integer = SETTINGS[key].integer
+        for bad, says in (("nan", "finite"), ("inf", "finite"), ("-inf", "finite"), ("abc", "")):
+            says = "integer" if integer else says
+            with pytest.raises(ConfigError, match=f"^{re.escape(key)}=.* is invalid: .*{says}"):
+                validate(compose_cfg([*found[key], f"{key}={bad}"]))

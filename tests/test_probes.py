@@ -162,7 +162,9 @@ def test_weight_function_of_a_network_drifts_from_its_linearisation(problem):
 def test_probe_settings_are_validated(overrides, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose_cfg(overrides))
-    validate(compose_cfg(["probe.dims=[0]", "probe.components=0"]))  # unused: not checked
+    for unused in ("probe.dims=[0]", "probe.components=0"):  # refused even where no probe runs
+        with pytest.raises(ConfigError, match=unused.split("=")[0]):
+            validate(compose_cfg([unused]))
 
 
 def test_probes_run_from_the_command_line(tmp_path, cache_dir):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ttbench.core.sketch import SKETCHES
 from ttbench.core.stability import schedule
 from ttbench.data.registry import DATASETS, NUM_CLASSES
 from ttbench.models.zoo import TIMM_MODELS, TTBENCH
-from ttbench.predictors import PREDICTORS, STOCHASTIC
+from ttbench.predictors import PREDICTORS
 from ttbench.probes import PROBES
 from ttbench.spec import (
     DataSpec,
@@ -52,51 +53,188 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
 
 
-def _number(cfg: DictConfig, key: str) -> float:
-    """A finite number (nan passes every comparison and inf hangs the fine-tuning: refused)."""
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(key, value, "must be a number")
-    if not math.isfinite(value):
-        raise ConfigError(key, value, "must be a finite number")
-    return value
-
-
-def _integer(cfg: DictConfig, key: str, low: int) -> int:
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(key, value, f"must be an integer >= {low}")
-    return value
-
-
 def _choice(key: str, value: object, allowed: Iterable[str]) -> None:
     allowed = sorted(allowed)
     if value not in allowed:
-        raise ConfigError(key, value, f"must be one of {', '.join(allowed)}")
+        raise ConfigError(key, value, f"must be one of {', '.join(map(str, allowed))}")
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number (an integer with `integer`) within the bounds given; `null` allowed
+    with `optional`; `says` replaces the generated range."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    integer: bool = False
+    optional: bool = False
+    says: str | None = None
+
+    def range(self) -> str:
+        if self.says:
+            return self.says
+        kind = "an integer " if self.integer else ""
+        low = "[" if self.ge is not None else "(" if self.gt is not None else None
+        high = "]" if self.le is not None else ")" if self.lt is not None else None
+        lo = self.ge if self.ge is not None else self.gt
+        hi = self.le if self.le is not None else self.lt
+        if low and high:
+            return f"must be {kind}in {low}{lo:g}, {hi:g}{high}"
+        if low:
+            return f"must be {kind}{'>=' if low == '[' else '>'} {lo:g}"
+        if high:
+            return f"must be {kind}{'<=' if high == ']' else '<'} {hi:g}"
+        return "must be an integer" if self.integer else "must be a finite number"
+
+    def check(self, key: str, value: object) -> None:
+        if value is None and self.optional:
+            return
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (self.integer and not isinstance(value, int)):
+            raise ConfigError(key, value, self.range() if self.integer else "must be a number")
+        if not math.isfinite(value):  # nan passes every comparison, inf hangs the fine-tuning
+            raise ConfigError(key, value, "must be a finite number")
+        if (
+            (self.gt is not None and not value > self.gt)
+            or (self.ge is not None and not value >= self.ge)
+            or (self.lt is not None and not value < self.lt)
+            or (self.le is not None and not value <= self.le)
+        ):
+            raise ConfigError(key, value, self.range())
+
+
+@dataclass(frozen=True)
+class Flag:
+    def check(self, key: str, value: object) -> None:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "must be true or false")
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of `values` (a callable: the names of a registry, read when checked)."""
+
+    values: tuple | Callable[[], Iterable]
+    optional: bool = False
+
+    def check(self, key: str, value: object) -> None:
+        if value is None and self.optional:
+            return
+        _choice(key, value, self.values() if callable(self.values) else self.values)
+
+
+@dataclass(frozen=True)
+class Text:
+    optional: bool = False
+
+    def check(self, key: str, value: object) -> None:
+        if not (isinstance(value, str) or (value is None and self.optional)):
+            raise ConfigError(key, value, "must be a text" + (" or null" if self.optional else ""))
+
+
+Rule = Number | Flag | OneOf | Text
+TRAINABLE = ("all", "head", "norm", "adapters")
+POSITIVE, COUNT, NONNEGATIVE = Number(gt=0), Number(ge=1, integer=True), Number(ge=0)
+SEED = Number(ge=0, lt=2**32, integer=True, says="must be an integer in [0, 2**32)")
+
+# Every setting with a type or a range of its own, one line each, checked wherever it is set
+# (even when nothing reads it in this run). Its default and meaning are in the YAML; what
+# depends on other settings is in validate(). test_config keeps this in step with the YAML.
+SETTINGS: dict[str, Rule] = {
+    "seed": SEED,
+    "preset": Text(optional=True),
+    "task.k": Number(ge=2, integer=True),  # one class: every curve is flat, nothing to predict
+    "task.n": COUNT,
+    "lr": POSITIVE,
+    "momentum": Number(ge=0, lt=1),
+    "weight_decay": NONNEGATIVE,
+    "steps": Number(
+        ge=1,
+        le=MAX_STEPS,
+        integer=True,
+        says=f"must be an integer in [1, {MAX_STEPS:,}] (every step's loss is kept in memory)",
+    ),
+    "loss": OneOf(LOSSES),
+    "device": OneOf(("auto", "cpu", "cuda")),
+    "threads": Number(ge=1, integer=True, optional=True),
+    "checkpoint_s": Number(ge=0, says="must be >= 0 (0: every step)"),
+    "dataset.name": OneOf(lambda: DATASETS),
+    "dataset.channels": OneOf((1, 3)),
+    "dataset.resolution": Number(ge=1, integer=True, optional=True),
+    "dataset.source_fraction": Number(gt=0, lt=1),
+    "dataset.split_seed": SEED,
+    "dataset.verify": Flag(),
+    "model.source": OneOf(("timm", "torchvision")),
+    "model.head_init_std": NONNEGATIVE,
+    "model.width": COUNT,
+    "model.patch_size": COUNT,
+    "model.pretrain.epochs": COUNT,
+    "model.pretrain.batch_size": COUNT,
+    "model.pretrain.lr": POSITIVE,
+    "model.pretrain.seed": SEED,
+    "model.pretrain.conv_scale": POSITIVE,
+    "model.pretrain.schedule": OneOf(("constant", "onecycle")),
+    "model.pretrain.augment": Flag(),
+    "model.pretrain.precise_bn": Flag(),
+    "optim.name": OneOf(("gd", "sgd")),
+    "optim.eval_every": COUNT,
+    "optim.smooth": COUNT,
+    "optim.batch_size": COUNT,
+    "optim.sampling": OneOf(SCHEMES),
+    "predictor.skip_inapplicable": Flag(),
+    "theta.mode": OneOf(MODES),
+    "theta.block": COUNT,
+    "theta.dim": COUNT,
+    "theta.sketch": OneOf(SKETCHES),
+    "theta.chunk": COUNT,
+    "theta.memory_gb": POSITIVE,
+    "theta.outputs": Number(ge=1, integer=True, optional=True),
+    "subset.n0": Number(ge=2, integer=True),
+    "subset.alpha": Number(),
+    "subset.k0": COUNT,
+    "stochastic.paths": COUNT,
+    "stochastic.noise": OneOf(NOISES),
+    "stochastic.schedule": OneOf(SCHEDULES),
+    "refine.steps": Number(ge=0, integer=True, optional=True),
+    "refine.theta": OneOf(MODES, optional=True),
+    "watch.samples": COUNT,
+    "watch.threshold": POSITIVE,
+    "trainable": OneOf(TRAINABLE),
+    "lora.rank": Number(ge=1, integer=True, optional=True),
+    "lora.alpha": POSITIVE,
+    "probe.components": COUNT,
+    "plan.eps": Number(gt=0, lt=1, optional=True),
+    "plan.probe_steps": COUNT,
+    "plan.margin": NONNEGATIVE,
+    "plan.overhead_s": NONNEGATIVE,
+    "plan.set_steps": Flag(),
+}
+# Settings checked by a rule of validate() that reads other settings, or free text.
+BY_RULE = (
+    "eps", "predictor.names", "probes", "probe.sizes", "probe.dims", "watch.steps",
+    "model.name", "model.pretrained", "model.weights", "model.pretrain.dataset",
+    "plan.predictor", "plan.theta", "plan.table", "dataset.root", "cache_dir", "out_root",
+)  # fmt: skip
+_ABSENT = object()
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Every setting of SETTINGS that this config has, against its rule."""
+    for key, rule in SETTINGS.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            rule.check(key, value)
 
 
 def validate(cfg: DictConfig) -> RunSpec:
     """Check a composed run config and return its spec; raises ConfigError on the first bad
     value."""
-    if _number(cfg, "lr") <= 0:
-        raise ConfigError("lr", cfg.lr, "must be > 0")
-    if not 0 <= _number(cfg, "momentum") < 1:
-        raise ConfigError("momentum", cfg.momentum, "must be in [0, 1)")
-    if _number(cfg, "weight_decay") < 0:
-        raise ConfigError("weight_decay", cfg.weight_decay, "must be >= 0")
+    check_settings(cfg)
     cache = Path(cfg.cache_dir).expanduser()
     if cache.exists() and not cache.is_dir():
         raise ConfigError("cache_dir", cfg.cache_dir, "must be a directory (or not exist yet)")
-    if cfg.threads is not None:
-        _integer(cfg, "threads", 1)
-    if _number(cfg, "checkpoint_s") < 0:
-        raise ConfigError("checkpoint_s", cfg.checkpoint_s, "must be >= 0 (0: every step)")
-    if _integer(cfg, "steps", 1) > MAX_STEPS:
-        raise ConfigError(
-            "steps", cfg.steps, f"must be <= {MAX_STEPS:,}: every step's loss is kept in memory"
-        )
-    if not 0 <= _integer(cfg, "seed", 0) < 2**32:  # numpy's and torch's generators take these
-        raise ConfigError("seed", cfg.seed, "must be below 2**32")
     eps = cfg.eps
     if not OmegaConf.is_list(eps) or len(eps) == 0:
         raise ConfigError("eps", eps, "must be a non-empty list of numbers in (0, 1)")
@@ -105,15 +243,9 @@ def validate(cfg: DictConfig) -> RunSpec:
             raise ConfigError("eps", list(eps), "every value must be in (0, 1)")
     if len(set(eps)) < len(eps):
         raise ConfigError("eps", list(eps), "every value must be different")
-    _choice("loss", cfg.loss, LOSSES)
-    _choice("device", cfg.device, ("auto", "cpu", "cuda"))
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda", "no CUDA device is available; use auto or cpu")
-    _choice("dataset.name", cfg.dataset.name, DATASETS)
-    k = _integer(cfg, "task.k", 2)  # one class: every curve is flat, nothing to predict
-    check_classes(k, NUM_CLASSES.get(cfg.dataset.name), cfg.dataset.name)
-    if cfg.model.name != "small_resnet":
-        _choice("model.source", cfg.model.source, ("timm", "torchvision"))
+    check_classes(cfg.task.k, NUM_CLASSES.get(cfg.dataset.name), cfg.dataset.name)
     channels = cfg.dataset.get("channels", 1) if cfg.dataset.name == "digits" else 3
     # the small ResNet takes the channels of its pretraining data: the run's own dataset's
     # when it pretrains on it, the default digits' (1) otherwise
@@ -135,16 +267,7 @@ def validate(cfg: DictConfig) -> RunSpec:
             ),
         )
     _patches(cfg)
-    _integer(cfg, "task.n", 1)
-    if _number(cfg, "model.head_init_std") < 0:
-        raise ConfigError("model.head_init_std", cfg.model.head_init_std, "must be >= 0")
-    if cfg.model.name == "small_resnet":
-        _integer(cfg, "model.width", 1)
-    _pretrain_settings(cfg)
     _optim(cfg)
-    _theta_fields(cfg.theta, "theta")
-    if cfg.refine.theta is not None:
-        _choice("refine.theta", cfg.refine.theta, MODES)
     exact_only = cfg.theta.mode == "exact" and cfg.refine.theta in (None, "exact")
     if cfg.theta.get("outputs") is not None and exact_only:
         raise ConfigError(
@@ -155,10 +278,8 @@ def validate(cfg: DictConfig) -> RunSpec:
         )
     names = predictor_names(cfg)
     if "subset" in names:
-        n0 = _integer(cfg, "subset.n0", 2)
-        k0 = _integer(cfg, "subset.k0", 1)
-        _number(cfg, "subset.alpha")
-        size = n0 * (cfg.task.k if cfg.theta.mode != "trace" else 1)  # the subset's spectrum
+        k0 = cfg.subset.k0
+        size = cfg.subset.n0 * (cfg.task.k if cfg.theta.mode != "trace" else 1)  # its spectrum
         if k0 >= size:
             raise ConfigError(
                 "subset.k0",
@@ -166,21 +287,15 @@ def validate(cfg: DictConfig) -> RunSpec:
                 f"must be below the subset's {size} eigenvalues (subset.n0 x classes, or "
                 "subset.n0 in trace mode): the tail beyond k0 is what it extrapolates",
             )
-    if any(PREDICTORS[n].kind == STOCHASTIC for n in names):
-        _integer(cfg, "stochastic.paths", 1)
-        _choice("stochastic.noise", cfg.stochastic.noise, NOISES)
-        _choice("stochastic.schedule", cfg.stochastic.schedule, SCHEDULES)
     if not OmegaConf.is_list(cfg.probes):
         raise ConfigError("probes", cfg.probes, "must be a list, e.g. probes=[spectrum]")
     for name in cfg.probes:
         _choice("probes", name, PROBES)
     _probe_settings(cfg)
     watch_steps(cfg)
-    _integer(cfg, "watch.samples", 1)
-    if not _number(cfg, "watch.threshold") > 0:
-        raise ConfigError("watch.threshold", cfg.watch.threshold, "must be > 0")
     _plan_settings(cfg)
-    _finetune_settings(cfg)
+    if cfg.lora.rank is None and cfg.trainable == "adapters":
+        raise ConfigError("trainable", "adapters", "needs adapters: set lora.rank (e.g. 8)")
     if names and cfg.weight_decay != 0:
         raise ConfigError(
             "weight_decay", cfg.weight_decay, "the predictors model 0 only (or use predictor=none)"
@@ -202,18 +317,10 @@ def plan_predictor(cfg: DictConfig) -> str:
     return "exact_sgd" if cfg.optim.name == "sgd" else "discrete"
 
 
-def _theta_fields(node: DictConfig, key: str) -> None:
-    """The settings of one Θ (theta.*, or the plan's), named under `key`."""
-    holder = OmegaConf.create({key.split(".")[0]: {}})
-    OmegaConf.update(holder, key, node, merge=False)
-    _choice(f"{key}.mode", node.mode, MODES)
-    for name in ("block", "dim", "chunk"):
-        _integer(holder, f"{key}.{name}", 1)
-    _choice(f"{key}.sketch", node.sketch, SKETCHES)
-    if node.get("outputs") is not None:
-        _integer(holder, f"{key}.outputs", 1)
-    if _number(holder, f"{key}.memory_gb") <= 0:
-        raise ConfigError(f"{key}.memory_gb", node.memory_gb, "must be > 0")
+def _plan_theta_fields(node: DictConfig) -> None:
+    """The plan's Θ (theta.* with plan.theta.* over it), by theta.*'s rules."""
+    for name, value in node.items():
+        SETTINGS[f"theta.{name}"].check(f"plan.theta.{name}", value)
 
 
 def plan_theta(cfg: DictConfig) -> DictConfig:
@@ -234,27 +341,11 @@ def _plan_settings(cfg: DictConfig) -> None:
     unknown = sorted(set(p.theta) - set(cfg.theta))
     if unknown:
         raise ConfigError(f"plan.theta.{unknown[0]}", p.theta[unknown[0]], "is not a theta setting")
-    _theta_fields(plan_theta(cfg), "plan.theta")
-    _integer(cfg, "plan.probe_steps", 1)
-    if _number(cfg, "plan.margin") < 0:
-        raise ConfigError("plan.margin", p.margin, "must be >= 0")
-    if _number(cfg, "plan.overhead_s") < 0:
-        raise ConfigError("plan.overhead_s", p.overhead_s, "must be >= 0")
-    if p.table is not None and not Path(p.table).expanduser().exists():
+    _plan_theta_fields(plan_theta(cfg))
+    if p.table is not None and not (
+        isinstance(p.table, str) and Path(p.table).expanduser().exists()
+    ):
         raise ConfigError("plan.table", p.table, "does not exist: run python -m ttbench.plan first")
-
-
-TRAINABLE = ("all", "head", "norm", "adapters")
-
-
-def _finetune_settings(cfg: DictConfig) -> None:
-    _choice("trainable", cfg.trainable, TRAINABLE)
-    if cfg.lora.rank is not None:
-        _integer(cfg, "lora.rank", 1)
-        if _number(cfg, "lora.alpha") <= 0:
-            raise ConfigError("lora.alpha", cfg.lora.alpha, "must be > 0")
-    elif cfg.trainable == "adapters":
-        raise ConfigError("trainable", "adapters", "needs adapters: set lora.rank (e.g. 8)")
 
 
 def _patches(cfg: DictConfig) -> None:
@@ -262,7 +353,6 @@ def _patches(cfg: DictConfig) -> None:
     patch = cfg.model.get("patch_size")
     if patch is None:
         return
-    _integer(cfg, "model.patch_size", 1)
     resolution = cfg.dataset.get("resolution")
     if resolution is None or resolution % patch:
         raise ConfigError(
@@ -302,30 +392,24 @@ def _integers(cfg: DictConfig, key: str, low: int) -> None:
 
 
 def _probe_settings(cfg: DictConfig) -> None:
-    """The settings of the probes a run asks for."""
-    probes = set(cfg.probes)
-    if probes & {"spectrum", "projection"}:
-        _integers(cfg, "probe.sizes", 1)
-    if "projection" in probes:
-        _integers(cfg, "probe.dims", 1)
-    if "clustering" in probes:
-        _integer(cfg, "probe.components", 1)
-    if "weight_function" in probes and cfg.weight_decay != 0:
+    """The probes' settings (refused when bad, like every setting, even if no probe runs)."""
+    _integers(cfg, "probe.sizes", 1)
+    _integers(cfg, "probe.dims", 1)
+    if "weight_function" in cfg.probes and cfg.weight_decay != 0:
         raise ConfigError(
             "weight_decay", cfg.weight_decay, "the weight_function probe models 0 only"
         )
 
 
 def _optim(cfg: DictConfig) -> None:
-    _choice("optim", cfg.optim.name, ("gd", "sgd"))
-    every = _integer(cfg, "optim.eval_every", 1)
+    every = cfg.optim.eval_every
     if cfg.steps % every:
         raise ConfigError("optim.eval_every", every, f"must divide steps={cfg.steps}")
-    window = _integer(cfg, "optim.smooth", 1)
+    window = cfg.optim.smooth
     if window % 2 == 0:
         raise ConfigError("optim.smooth", window, "must be odd (a centred window)")
     if cfg.refine.steps is not None:
-        k = _integer(cfg, "refine.steps", 0)
+        k = cfg.refine.steps
         if k >= cfg.steps or k % every:
             raise ConfigError(
                 "refine.steps",
@@ -334,8 +418,7 @@ def _optim(cfg: DictConfig) -> None:
                 "optim.eval_every",
             )
     if cfg.optim.name == "sgd":
-        _choice("optim.sampling", cfg.optim.sampling, SCHEMES)
-        b = _integer(cfg, "optim.batch_size", 1)
+        b = cfg.optim.batch_size
         if b > cfg.task.k * cfg.task.n:
             raise ConfigError(
                 "optim.batch_size", b, f"must be <= N = task.k * task.n = {cfg.task.k * cfg.task.n}"
@@ -456,21 +539,6 @@ def check_cli(argv: Sequence[str], default_out_root: str) -> None:
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
-def _pretrain_settings(cfg: DictConfig) -> None:
-    """The settings of a pretraining ttbench does itself."""
-    p = cfg.model.get("pretrain")
-    if p is None or (cfg.model.name != "small_resnet" and cfg.model.pretrained != TTBENCH):
-        return
-    _integer(cfg, "model.pretrain.epochs", 1)
-    _integer(cfg, "model.pretrain.batch_size", 1)
-    if not _number(cfg, "model.pretrain.lr") > 0:
-        raise ConfigError("model.pretrain.lr", p.lr, "must be > 0")
-    _choice("model.pretrain.schedule", p.get("schedule", "constant"), ("constant", "onecycle"))
-    for key in ("augment", "precise_bn"):
-        if not isinstance(p.get(key, False), bool):
-            raise ConfigError(f"model.pretrain.{key}", p.get(key), "must be true or false")
 
 
 def _model(m: DictConfig) -> ModelSpec:
