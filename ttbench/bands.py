@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ttbench.core.curves import QUANTILES
+from ttbench.errors import CalibrationError
 from ttbench.points import valid
 from ttbench.validity import FEATURES, Model, fit, table_features
 from ttbench.validity import from_json as validity_from_json
@@ -240,10 +241,6 @@ def from_json(d: dict) -> Calibration:
 def shipped():
     """Where the shipped calibration is (a file of the installed package)."""
     return resources.files("ttbench").joinpath(DEFAULT)
-
-
-class CalibrationError(RuntimeError):
-    """The shipped calibration does not read back (a damaged install)."""
 
 
 def default_calibration() -> Calibration:

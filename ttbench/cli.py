@@ -12,15 +12,12 @@ from typing import NoReturn
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ttbench.bands import CalibrationError
 from ttbench.config import CONF_DIR, compose, register_resolvers
-from ttbench.data.images import DataNotFound
-from ttbench.models.zoo import WeightsNotFound
-from ttbench.record import WriteError
-from ttbench.validate import ConfigError, check_cli, validate
+from ttbench.errors import USER_ERRORS
+from ttbench.validate import check_cli, validate
 
-# Bad input, found before or during a run: the message is one line for the user.
-USER_ERRORS = (ConfigError, DataNotFound, WeightsNotFound, WriteError, CalibrationError)
+__all__ = ["USER_ERRORS", "check_argv", "command", "error", "job", "main", "one_line_errors"]
+_checked: set[tuple[str, ...]] = set()
 
 
 def error(message: object) -> int:
@@ -64,22 +61,35 @@ def command(main: Callable[[], int | None]) -> NoReturn:
     raise SystemExit(status or 0)
 
 
-def main(app: Callable[[], None], run_dir: str | None = None, extra: Sequence[str] = ()) -> None:
-    """Run a Hydra app from the command line: resolvers known, the command line checked and,
-    for a single run, its config validated before Hydra makes its directory (a sweep's jobs
-    are, by the sweeper); `run_dir` puts a single run's Hydra output elsewhere; `extra` are
-    Hydra overrides of the app's own, after the user's."""
+def check_argv() -> None:
+    """The command line's checks, as one line and status 2 on a user's error: the command
+    line itself and, for a single run, its config validated (a sweep's jobs are, by the
+    sweeper). The Hydra apps call it at the top of their module, before importing torch, so
+    that a mistyped value is answered in about a second; main() does not check twice."""
     register_resolvers()
-    # torch's forward-mode AD compiles its decompositions by torch.jit.script on the first jvp,
-    # which warns that jit is deprecated: nothing the user can act on
-    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
     argv = sys.argv[1:]
+    if tuple(argv) in _checked:
+        return
     multirun = "-m" in argv or "--multirun" in argv
     with one_line_errors():
         check_cli(argv, OmegaConf.load(CONF_DIR / "config.yaml").out_root)
         if not multirun:
             task = [a for a in argv if "=" in a and not a.lstrip("+~").startswith("hydra")]
             validate(compose(task))
+    _checked.add(tuple(argv))
+
+
+def main(app: Callable[[], None], run_dir: str | None = None, extra: Sequence[str] = ()) -> None:
+    """Run a Hydra app from the command line: its checks (check_argv) before Hydra makes its
+    directory; `run_dir` puts a single run's Hydra output elsewhere; `extra` are Hydra
+    overrides of the app's own, after the user's."""
+    # torch's forward-mode AD compiles its decompositions by torch.jit.script on the first jvp,
+    # which warns that jit is deprecated: nothing the user can act on
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    check_argv()
+    _checked.clear()  # a later main() in this process checks its command line again
+    argv = sys.argv[1:]
+    multirun = "-m" in argv or "--multirun" in argv
     if run_dir is not None and not multirun:
         sys.argv += [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     sys.argv += list(extra)

@@ -26,6 +26,11 @@ against the sweep's real runs.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a bad command line answered before the imports below load torch
+    from ttbench.cli import check_argv
+
+    check_argv()
+
 import json
 import logging
 import math

@@ -7,6 +7,11 @@ time (for example before a sweep, so parallel jobs do not all pretrain at once).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a bad command line answered before the imports below load torch
+    from ttbench.cli import check_argv
+
+    check_argv()
+
 import logging
 
 import hydra

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ttbench.core.curves import CONVERGED, EXPLODED, QUANTILES, Curves, relative_error
+from ttbench.errors import WriteError
 from ttbench.files import atomic_write
 from ttbench.stages import FINETUNE
 
@@ -414,10 +415,6 @@ def read_curves(
 
 
 # --- files ----------------------------------------------------------------------------------
-
-
-class WriteError(OSError):
-    """A record that could not be written (a full disk, a lost mount); one line for the user."""
 
 
 def write_table(path: Path, frame: pd.DataFrame) -> None:

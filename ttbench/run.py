@@ -7,6 +7,11 @@ directory and prints real against predicted T_eps.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a bad command line answered before the imports below load torch
+    from ttbench.cli import check_argv
+
+    check_argv()
+
 import copy
 import logging
 import math

@@ -8,6 +8,7 @@ what is allowed; the entry points print it and exit with status 2, without a tra
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -15,19 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ttbench.config import compose, config_groups
-from ttbench.core.linearize import MODES
-from ttbench.core.losses import LOSSES
-from ttbench.core.sgd import NOISES, SCHEDULES, SCHEMES
-from ttbench.core.sketch import SKETCHES
-from ttbench.core.stability import schedule
-from ttbench.data.registry import DATASETS, NUM_CLASSES
-from ttbench.models.zoo import TIMM_MODELS, TTBENCH
-from ttbench.predictors import PREDICTORS
-from ttbench.probes import PROBES
+from ttbench.errors import ConfigError
 from ttbench.spec import (
     DataSpec,
     FinetuneSpec,
@@ -44,13 +36,19 @@ from ttbench.spec import (
     WatchSpec,
 )
 
+
+def _registry(name: str) -> Any:
+    """A name of a registry module ("module:NAME"), imported when first needed: they import
+    torch (~2 s), which a bad number on the command line need not wait for."""
+    module, attr = name.split(":")
+    return getattr(importlib.import_module(f"ttbench.{module}"), attr)
+
+
+def _names(name: str) -> Callable[[], Iterable]:
+    return lambda: _registry(name)
+
+
 MAX_STEPS = 10_000_000  # curves (and SGD batches) are held in memory, per step
-
-
-class ConfigError(ValueError):
-    def __init__(self, key: str, value: object, allowed: str) -> None:
-        super().__init__(f"{key}={value!r} is invalid: {allowed}")
-        self.key, self.value, self.allowed = key, value, allowed
 
 
 def _choice(key: str, value: object, allowed: Iterable[str]) -> None:
@@ -156,11 +154,11 @@ SETTINGS: dict[str, Rule] = {
         integer=True,
         says=f"must be an integer in [1, {MAX_STEPS:,}] (every step's loss is kept in memory)",
     ),
-    "loss": OneOf(LOSSES),
+    "loss": OneOf(_names("core.losses:LOSSES")),
     "device": OneOf(("auto", "cpu", "cuda")),
     "threads": Number(ge=1, integer=True, optional=True),
     "checkpoint_s": Number(ge=0, says="must be >= 0 (0: every step)"),
-    "dataset.name": OneOf(lambda: DATASETS),
+    "dataset.name": OneOf(_names("data.registry:DATASETS")),
     "dataset.channels": OneOf((1, 3)),
     "dataset.resolution": Number(ge=1, integer=True, optional=True),
     "dataset.source_fraction": Number(gt=0, lt=1),
@@ -182,12 +180,12 @@ SETTINGS: dict[str, Rule] = {
     "optim.eval_every": COUNT,
     "optim.smooth": COUNT,
     "optim.batch_size": COUNT,
-    "optim.sampling": OneOf(SCHEMES),
+    "optim.sampling": OneOf(_names("core.sgd:SCHEMES")),
     "predictor.skip_inapplicable": Flag(),
-    "theta.mode": OneOf(MODES),
+    "theta.mode": OneOf(_names("core.linearize:MODES")),
     "theta.block": COUNT,
     "theta.dim": COUNT,
-    "theta.sketch": OneOf(SKETCHES),
+    "theta.sketch": OneOf(_names("core.sketch:SKETCHES")),
     "theta.chunk": COUNT,
     "theta.memory_gb": POSITIVE,
     "theta.outputs": Number(ge=1, integer=True, optional=True),
@@ -195,10 +193,10 @@ SETTINGS: dict[str, Rule] = {
     "subset.alpha": Number(),
     "subset.k0": COUNT,
     "stochastic.paths": COUNT,
-    "stochastic.noise": OneOf(NOISES),
-    "stochastic.schedule": OneOf(SCHEDULES),
+    "stochastic.noise": OneOf(_names("core.sgd:NOISES")),
+    "stochastic.schedule": OneOf(_names("core.sgd:SCHEDULES")),
     "refine.steps": Number(ge=0, integer=True, optional=True),
-    "refine.theta": OneOf(MODES, optional=True),
+    "refine.theta": OneOf(_names("core.linearize:MODES"), optional=True),
     "watch.samples": COUNT,
     "watch.threshold": POSITIVE,
     "trainable": OneOf(TRAINABLE),
@@ -221,8 +219,10 @@ _ABSENT = object()
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """Every setting of SETTINGS that this config has, against its rule."""
-    for key, rule in SETTINGS.items():
+    """Every setting of SETTINGS that this config has, against its rule; the names of the
+    registries last, since reading those imports torch."""
+    order = sorted(SETTINGS.items(), key=lambda item: isinstance(item[1], OneOf))
+    for key, rule in order:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT:
             rule.check(key, value)
@@ -243,9 +243,10 @@ def validate(cfg: DictConfig) -> RunSpec:
             raise ConfigError("eps", list(eps), "every value must be in (0, 1)")
     if len(set(eps)) < len(eps):
         raise ConfigError("eps", list(eps), "every value must be different")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+    if cfg.device == "cuda" and not importlib.import_module("torch").cuda.is_available():
         raise ConfigError("device", "cuda", "no CUDA device is available; use auto or cpu")
-    check_classes(cfg.task.k, NUM_CLASSES.get(cfg.dataset.name), cfg.dataset.name)
+    classes = _registry("data.registry:NUM_CLASSES").get(cfg.dataset.name)
+    check_classes(cfg.task.k, classes, cfg.dataset.name)
     channels = cfg.dataset.get("channels", 1) if cfg.dataset.name == "digits" else 3
     # the small ResNet takes the channels of its pretraining data: the run's own dataset's
     # when it pretrains on it, the default digits' (1) otherwise
@@ -290,7 +291,7 @@ def validate(cfg: DictConfig) -> RunSpec:
     if not OmegaConf.is_list(cfg.probes):
         raise ConfigError("probes", cfg.probes, "must be a list, e.g. probes=[spectrum]")
     for name in cfg.probes:
-        _choice("probes", name, PROBES)
+        _choice("probes", name, _registry("probes:PROBES"))
     _probe_settings(cfg)
     watch_steps(cfg)
     _plan_settings(cfg)
@@ -333,8 +334,9 @@ def _plan_settings(cfg: DictConfig) -> None:
     if p.eps is not None and p.eps not in cfg.eps:
         raise ConfigError("plan.eps", p.eps, f"must be one of eps={list(cfg.eps)}")
     name = plan_predictor(cfg)
-    _choice("plan.predictor", name, PREDICTORS)
-    pred = PREDICTORS[name]
+    predictors = _registry("predictors:PREDICTORS")
+    _choice("plan.predictor", name, predictors)
+    pred = predictors[name]
     why = pred.applies(cfg.loss, cfg.optim.name, 0)
     if pred.prefix or pred.pooled or why:
         raise ConfigError("plan.predictor", name, why or "must be a plain predictor (no prefix)")
@@ -366,16 +368,21 @@ def _pretrained(cfg: DictConfig) -> None:
     """model.pretrained of an ImageNet ResNet: its weights, none, or ttbench's own, pretrained
     on the source part of the run's dataset (which must have one)."""
     value = cfg.model.pretrained
-    if value not in (True, False, TTBENCH):
-        raise ConfigError("model.pretrained", value, f"must be true, false or {TTBENCH}")
-    if value is True and cfg.model.name in TIMM_MODELS and not cfg.model.weights:
+    own = _registry("models.zoo:TTBENCH")  # model.pretrained=ttbench
+    if value not in (True, False, own):
+        raise ConfigError("model.pretrained", value, f"must be true, false or {own}")
+    if (
+        value is True
+        and cfg.model.name in _registry("models.zoo:TIMM_MODELS")
+        and not (cfg.model.weights)
+    ):
         raise ConfigError(
             "model.pretrained",
             value,
             f"{cfg.model.name}: set model.weights=FILE (timm's weights, .safetensors or .pth), "
-            f"or model.pretrained={TTBENCH} (pretrained here on the digits) or false",
+            f"or model.pretrained={own} (pretrained here on the digits) or false",
         )
-    if value == TTBENCH and (cfg.model.get("pretrain") is None or cfg.dataset.name != "digits"):
+    if value == own and (cfg.model.get("pretrain") is None or cfg.dataset.name != "digits"):
         raise ConfigError(
             "model.pretrained",
             value,
@@ -429,7 +436,7 @@ def watch_steps(cfg: DictConfig) -> tuple[int, ...]:
     """The watched steps: watch.steps, `auto` being ttbench.core.stability.schedule."""
     value = OmegaConf.select(cfg, "watch.steps")
     if value == "auto":
-        return schedule(cfg.steps)
+        return _registry("core.stability:schedule")(cfg.steps)
     ok = OmegaConf.is_list(value) and all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v < cfg.steps for v in value
     )
@@ -453,13 +460,14 @@ def predictor_names(cfg: DictConfig) -> list[str]:
     """The predictors a run asks for (`all`: every registered one), each known and applicable
     to the loss and optimiser; with predictor.skip_inapplicable those that do not apply are
     dropped, otherwise they are refused."""
+    predictors = _registry("predictors:PREDICTORS")
     names = cfg.predictor.names
-    names = list(PREDICTORS) if names == "all" else list(names)
+    names = list(predictors) if names == "all" else list(names)
     for name in names:
-        _choice("predictor.names", name, PREDICTORS)
+        _choice("predictor.names", name, predictors)
     kept = []
     for name in names:
-        reason = PREDICTORS[name].applies(
+        reason = predictors[name].applies(
             cfg.loss, cfg.optim.name, refine_steps(cfg), cfg.steps, cfg.optim.eval_every
         )
         if reason is None:
@@ -546,7 +554,7 @@ def _model(m: DictConfig) -> ModelSpec:
         return ModelSpec(
             m.name, m.head_init_std, width=m.width, pretrain=PretrainSettings(**_plain(m.pretrain))
         )
-    own = m.pretrained == TTBENCH
+    own = m.pretrained == _registry("models.zoo:TTBENCH")
     return ModelSpec(
         m.name,
         m.head_init_std,

@@ -14,15 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ttbench.errors import DataNotFound
+
 if TYPE_CHECKING:
     from torchvision import transforms
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DataNotFound(RuntimeError):
-    """Missing or unreadable data; the message is one line for the user."""
 
 
 def preprocess(resolution: int) -> transforms.Compose:

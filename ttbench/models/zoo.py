@@ -13,15 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ttbench.errors import WeightsNotFound
 from ttbench.models.classifier import Classifier
 
 WEIGHT_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth"}
 TIMM_MODELS = {"vit_tiny": "vit_tiny_patch16_224", "convnext_atto": "convnext_atto"}
 TTBENCH = "ttbench"  # model.pretrained=ttbench: weights ttbench pretrains on a source task
-
-
-class WeightsNotFound(RuntimeError):
-    """Missing or mismatching weights; the message is one line for the user."""
 
 
 def default_weights(arch: str) -> Path:
