@@ -146,3 +146,33 @@ def test_a_bad_number_is_answered_before_torch_is_imported(app):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.stdout.strip() == "exit 2 False", proc.stdout + proc.stderr
     assert proc.stderr.strip() == "ttbench: error: lr=-1 is invalid: must be > 0"
+
+
+def _own_model_snippets() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Your own model", 1)[1].split("\n## ", 1)[0]
+    return [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+
+
+def test_the_readme_own_model_snippets_run_on_a_model_and_loader(tmp_path, monkeypatch):
+    """The first screen's two snippets, as written: predict_job on a model, a DataLoader and
+    an SGD optimiser, then the Tracker inside a plain loop."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ttbench.models.small_resnet import small_resnet
+
+    predict, track = _own_model_snippets()
+    torch.manual_seed(0)
+    model = small_resnet(1, 4, 3).eval()
+    x, y = torch.randn(30, 1, 8, 8), torch.arange(30) % 3
+    loader = DataLoader(TensorDataset(x, y), batch_size=30)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    namespace = {"model": model, "loader": loader, "optimizer": optimizer}
+    monkeypatch.chdir(tmp_path)
+    exec(predict, namespace)
+    assert namespace["pred"].optimizer == "gd" and (tmp_path / "prediction.png").is_file()
+    batches = [(x, y)] * 3
+    namespace |= {"batches": batches, "loss_fn": torch.nn.functional.cross_entropy}
+    exec(track, namespace)
+    assert namespace["tracker"].steps_done == 3 and namespace["eta"].step == 3

@@ -32,6 +32,9 @@ _HOMES = {
     "spectrum": "ttbench.core.spectrum",
     "PREDICTORS": "ttbench.predictors",
     "predict": "ttbench.predictors",
+    "JobPrediction": "ttbench.job",
+    "predict_job": "ttbench.job",
+    "Tracker": "ttbench.tracker",
 }
 
 if TYPE_CHECKING:
@@ -40,15 +43,19 @@ if TYPE_CHECKING:
     from ttbench.core.linearize import Linearization, LinearizedModel, linearize
     from ttbench.core.sgd import batch_paths, exact_sgd, sde
     from ttbench.core.spectrum import spectrum
+    from ttbench.job import JobPrediction, predict_job
     from ttbench.predictors import PREDICTORS, predict
+    from ttbench.tracker import Tracker
 
 __version__ = "0.1.0"
 __all__ = [  # spelled out for linters and IDEs; a test keeps it equal to _HOMES
     "PREDICTORS",
     "Curves",
+    "JobPrediction",
     "Linearization",
     "LinearizedModel",
     "Prediction",
+    "Tracker",
     "batch_paths",
     "closed_form",
     "discrete",
@@ -57,6 +64,7 @@ __all__ = [  # spelled out for linters and IDEs; a test keeps it equal to _HOMES
     "linearize",
     "ode",
     "predict",
+    "predict_job",
     "sde",
     "spectrum",
     "t_eps",
