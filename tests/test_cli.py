@@ -113,7 +113,8 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
         (["task.n=0"], "task.n=0 is invalid"),
         (
             ["dataset=imagenet"],
-            "dataset='imagenet' is invalid: must be one of cifar10, cifar100, cub200, digits",
+            "dataset='imagenet' is invalid: must be one of cifar10, cifar100, cub200, custom, "
+            "digits",
         ),
         (["model=vgg"], "model='vgg' is invalid: must be one of"),
         (["predictor=oracle"], "predictor='oracle' is invalid: must be one of"),

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import TINY, compose_cfg, run_dir, run_in_process
 from ttbench import record
-from ttbench.collect import constant_rows, gather, main
+from ttbench.collect import constant_rows, gather, main, pooling_warnings
 from ttbench.run import task
 from ttbench.validate import ConfigError
 
@@ -166,3 +166,11 @@ def test_a_setting_of_two_types_across_runs_is_written(tmp_path):
     write_tables(tmp_path, Collected(results, pd.DataFrame({"x": [1]})))
     back = pd.read_parquet(tmp_path / "results.parquet")
     assert back["cfg.model.pretrained"].tolist() == ["True", "ttbench"]
+
+
+def test_collect_warns_when_it_pools_runs_of_different_budgets():
+    same = pd.DataFrame({"run": ["a", "b"], "cfg.steps": [150, 150]})
+    assert pooling_warnings(same) == []
+    mixed = pd.DataFrame({"run": ["a", "b", "c"], "cfg.steps": [150, 50, 150]})
+    (line,) = pooling_warnings(mixed)
+    assert "different step budgets (steps = 50, 150)" in line

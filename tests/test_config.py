@@ -1,8 +1,10 @@
+import functools
+import math
 import re
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from tests.conftest import compose_cfg, run_id, spec_of
 from ttbench.build import cpu_threads
@@ -23,11 +25,15 @@ def test_every_config_group_option_composes_and_validates():
             )
             extra += ["optim=sgd"] if option in ("exact_sgd", "sgd") else []
             extra += ["optim=sgd"] if option in ("relin_sgd",) else []
-            if group == "dataset" and option != "digits":
+            if option == "custom":  # a plug-in names its callable
+                extra += [
+                    f"{group}._target_=tests.plugins.make_{'mlp' if group == 'model' else 'blobs'}"
+                ]
+            if group == "dataset" and option not in ("digits", "custom"):
                 extra += ["model=resnet18"]
             if group == "model" and option in ("resnet18_digits", "vit_tiny", "convnext_atto"):
                 extra += ["dataset.channels=3", "dataset.resolution=32"]
-            elif group == "model" and option != "small_resnet":
+            elif group == "model" and option not in ("small_resnet", "custom"):
                 extra += ["dataset=cifar10"]
             cfg = compose_cfg([f"{group}={option}", *extra])
             spec = validate(cfg)
@@ -192,14 +198,16 @@ def _leaves(node: dict, prefix: str = "") -> dict:
     return out
 
 
-def _every_setting() -> dict[str, list[str]]:
-    """Each setting of the configs, with the overrides of one config that has it."""
+@functools.cache
+def _every_setting() -> dict[str, DictConfig]:
+    """Each setting of the configs, with one composed config that has it."""
     groups = config_groups()
-    found: dict[str, list[str]] = {}
+    found: dict[str, DictConfig] = {}
     for choice in [[]] + [[f"{g}={o}"] for g in ("dataset", "model", "optim") for o in groups[g]]:
-        config = OmegaConf.to_container(compose_cfg(choice), resolve=False)
+        cfg = compose_cfg(choice)
+        config = OmegaConf.to_container(cfg, resolve=False)
         for key in _leaves({k: v for k, v in config.items() if k != "hydra"}):
-            found.setdefault(key, choice)
+            found.setdefault(key, cfg)
     return found
 
 
@@ -219,7 +227,10 @@ def test_every_number_refuses_nan_and_inf_and_a_string_naming_itself():
     assert len(numbers) >= 40
     for key in numbers:
         integer = SETTINGS[key].integer
-        for bad, says in (("nan", "finite"), ("inf", "finite"), ("-inf", "finite"), ("abc", "")):
+        for bad, says in ((math.nan, "finite"), (math.inf, "finite"), (-math.inf, "finite"),
+                          ("abc", "")):  # fmt: skip
             says = "integer" if integer else says
+            cfg = found[key].copy()
+            OmegaConf.update(cfg, key, bad)
             with pytest.raises(ConfigError, match=f"^{re.escape(key)}=.* is invalid: .*{says}"):
-                validate(compose_cfg([*found[key], f"{key}={bad}"]))
+                validate(cfg)

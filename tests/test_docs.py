@@ -18,7 +18,8 @@ from ttbench.validate import validate
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "experiments/README.md"]
 HYDRA_APPS = ("ttbench.run", "ttbench.plan")
 PLACEHOLDERS = {"<date_time>": "2026-01-01_00-00-00"}  # the docs' stand-in for a plan's folder
-PROVIDED = ("model.weights", "dataset.root", "plan.table")  # files a page asks the user for
+# files and callables a page asks the user to provide
+PROVIDED = ("model.weights", "dataset.root", "plan.table", "model._target_", "dataset._target_")
 
 
 def blocks(language: str) -> list[tuple[str, str]]:

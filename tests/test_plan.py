@@ -57,6 +57,12 @@ def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir
         assert np.isclose(r.predicted_s, r.t_eps * r.step_s)
         assert np.isclose(r.planned_limit_s, p.overhead_s + r.setup_s + r.planned_steps * r.step_s)
         assert np.isclose(r.limit_s, p.overhead_s + r.setup_s + 20 * r.step_s * (1 + p.margin))
+    # a budget: limits in whole minutes as SLURM counts them, totals in device-hours
+    target = table[table["target"]]
+    assert f"{math.ceil(target['limit_s'].iloc[0] / 60)}" in out
+    hours = target["predicted_s"].sum() / 3600
+    assert f"budget on cpu: predicted {hours:.3g} CPU-hours to eps" in out
+    assert f"{target['limit_s'].sum() / 3600:.3g} with all steps" in out
 
 
 def test_two_plans_started_at_once_get_two_folders():

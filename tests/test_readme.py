@@ -26,6 +26,7 @@ ENTRY_POINTS = [
     "ttbench.bench.paper_scale",
     "ttbench.plan",
     "ttbench.judge",
+    "ttbench.notebooks",
 ]
 
 CHECK = """

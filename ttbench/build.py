@@ -16,10 +16,17 @@ from ttbench.data.task import Task, sample_task
 from ttbench.models.classifier import Classifier, finetune_model, set_trainable
 from ttbench.models.lora import add_lora
 from ttbench.models.pretrain import PretrainSpec, load_or_pretrain
-from ttbench.models.zoo import TIMM_MODELS, TTBENCH, WEIGHT_FILES, imagenet_resnet, timm_classifier
+from ttbench.models.zoo import (
+    TIMM_MODELS,
+    TTBENCH,
+    WEIGHT_FILES,
+    custom_classifier,
+    imagenet_resnet,
+    timm_classifier,
+)
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
-from ttbench.validate import ConfigError, check_classes
+from ttbench.validate import CUSTOM, ConfigError, check_classes
 
 
 def cpu_threads(threads: int | None = None) -> int:
@@ -91,6 +98,8 @@ def pretrained_model(spec: RunSpec) -> Classifier:
     """A network pretrained (and cached) by ttbench on a source task (the small ResNet, or a
     torchvision ResNet with model.pretrained=ttbench), or an ImageNet ResNet from disk."""
     m = spec.model
+    if m.target is not None:  # model=custom
+        return custom_classifier(m.target, dict(m.kwargs))
     if m.name in WEIGHT_FILES and m.pretrained != TTBENCH:
         return imagenet_resnet(m.name, m.pretrained, m.weights, m.source)
     if m.name in TIMM_MODELS and m.pretrained != TTBENCH:
@@ -126,7 +135,7 @@ def task(spec: RunSpec, data) -> Task:
     when an SGD batch is larger than the task (classes with fewer than task.n images make
     N smaller than task.k * task.n, which validation checked)."""
     check_classes(spec.classes, len(np.unique(data.labels())), spec.dataset.name)
-    if spec.dataset.name == "digits":  # in memory already: nothing to decode
+    if spec.dataset.name in ("digits", "custom"):  # in memory, or the user's: not cached
         t = sample_task(data, spec.classes, spec.per_class, spec.seed)
     else:
         key = (spec.dataset.name, str(spec.dataset.root), spec.dataset.resolution)
@@ -174,4 +183,22 @@ def setup(spec: RunSpec, stages: Stages | None = None) -> Setup:
         x, y = t.x.to(dev), t.y.to(dev)
     with stages(stages_.MODEL):
         pretrained = pretrained_model(spec)
+    if CUSTOM in (spec.model.name, spec.dataset.name):
+        takes_images(spec, pretrained, t.x[:2])
     return Setup(spec, dev, t, x, y, pretrained)
+
+
+def takes_images(spec: RunSpec, model: Classifier, x: torch.Tensor) -> None:
+    """A plug-in model or data set, checked before any compute: the model's forward on two of
+    the task's images; a ConfigError naming the shape when it fails."""
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except Exception as e:  # whatever the user's forward raises, one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(
+            "model",
+            spec.model.target or spec.model.name,
+            f"its forward fails on images of shape {tuple(x.shape)} from dataset "
+            f"{spec.dataset.name} ({type(e).__name__}: {first[:200]})",
+        ) from None

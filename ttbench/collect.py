@@ -189,7 +189,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{runs} runs, {len(c.results)} rows -> {a.out}/{{{','.join(names)}}}.parquet")
     for line in c.problems:
         print(f"skipped {line}")
+    for line in pooling_warnings(c.results):
+        print(f"warning: {line}")
     return 0
+
+
+def pooling_warnings(results: pd.DataFrame) -> list[str]:
+    """What a pooled table mixes that its readers should not average over: runs of different
+    step budgets (T_eps and errors in steps of different T)."""
+    if "cfg.steps" not in results or results["cfg.steps"].nunique() < 2:
+        return []
+    budgets = sorted(int(t) for t in results["cfg.steps"].dropna().unique())
+    return [
+        f"the runs have different step budgets (steps = {', '.join(map(str, budgets))}): "
+        "compare T_eps and errors within one (column cfg.steps), not pooled"
+    ]
 
 
 if __name__ == "__main__":

@@ -162,6 +162,7 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
         "steps": steps,
         "step_s": step_s,
         "setup_s": setup_s,
+        "overhead_s": p.overhead_s,
         "limit_s": p.overhead_s + setup_s + steps * step_s * (1 + p.margin),
         "plan_s": sum(v["wall_s"] for v in stages.stats.values()),
         "stability": signals.get("stability"),
@@ -249,17 +250,18 @@ def summary(table: pd.DataFrame) -> str:
         {
             "job": t["job"],
             "forecast": t["_said"],
-            f"steps to eps={eps:g}": [_steps(r) for r in t.itertuples()],
-            "predicted": [_duration(v) for v in t["predicted_s"]],
+            f"predicted steps to eps={eps:g} [band]": [_steps(r) for r in t.itertuples()],
+            "predicted time to eps": [_duration(v) for v in t["predicted_s"]],
             "recommended steps": t["planned_steps"].map(lambda v: "-" if pd.isna(v) else int(v)),
-            "limit (those steps)": [_duration(v) for v in t["planned_limit_s"]],
-            "limit (all steps)": [_duration(v) for v in t["limit_s"]],
+            "limit, those steps (min)": [_minutes(v) for v in t["planned_limit_s"]],
+            "limit, all steps (min)": [_minutes(v) for v in t["limit_s"]],
         }
     )
     lines = [
         f"plan of {len(t)} jobs ({t['predictor'].iloc[0]} on Theta {t['theta'].iloc[0]}), "
         f"cost {t['plan_s'].sum():.0f} s; fastest to eps={eps:g} first:",
         shown.to_string(index=False),
+        *budget_lines(t),
     ]
     if "cfg.seed" in t and t["cfg.seed"].nunique() > 1:  # configurations: the median over seeds
         by = t.groupby("config")
@@ -287,6 +289,35 @@ def _steps(r) -> str:
         return "not within the steps"
     band = "" if pd.isna(r.q05) else f" ({r.q05:.0f}-{r.q95:.0f})"
     return f"{r.t_eps:.0f}{band}"
+
+
+def budget_lines(t: pd.DataFrame) -> list[str]:
+    """The sweep as a budget, per device: the predicted compute to the target eps and the
+    time limits' totals, in device-hours (a job holds one device). Limits in whole minutes,
+    as SLURM counts them."""
+    out = []
+    for device, part in t.groupby("device", sort=True):
+        kind = "GPU" if str(device).startswith("cuda") else "CPU"
+        predicted = part["predicted_s"].sum(min_count=1)
+        out.append(
+            f"budget on {device}: predicted {_hours(predicted)} {kind}-hours to eps "
+            f"({part['predicted_s'].notna().sum()} of {len(part)} jobs reach it); limits "
+            f"{_hours(part['planned_limit_s'].sum(min_count=1))} {kind}-hours with the "
+            f"recommended steps, {_hours(part['limit_s'].sum())} with all steps (each limit "
+            f"includes plan.overhead_s={part['overhead_s'].iloc[0]:g} s, a configured guess)"
+            if "overhead_s" in part
+            else f"budget on {device}: predicted {_hours(predicted)} {kind}-hours to eps"
+        )
+    return out
+
+
+def _hours(seconds: float | None) -> str:
+    return "-" if seconds is None or pd.isna(seconds) else f"{seconds / 3600:.3g}"
+
+
+def _minutes(seconds: float | None) -> str:
+    """A time limit as SLURM takes it: whole minutes, rounded up."""
+    return "-" if seconds is None or pd.isna(seconds) else str(math.ceil(seconds / 60))
 
 
 def _duration(seconds: float | None) -> str:

@@ -394,7 +394,7 @@ PREDICTORS: dict[str, Predictor] = {
         Predictor(
             "constant",
             DETERMINISTIC,
-            "median of the other seeds' runs",
+            "constant (other seeds' median)",
             "olive",
             _pooled,
             momentum="observed",

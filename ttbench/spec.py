@@ -131,6 +131,8 @@ class ModelSpec:
     pretrained: bool | str = True  # ImageNet weights, none, or "ttbench": pretrained by ttbench
     weights: str | None = None
     patch_size: int | None = None  # a ViT's
+    target: str | None = None  # model=custom: the callable that builds it
+    kwargs: tuple[tuple[str, Any], ...] = ()  # and its keyword arguments
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,8 @@ SETTINGS: dict[str, Rule] = {
     "dataset.split_seed": SEED,
     "dataset.verify": Flag(),
     "model.source": OneOf(("timm", "torchvision")),
+    "model._target_": Text(optional=True),
+    "dataset._target_": Text(optional=True),
     "model.head_init_std": NONNEGATIVE,
     "model.width": COUNT,
     "model.patch_size": COUNT,
@@ -214,6 +216,7 @@ BY_RULE = (
     "eps", "predictor.names", "probes", "probe.sizes", "probe.dims", "watch.steps",
     "model.name", "model.pretrained", "model.weights", "model.pretrain.dataset",
     "plan.predictor", "plan.theta", "plan.table", "dataset.root", "cache_dir", "out_root",
+    "model.kwargs", "dataset.kwargs",
 )  # fmt: skip
 _ABSENT = object()
 
@@ -247,6 +250,12 @@ def validate(cfg: DictConfig) -> RunSpec:
         raise ConfigError("device", "cuda", "no CUDA device is available; use auto or cpu")
     classes = _registry("data.registry:NUM_CLASSES").get(cfg.dataset.name)
     check_classes(cfg.task.k, classes, cfg.dataset.name)
+    plugins = [g for g in ("model", "dataset") if cfg[g].name == CUSTOM]
+    for group in plugins:
+        _importable(f"{group}._target_", cfg[group]._target_)
+        kwargs = cfg[group].kwargs
+        if kwargs is not None and not OmegaConf.is_dict(kwargs):
+            raise ConfigError(f"{group}.kwargs", kwargs, "must be a mapping, e.g. {width:64}")
     channels = cfg.dataset.get("channels", 1) if cfg.dataset.name == "digits" else 3
     # the small ResNet takes the channels of its pretraining data: the run's own dataset's
     # when it pretrains on it, the default digits' (1) otherwise
@@ -254,9 +263,9 @@ def validate(cfg: DictConfig) -> RunSpec:
         wanted = channels if cfg.model.pretrain.dataset == cfg.dataset.name else 1
     else:
         wanted = 3
-    if cfg.model.name != "small_resnet":
+    if cfg.model.name not in ("small_resnet", CUSTOM):
         _pretrained(cfg)
-    if channels != wanted:
+    if channels != wanted and not plugins:  # a plug-in's are checked on the task's images
         raise ConfigError(
             "model",
             cfg.model.name,
@@ -514,6 +523,9 @@ def _check_keys(overrides: list[tuple[str, str, str]], groups: dict[str, list[st
             raise ConfigError(
                 f"{prefix}{key}", value, "ttbench reads only the keys its config has; set one"
             )
+        group = key.split(".")[0]
+        if key not in known and key.endswith("._target_") and group in ("model", "dataset"):
+            raise ConfigError(key, value, f"set {group}=custom with it (your own {group})")
         if key not in known:
             near = difflib.get_close_matches(key, known, n=3)
             hint = f": did you mean {' or '.join(near)}?" if near else ""
@@ -549,7 +561,26 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
+CUSTOM = "custom"  # the plug-in option of the model and dataset groups
+
+
+def _importable(key: str, target: object) -> None:
+    """An importable callable (a plug-in's _target_), else a line naming what failed."""
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(key, target, "must name a callable to import, e.g. my_pkg.make_model")
+    module, _, name = target.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(key, target, f"cannot be imported ({e})") from None
+    if not callable(fn):
+        raise ConfigError(key, target, "is not callable")
+
+
 def _model(m: DictConfig) -> ModelSpec:
+    if m.name == CUSTOM:
+        kwargs = tuple(sorted((_plain(m.kwargs) or {}).items()))
+        return ModelSpec(m.name, m.head_init_std, target=m._target_, kwargs=kwargs)
     if m.name == "small_resnet":
         return ModelSpec(
             m.name, m.head_init_std, width=m.width, pretrain=PretrainSettings(**_plain(m.pretrain))

@@ -7,6 +7,7 @@ from functools import partial
 from typing import Any
 
 from ttbench.data.cifar import Cifar
+from ttbench.data.custom import custom
 from ttbench.data.digits import Digits
 from ttbench.data.finegrained import cub200, fgvc_aircraft, minc2500, stanford_cars
 from ttbench.data.images import image_folder, mit67
@@ -21,6 +22,7 @@ DATASETS: dict[str, Any] = {
     "stanford_cars": stanford_cars,
     "fgvc_aircraft": fgvc_aircraft,
     "minc2500": minc2500,
+    "custom": custom,
 }
 NUM_CLASSES = {
     "digits": 10,

@@ -15,7 +15,6 @@ from ttbench.figures.style import (
     color,
     label,
     log_ticks,
-    no_data,
     ordered,
     require,
     save,
@@ -40,14 +39,12 @@ def fig1_scatter(tables: tb.Tables, out_path: Path, kind: str = "loss") -> None:
     and per predictor the share of points inside each band."""
     require(tables.results, "results table", ("t_real", "t_pred", "predictor"))
     panels = {o: fig1_rows(tables.results, o, kind) for o in ("gd", "sgd")}
-    if not any(len(p) for p in panels.values()):
+    panels = {o: rows for o, rows in panels.items() if len(rows)}  # no empty panel
+    if not panels:
         raise Skip("no GD or SGD points with a real T_eps")
-    fig, axes = subplots(1, 2, width=4.8, height=4.6)
+    fig, axes = subplots(1, len(panels), width=4.8, height=4.6)
     for ax, (optim, rows) in zip(axes[0], panels.items(), strict=True):
         ax.set_title(f"{optim.upper()}: T_eps of the {kind} curve")
-        if not len(rows):
-            no_data(ax, f"no {optim.upper()} runs")
-            continue
         exploded = tb.exploded(rows)
         missing = rows["t_pred"].isna() & ~exploded
         drawn = rows[~missing & ~exploded]
@@ -153,16 +150,15 @@ def fig6_sensitivity(tables: tb.Tables, out_path: Path, kind: str = "loss") -> N
         (fig6_rows(tables.results, preset, optim, kind), col, xlabel, logx, optim)
         for preset, optim, col, xlabel, logx in FIG6_PANELS
     ]
-    if not any(len(p[0]) and p[1] in p[0] for p in panels):
+    # only the panels with data: a figure for a paper has no "no runs" placeholders
+    panels = [p for p in panels if len(p[0]) and p[1] in p[0] and p[0][p[1]].notna().any()]
+    if not panels:
         raise Skip("no runs for any of the learning-rate, batch-size or size panels")
     datasets = sorted({d for p in panels if len(p[0]) for d in p[0]["dataset"].unique()})
     marker = {d: _MARKERS[i % len(_MARKERS)] for i, d in enumerate(datasets)}
-    fig, axes = subplots(1, 3)
+    fig, axes = subplots(1, len(panels))
     for ax, (rows, col, xlabel, logx, optim) in zip(axes[0], panels, strict=True):
         ax.set_title(f"{optim.upper()}: error vs {xlabel.split(' (')[0]}")
-        if not len(rows) or col not in rows or rows[col].isna().all():
-            no_data(ax, f"no {optim.upper()} runs")
-            continue
         ci = tb.mean_ci(rows[rows[col].notna()], ["predictor", "dataset", col])
         present = set(zip(ci["predictor"], ci["dataset"], strict=True))
         series = [(n, d) for n in ordered(ci["predictor"]) for d in datasets if (n, d) in present]

@@ -148,15 +148,18 @@ def _draw_run(ax_loss, ax_err, curves: dict[str, pd.DataFrame], bands: dict) -> 
             )
             if name in bands:
                 lo, hi = bands[name]
+                # light fills with their edges drawn: overlapping bands stay readable
                 ax.fill_between(
                     lo["step"],
                     lo[col],
                     hi[col].to_numpy(),
                     color=color(name),
-                    alpha=0.2,
+                    alpha=0.12,
                     lw=0,
                     label=f"{label(name)} 5-95%",
                 )
+                for edge in (lo, hi):
+                    ax.plot(edge["step"], edge[col], ":", color=color(name), lw=0.7)
 
 
 def fig8_curves(tables: tb.Tables, out_path: Path) -> None:

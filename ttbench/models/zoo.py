@@ -160,6 +160,24 @@ def _load_timm(model: nn.Module, arch: str, path: Path) -> None:
         )
 
 
+def custom_classifier(target: str, kwargs: dict | None = None) -> Classifier:
+    """A user's network (model=custom): `target` called as Hydra's instantiate does, its last
+    nn.Linear (in module order) taken as the head, the rest as the body."""
+    from hydra.utils import instantiate
+
+    net = instantiate({"_target_": target, **(kwargs or {})})
+    if not isinstance(net, nn.Module):
+        raise WeightsNotFound(f"model {target} returned a {type(net).__name__}, not a Module")
+    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise WeightsNotFound(f"model {target}: no nn.Linear to take as its head")
+    owner, _, attr = linears[-1].rpartition(".")
+    parent = net.get_submodule(owner)
+    head = getattr(parent, attr)
+    setattr(parent, attr, nn.Identity())
+    return Classifier(net, head)
+
+
 def split_head(resnet: nn.Module) -> Classifier:
     """A ResNet as body (its fc removed) and its fc as the head."""
     head = resnet.fc
