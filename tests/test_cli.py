@@ -27,6 +27,8 @@ def test_run_writes_record_curves_and_figure(tmp_path, cache_dir, capsys):
             sum(v for k, v in timing.items() if k.endswith("_s") and k != "total_s")
         )
         assert ("theta_s" in timing) == (name != "subset")  # subset builds its own Theta
+        # every prediction also pays the signals its validity reads
+        assert {"stability_s", "watch_s"} <= set(timing), timing
         for (a, _), p, r in zip(
             rec.errors(name, "loss"), pred.t_eps["loss"], rec.real.t_eps["loss"], strict=True
         ):

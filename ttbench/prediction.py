@@ -154,9 +154,10 @@ def at_w0(
                     model, x, s0, sketch, th.chunk, outputs, spec.seed
                 )
         t = spec.train
-        lam = sharpness(inputs.theta, inputs.f0, t.loss)
+        with stages(stages_.STABILITY):
+            lam = sharpness(inputs.theta, inputs.f0, t.loss)
         signals["stability"] = t.lr * lam / (2 * (1 + t.momentum))
-    out = _solve_all(chosen, inputs, stages, {W0: (stages_.JACOBIAN, stages_.THETA)})
+    out = _solve_all(chosen, inputs, stages, _W0_COSTS)
     said = forecast({0: signals.get("stability", 0.0)}, spec.train.momentum, spec.watch.threshold)
     if said.verdict == DIVERGES:
         log.warning(
@@ -213,17 +214,28 @@ def after_prefix(
                 with stages(f"velocity_{at}"):  # u_k = J_k v_k, one forward-mode pass
                     _, u = jvp(model_k, i.x, velocity)
                     i.u_k = u.detach().to(torch.float64)
-        shared = {W0: (stages_.JACOBIAN, stages_.THETA)}
+        shared = dict(_W0_COSTS)
         if i.theta_k is not None:
             shared[WK] = _k_stages(at, velocity)
         prefix = prefix_stage(at)
         built[k] = (i, shared, prefix)
     if at == K and i.theta is not None:
-        if i.f_k is None:
-            with torch.no_grad():
-                i.f_k = model_k(i.x)
-        signals |= _drift(spec, i, i.f_k)
+        with stages(stages_.DRIFT):
+            if i.f_k is None:
+                with torch.no_grad():
+                    i.f_k = model_k(i.x)
+            signals |= _drift(spec, i, i.f_k)
     return _solve_all(chosen, i, stages, shared, prefix), signals
+
+
+_W0_COSTS = {W0: (stages_.JACOBIAN, stages_.THETA)}  # what a prediction on Theta at w0 pays
+
+
+def with_signal_costs(predictions: dict[str, Predicted], stages: Stages) -> dict[str, Predicted]:
+    """Every prediction's cost with the signals its validity reads (the stability at w0, the
+    drift at k, the watch along the fine-tuning), where the run measured them."""
+    signals = tuple(s for s in stages_.SIGNALS if s in stages.stats)
+    return {n: replace(p, stages=(*p.stages, *signals)) for n, p in predictions.items()}
 
 
 def _k_stages(at: str, velocity) -> tuple[str, ...]:

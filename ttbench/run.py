@@ -45,6 +45,7 @@ from ttbench.prediction import (
     path_bands,
     prefix_stage,
     with_bands,
+    with_signal_costs,
 )
 from ttbench.predictors import PREDICTORS, SETTLED, Solved, refine_step
 from ttbench.probes import PROBES
@@ -143,6 +144,7 @@ def run(
         if early and all(np.isfinite(early)):
             signals["stability_prefix"] = max(early)
     predictions = {n: predictions[n] for n in spec.predictors}
+    predictions = with_signal_costs(predictions, stages)
 
     curves = {"real": real} | {name: p.curves for name, p in predictions.items()}
     paths = {n: path_bands(p.solved.paths) for n, p in predictions.items() if p.solved.paths}
