@@ -3,6 +3,7 @@ then the task function; bad input gives one line and exit status 2."""
 
 import importlib
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -197,3 +198,22 @@ def test_every_argparse_entry_point_reports_a_users_error_in_one_line(module, ar
     assert stop.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("ttbench: error: ") and ("invalid" in line or "no such" in line), line
+
+
+def test_tensorboard_true_writes_the_curves_and_t_eps_as_scalars(tmp_path, cache_dir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rec = run_in_process([*TINY, "tensorboard=true"], tmp_path / "run", cache_dir)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss/real", "error/real", "loss/discrete", "t_eps_loss/real"} <= scalars
+    real = [e.value for e in events.Scalars("loss/real")]
+    curves, _ = record.read_curves(tmp_path / "run" / "curves.parquet")
+    np.testing.assert_allclose(real, curves["real"].loss, rtol=1e-6)
+    t = {e.step: e.value for e in events.Scalars("t_eps_loss/discrete")}
+    steps = [round(e * 1000) for e in rec.eps]
+    want = dict(zip(steps, rec.predictors["discrete"].t_eps["loss"], strict=True))
+    assert t == {k: v for k, v in want.items() if v is not None}
+    assert "t_eps/text_summary" in events.Tags()["tensors"]  # the summary table, as text

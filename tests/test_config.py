@@ -129,6 +129,7 @@ def test_one_identity_per_run(tmp_path):
     override-string names confused (`/` as `_`) are two runs."""
     assert set(NOT_IDENTITY) == {
         "out_root",
+        "tensorboard",
         "device",
         "checkpoint_s",
         "cache_dir",
@@ -138,6 +139,7 @@ def test_one_identity_per_run(tmp_path):
         "hydra",
     }
     ignored = ["device=cpu", f"cache_dir={tmp_path}", "checkpoint_s=5", f"out_root={tmp_path}"]
+    ignored += ["tensorboard=true"]
     ignored += ["plan.set_steps=true", "plan.margin=0.5"]  # a key below an ignored one too
     rid = run_id(["seed=2", "lr=0.01", *ignored])
     assert rid == run_id(["lr=0.01", "seed=2"]) and rid.label == "lr=0.01,seed=2"

@@ -188,6 +188,13 @@ def run(
         )
     except OSError as e:
         log.warning("could not draw %s (%s): the record is complete", out_dir / "curves.png", e)
+    if spec.tensorboard:
+        from ttbench.tensorboard import write_run
+
+        try:  # like the figure: the record is complete already
+            write_run(out_dir / "tensorboard", curves, rec, summary(rec))
+        except OSError as e:
+            log.warning("could not write the TensorBoard scalars (%s): the record is complete", e)
     return rec
 
 

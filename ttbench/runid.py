@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 # checkpoints, which cluster, plan-only settings (and Hydra's own node).
 NOT_IDENTITY = (
     "out_root",
+    "tensorboard",
     "device",
     "checkpoint_s",
     "cache_dir",

@@ -182,6 +182,7 @@ class RunSpec:
     checkpoint_s: float
     preset: str | None
     config: dict[str, Any] = field(compare=False, repr=False)  # resolved, as recorded
+    tensorboard: bool = False  # curves and T_eps also as TensorBoard scalars
 
     def theta_at(self, refined: bool) -> ThetaSpec:
         """The Θ a run builds at w0, or at a refinement's w_k (refine.theta's mode there)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -210,6 +211,7 @@ SETTINGS: dict[str, Rule] = {
     "plan.margin": NONNEGATIVE,
     "plan.overhead_s": NONNEGATIVE,
     "plan.set_steps": Flag(),
+    "tensorboard": Flag(),
 }
 # Settings checked by a rule of validate() that reads other settings, or free text.
 BY_RULE = (
@@ -304,6 +306,10 @@ def validate(cfg: DictConfig) -> RunSpec:
     _probe_settings(cfg)
     watch_steps(cfg)
     _plan_settings(cfg)
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "tensorboard", True, "needs the tensorboard package: pip install tensorboard"
+        )
     if cfg.lora.rank is None and cfg.trainable == "adapters":
         raise ConfigError("trainable", "adapters", "needs adapters: set lora.rank (e.g. 8)")
     if names and cfg.weight_decay != 0:
@@ -653,4 +659,5 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         checkpoint_s=float(cfg.checkpoint_s),
         preset=cfg.preset,
         config=config,
+        tensorboard=cfg.tensorboard,
     )
