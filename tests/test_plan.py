@@ -55,8 +55,11 @@ def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir
         assert r.eps == p.eps and r.step_s > 0 and r.plan_s > r.setup_s
         assert r.planned_steps == max(1, math.ceil(r.q95 * (1 + p.margin)))
         assert np.isclose(r.predicted_s, r.t_eps * r.step_s)
-        assert np.isclose(r.planned_limit_s, p.overhead_s + r.setup_s + r.planned_steps * r.step_s)
-        assert np.isclose(r.limit_s, p.overhead_s + r.setup_s + 20 * r.step_s * (1 + p.margin))
+        assert np.isclose(r.planned_limit_s, r.overhead_s + r.setup_s + r.planned_steps * r.step_s)
+        assert np.isclose(r.limit_s, r.overhead_s + r.setup_s + 20 * r.step_s * (1 + p.margin))
+        # measured: the run's start-up, its two Theta builds (w0, and k for relin), its watch
+        assert r.overhead == "measured" and r.thetas == 2 and r.theta_s > 0 and r.watch_s > 0
+        assert np.isclose(r.overhead_s, r.startup_s + 2 * r.theta_s + r.watch_s)
     # a budget: limits in whole minutes as SLURM counts them, totals in device-hours
     target = table[table["target"]]
     assert f"{math.ceil(target['limit_s'].iloc[0] / 60)}" in out

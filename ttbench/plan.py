@@ -13,9 +13,10 @@ The jobs' rows make one plan table, `out_root/plans/<date_time>/plan.parquet`, o
 * planned_steps: q95 x (1 + plan.margin), rounded up to optim.eval_every: the steps a job
   needs to reach eps with a margin (`plan.set_steps=true` launches the job with them);
 * predicted_s = t_eps x step_s, the predicted fine-tuning time to eps;
-* planned_limit_s = plan.overhead_s + setup_s + planned_steps x step_s, the time limit of a
-  job that stops at planned_steps, and limit_s = plan.overhead_s + setup_s + steps x step_s x
-  (1 + plan.margin), that of the job as configured (all of its steps);
+* planned_limit_s = overhead_s + setup_s + planned_steps x step_s, the time limit of a job
+  that stops at planned_steps, and limit_s = overhead_s + setup_s + steps x step_s x
+  (1 + plan.margin), that of the job as configured (all of its steps); overhead_s is measured
+  per job (`run_overhead`) unless plan.overhead_s fixes it;
 * plan_s: what planning the job cost (setup, prediction, probe).
 
 `python -m ttbench.run -m <the same overrides> plan.table=<plan.parquet>` then launches the
@@ -34,11 +35,14 @@ if __name__ == "__main__":  # a bad command line answered before the imports bel
 import json
 import logging
 import math
+import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import hydra
 import pandas as pd
+import torch
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -47,9 +51,12 @@ from ttbench import build, cli, record
 from ttbench import stages as stages_
 from ttbench.bands import default_calibration
 from ttbench.config import CONF_DIR
+from ttbench.core.linearize import linearize
+from ttbench.core.sketch import Sketch
 from ttbench.core.stability import CONVERGES, SEVERITY, Watch, forecast, subsample
 from ttbench.files import atomic_write
 from ttbench.prediction import at_w0, entry, with_bands
+from ttbench.predictors import PREDICTORS, W0, WK
 from ttbench.runid import RunId
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages, timed
@@ -80,8 +87,9 @@ def planning_spec(spec: RunSpec) -> RunSpec:
     )
 
 
-def step_seconds(spec: RunSpec, model, x, y, watch: Watch | None = None) -> float:
-    """Seconds per fine-tuning step of this job on its device: plan.probe_steps real steps,
+def step_seconds(spec: RunSpec, model, x, y, watch: Watch | None = None) -> tuple[float, float]:
+    """(Seconds per fine-tuning step, seconds per watched step) of this job on its device:
+    plan.probe_steps real steps,
     rounded up to a multiple of optim.eval_every so that the whole-task loss is recorded as
     often as in the run, timed after a warm-up of eval_every steps (first-call allocations,
     kernel selection). The model is fine-tuned in place, `watch` measuring the stability at
@@ -103,7 +111,55 @@ def step_seconds(spec: RunSpec, model, x, y, watch: Watch | None = None) -> floa
     finetune_run(steps(every), model, x, y, watch=watching(0))
     spent[0] = 0.0
     _, seconds = timed(lambda: finetune_run(steps(k), model, x, y, watch=watching(every)), x.device)
-    return (seconds - spent[0]) / k
+    return (seconds - spent[0]) / k, spent[0] / k
+
+
+_STARTED = time.monotonic()  # this module's import: a process's start-up is measured once
+_STARTUP: list[float] = []
+
+
+def run_overhead(spec: RunSpec, model_fn, x: torch.Tensor, watch_step_s: float) -> dict:
+    """What the run pays besides its data, model and steps, measured here: its process's
+    start-up (this process's, up to its first job), each Theta it builds in its own mode (at
+    w0 and at every refinement step: timed on 64 samples after a warm-up and scaled by
+    (N / 64)^2, an upper bound, so that a limit errs long) and its watch (the probe's
+    seconds per watched step x the run's watched steps)."""
+    if not _STARTUP:
+        _STARTUP.append(process_age())
+    chosen = [PREDICTORS[n] for n in spec.predictors]
+    builds = int(any(p.theta == W0 for p in chosen))
+    builds += len({p.at for p in chosen if p.prefix and p.theta == WK and spec.refine.steps})
+    th, n = spec.theta, len(x)
+    model = model_fn()
+
+    def build(m: int) -> float:
+        def run():
+            return linearize(
+                model, x[:m], th.mode, block=th.block, sketch=Sketch(th.sketch, th.dim, spec.seed),
+                chunk=th.chunk, outputs=th.directions, memory_gb=th.memory_gb,
+            )  # fmt: skip
+
+        return timed(run, x.device)[1]
+
+    theta_s = 0.0
+    if builds:  # Theta's cost grows at most as N^2 (Jacobian ~N, contraction ~N^2): a bound
+        small = min(64, n)
+        build(min(2, n))  # warm-up: first-call costs are not Theta's
+        theta_s = build(small) * (n / small) ** 2
+    watch = watch_step_s * len(spec.watch.steps)
+    overhead = _STARTUP[0] + builds * theta_s + watch
+    return {"startup_s": _STARTUP[0], "theta_s": theta_s, "thetas": builds, "watch_s": watch,
+            "overhead_s": overhead}  # fmt: skip
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc), else since this module's import."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _STARTED
 
 
 def _round_up(value: float, every: int) -> int:
@@ -129,10 +185,12 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
     idx = subsample(len(s.x), spec.watch.samples, spec.seed).to(s.x.device)
     watch = Watch(t.lr, t.momentum, t.loss, s.x[idx], frozenset(range(probed)))
     with stages(stages_.PROBE):
-        step_s = step_seconds(spec, s.model(), s.x, s.y, watch)
+        step_s, watch_s = step_seconds(spec, s.model(), s.x, s.y, watch)
     said = forecast(watch.values, t.momentum, spec.watch.threshold)
     setup_s = sum(v["wall_s"] for k, v in stages.stats.items() if k not in ("predict", "probe"))
     p, every, steps = spec.plan, spec.train.eval_every, spec.train.steps
+    cost = run_overhead(spec, s.model, s.x, watch_s) if p.overhead_s is None else {}
+    overhead = p.overhead_s if p.overhead_s is not None else cost["overhead_s"]
     rows = []
     for eps, t, q in zip(spec.eps, rec.t_eps["loss"], rec.band["loss"], strict=True):
         planned = None if q.q95 is None else _round_up(q.q95 * (1 + p.margin), every)
@@ -147,7 +205,7 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
                 "predicted_s": None if t is None else t * step_s,
                 "planned_limit_s": None
                 if planned is None
-                else p.overhead_s + setup_s + planned * step_s,
+                else overhead + setup_s + planned * step_s,
             }
         )
     rid = RunId.of(spec.config, overrides)
@@ -162,8 +220,10 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
         "steps": steps,
         "step_s": step_s,
         "setup_s": setup_s,
-        "overhead_s": p.overhead_s,
-        "limit_s": p.overhead_s + setup_s + steps * step_s * (1 + p.margin),
+        "overhead_s": overhead,
+        "overhead": "configured" if p.overhead_s is not None else "measured",
+        **cost,
+        "limit_s": overhead + setup_s + steps * step_s * (1 + p.margin),
         "plan_s": sum(v["wall_s"] for v in stages.stats.values()),
         "stability": signals.get("stability"),
         "forecast": said.verdict,
@@ -299,15 +359,16 @@ def budget_lines(t: pd.DataFrame) -> list[str]:
     for device, part in t.groupby("device", sort=True):
         kind = "GPU" if str(device).startswith("cuda") else "CPU"
         predicted = part["predicted_s"].sum(min_count=1)
-        out.append(
+        line = (
             f"budget on {device}: predicted {_hours(predicted)} {kind}-hours to eps "
             f"({part['predicted_s'].notna().sum()} of {len(part)} jobs reach it); limits "
             f"{_hours(part['planned_limit_s'].sum(min_count=1))} {kind}-hours with the "
-            f"recommended steps, {_hours(part['limit_s'].sum())} with all steps (each limit "
-            f"includes plan.overhead_s={part['overhead_s'].iloc[0]:g} s, a configured guess)"
-            if "overhead_s" in part
-            else f"budget on {device}: predicted {_hours(predicted)} {kind}-hours to eps"
+            f"recommended steps, {_hours(part['limit_s'].sum())} with all steps"
         )
+        if "overhead" in part:
+            how = "measured" if (part["overhead"] == "measured").all() else "configured"
+            line += f" (each includes a {how} overhead, median {part['overhead_s'].median():.3g} s)"
+        out.append(line)
     return out
 
 

@@ -93,7 +93,7 @@ class PlanSpec:
     theta: ThetaSpec  # the plan's Theta: theta.* with plan.theta.* over it
     probe_steps: int  # real steps timed per job, after one warm-up step
     margin: float  # recommended steps: the band's 95% point x (1 + margin)
-    overhead_s: float  # added to every time limit
+    overhead_s: float | None  # added to every time limit (None: measured per job)
     table: str | None  # launching: the plan whose time limits (and steps) the jobs take
     set_steps: bool  # launching: each job's steps from the plan
 

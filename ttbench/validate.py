@@ -209,7 +209,7 @@ SETTINGS: dict[str, Rule] = {
     "plan.eps": Number(gt=0, lt=1, optional=True),
     "plan.probe_steps": COUNT,
     "plan.margin": NONNEGATIVE,
-    "plan.overhead_s": NONNEGATIVE,
+    "plan.overhead_s": Number(ge=0, optional=True),
     "plan.set_steps": Flag(),
     "tensorboard": Flag(),
 }
@@ -643,7 +643,7 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
             theta=ThetaSpec(**_plain(plan_theta(cfg))),
             probe_steps=cfg.plan.probe_steps,
             margin=float(cfg.plan.margin),
-            overhead_s=float(cfg.plan.overhead_s),
+            overhead_s=None if cfg.plan.overhead_s is None else float(cfg.plan.overhead_s),
             table=cfg.plan.table,
             set_steps=bool(cfg.plan.set_steps),
         ),
