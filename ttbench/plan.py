@@ -87,8 +87,11 @@ def planning_spec(spec: RunSpec) -> RunSpec:
     )
 
 
-def step_seconds(spec: RunSpec, model, x, y, watch: Watch | None = None) -> tuple[float, float]:
-    """(Seconds per fine-tuning step, seconds per watched step) of this job on its device:
+def step_seconds(
+    spec: RunSpec, model, x, y, watch: Watch | None = None
+) -> tuple[float, float, float]:
+    """(Seconds per fine-tuning step; the watch's seconds over the warm-up, its first and
+    dearest steps; its seconds per later watched step) of this job on its device:
     plan.probe_steps real steps,
     rounded up to a multiple of optim.eval_every so that the whole-task loss is recorded as
     often as in the run, timed after a warm-up of eval_every steps (first-call allocations,
@@ -109,21 +112,23 @@ def step_seconds(spec: RunSpec, model, x, y, watch: Watch | None = None) -> tupl
         return call
 
     finetune_run(steps(every), model, x, y, watch=watching(0))
-    spent[0] = 0.0
+    first, spent[0] = spent[0], 0.0
     _, seconds = timed(lambda: finetune_run(steps(k), model, x, y, watch=watching(every)), x.device)
-    return (seconds - spent[0]) / k, spent[0] / k
+    return (seconds - spent[0]) / k, first, spent[0] / (k + 1)
 
 
 _STARTED = time.monotonic()  # this module's import: a process's start-up is measured once
 _STARTUP: list[float] = []
 
 
-def run_overhead(spec: RunSpec, model_fn, x: torch.Tensor, watch_step_s: float) -> dict:
+def run_overhead(
+    spec: RunSpec, model_fn, x: torch.Tensor, watch_first_s: float, watch_step_s: float
+) -> dict:
     """What the run pays besides its data, model and steps, measured here: its process's
     start-up (this process's, up to its first job), each Theta it builds in its own mode (at
     w0 and at every refinement step: timed on 64 samples after a warm-up and scaled by
-    (N / 64)^2, an upper bound, so that a limit errs long) and its watch (the probe's
-    seconds per watched step x the run's watched steps)."""
+    (N / 64)^2, an upper bound, so that a limit errs long) and its watch (as the probe's:
+    its first steps as over the warm-up, each later one at the probe's seconds per step)."""
     if not _STARTUP:
         _STARTUP.append(process_age())
     chosen = [PREDICTORS[n] for n in spec.predictors]
@@ -146,7 +151,8 @@ def run_overhead(spec: RunSpec, model_fn, x: torch.Tensor, watch_step_s: float) 
         small = min(64, n)
         build(min(2, n))  # warm-up: first-call costs are not Theta's
         theta_s = build(small) * (n / small) ** 2
-    watch = watch_step_s * len(spec.watch.steps)
+    later = max(0, len(spec.watch.steps) - (spec.train.eval_every + 1))
+    watch = (watch_first_s + watch_step_s * later) if spec.watch.steps else 0.0
     overhead = _STARTUP[0] + builds * theta_s + watch
     return {"startup_s": _STARTUP[0], "theta_s": theta_s, "thetas": builds, "watch_s": watch,
             "overhead_s": overhead}  # fmt: skip
@@ -185,11 +191,11 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
     idx = subsample(len(s.x), spec.watch.samples, spec.seed).to(s.x.device)
     watch = Watch(t.lr, t.momentum, t.loss, s.x[idx], frozenset(range(probed)))
     with stages(stages_.PROBE):
-        step_s, watch_s = step_seconds(spec, s.model(), s.x, s.y, watch)
+        step_s, *watch_s = step_seconds(spec, s.model(), s.x, s.y, watch)
     said = forecast(watch.values, t.momentum, spec.watch.threshold)
     setup_s = sum(v["wall_s"] for k, v in stages.stats.items() if k not in ("predict", "probe"))
     p, every, steps = spec.plan, spec.train.eval_every, spec.train.steps
-    cost = run_overhead(spec, s.model, s.x, watch_s) if p.overhead_s is None else {}
+    cost = run_overhead(spec, s.model, s.x, *watch_s) if p.overhead_s is None else {}
     overhead = p.overhead_s if p.overhead_s is not None else cost["overhead_s"]
     rows = []
     for eps, t, q in zip(spec.eps, rec.t_eps["loss"], rec.band["loss"], strict=True):
