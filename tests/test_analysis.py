@@ -380,13 +380,18 @@ def test_absent_rows_or_tables_skip_with_a_reason(synthetic, tmp_path, capsys):
     assert status == {**dict.fromkeys(absent, "skipped"), "fig1_scatter": "wrote"}
 
 
+def _write_tables(tables: figures.Tables, directory: Path) -> Path:
+    """The tables as collect writes them, in `directory`."""
+    directory.mkdir()
+    tables.results.to_parquet(directory / "results.parquet")
+    tables.curves.to_parquet(directory / "curves.parquet")
+    for name, frame in tables.extra.items():
+        frame.to_parquet(directory / f"{name}.parquet")
+    return directory
+
+
 def test_cli_regenerates_everything_from_a_table_dir(synthetic, tmp_path, capsys):
-    tables_dir = tmp_path / "tables"
-    tables_dir.mkdir()
-    synthetic.results.to_parquet(tables_dir / "results.parquet")
-    synthetic.curves.to_parquet(tables_dir / "curves.parquet")
-    for name, frame in synthetic.extra.items():
-        frame.to_parquet(tables_dir / f"{name}.parquet")
+    tables_dir = _write_tables(synthetic, tmp_path / "tables")
     loaded = figures.load(tables_dir)
     assert set(loaded.extra) == set(synthetic.extra)
     # every artefact is written by the per-artefact test above; here the command line
@@ -662,12 +667,7 @@ def test_every_notebook_executes_as_a_notebook(synthetic, tmp_path, capsys):
 
     from ttbench import notebooks
 
-    tables = tmp_path / "tables"
-    tables.mkdir()
-    synthetic.results.to_parquet(tables / "results.parquet")
-    synthetic.curves.to_parquet(tables / "curves.parquet")
-    for name, frame in synthetic.extra.items():
-        frame.to_parquet(tables / f"{name}.parquet")
+    tables = _write_tables(synthetic, tmp_path / "tables")
     out = tmp_path / "executed"
     argv = [str(tables), "--notebooks", str(REPO / "analysis"), "--out", str(out)]
     assert notebooks.main([*argv, "--figures", str(tmp_path / "figs")]) == 0, capsys.readouterr()

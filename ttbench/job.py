@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ttbench.bands import default_calibration
 from ttbench.config import compose
-from ttbench.core.curves import Curves
+from ttbench.core.curves import DEFAULT_EPS, Curves
 from ttbench.core.stability import DIVERGES, SPIKE_AHEAD, forecast
 from ttbench.errors import ConfigError
 from ttbench.prediction import Evidence, at_w0, entry, path_bands, with_bands
@@ -39,7 +39,6 @@ from ttbench.spec import ModelSpec, RunSpec
 from ttbench.stages import Stages
 from ttbench.validate import validate
 
-EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 GD_PREDICTORS, SGD_PREDICTORS = ("ode", "discrete"), ("exact_sgd", "sde")
 
 
@@ -135,11 +134,9 @@ class JobPrediction:
     @property
     def best(self) -> str:
         """The predictor read by default: the linearised dynamics of the job's optimiser."""
-        return (
-            "discrete"
-            if self.optimizer == "gd" and "discrete" in self.predictions
-            else (next(iter(self.predictions)))
-        )
+        if self.optimizer == "gd" and "discrete" in self.predictions:
+            return "discrete"
+        return next(iter(self.predictions))
 
     def t_eps(self, eps: float = 0.05, predictor: str | None = None, kind: str = "loss"):
         """Predicted steps until the loss (or error) stays within eps of its range."""
@@ -204,7 +201,7 @@ def predict_job(
     optimizer: torch.optim.Optimizer,
     steps: int,
     loss="ce",
-    eps: Iterable[float] = EPS,
+    eps: Iterable[float] = DEFAULT_EPS,
     predictors: Iterable[str] | None = None,
     theta: str = "exact",
     batch_size: int | None = None,

@@ -28,7 +28,7 @@ import torch
 
 from ttbench.bands import default_calibration
 from ttbench.core import losses
-from ttbench.core.curves import Curves
+from ttbench.core.curves import DEFAULT_EPS, Curves
 from ttbench.job import JobPrediction, linearising, predict_job, quiet_torch
 from ttbench.prediction import Evidence, after_prefix, entry, with_bands
 from ttbench.predictors import PREDICTORS, K
@@ -95,7 +95,7 @@ class Tracker:
         seed: int = 0,
     ) -> None:
         self.model, self.optimizer, self.eps, self.writer = model, optimizer, eps, writer
-        eps_all = tuple(sorted({0.01, 0.02, 0.05, 0.1, 0.2, 0.4, eps}))
+        eps_all = tuple(sorted({*DEFAULT_EPS, eps}))
         self.job: JobPrediction = predict_job(
             model, data, optimizer, steps, loss, eps_all, None, theta, None, device, seed
         )

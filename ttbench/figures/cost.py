@@ -28,10 +28,7 @@ def fig5_cost(tables: tb.Tables, out_path: Path) -> None:
         predictors = ordered(part["predictor"])
         bars = ["real", *predictors]  # "real" = fine-tuning, drawn in the real curve's colour
         width = 0.8 / len(bars)
-        finetune = np.array(
-            [part[part["dataset"] == ds].drop_duplicates("run")["finetune_s"].median()
-             for ds in datasets]
-        )  # fmt: skip
+        finetune = None  # the first bar's medians, over which each predictor's ratio is read
         for j, name in enumerate(bars):
             med, lo, hi = [], [], []
             for ds in datasets:
@@ -45,6 +42,7 @@ def fig5_cost(tables: tb.Tables, out_path: Path) -> None:
                 hi.append(v.max())
             x = np.arange(len(datasets)) + (j - (len(bars) - 1) / 2) * width
             med, lo, hi = map(np.asarray, (med, lo, hi))
+            finetune = med if name == "real" else finetune
             ratios = [] if name == "real" else finetune / med
             ax.bar(
                 x,
