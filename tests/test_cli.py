@@ -24,12 +24,14 @@ def test_run_writes_record_curves_and_figure(tmp_path, cache_dir, capsys):
     for name, pred in rec.predictors.items():
         assert pred.kind == "deterministic" and len(pred.t_eps["loss"]) == 6
         timing = rec.timing(name)
-        assert timing["total_s"] > 0 and timing["total_s"] == pytest.approx(
-            sum(v for k, v in timing.items() if k.endswith("_s") and k != "total_s")
-        )
+        own = sum(rec.stages[s]["wall_s"] for s in pred.stages)
+        signals = sum(rec.stages[s]["wall_s"] for s in pred.signals)
+        assert timing["predict_s"] == pytest.approx(own) and own > 0
+        assert timing["signals_s"] == pytest.approx(signals) and signals > 0
+        assert timing["total_s"] == pytest.approx(own + signals)
         assert ("theta_s" in timing) == (name != "subset")  # subset builds its own Theta
-        # every prediction also pays the signals its validity reads
-        assert {"stability_s", "watch_s"} <= set(timing), timing
+        # its validity reads the stability at w0 (in its cost) and the watch (counted apart)
+        assert "stability" in pred.stages and pred.signals == ("watch",)
         for (a, _), p, r in zip(
             rec.errors(name, "loss"), pred.t_eps["loss"], rec.real.t_eps["loss"], strict=True
         ):
@@ -67,6 +69,7 @@ def test_sgd_run_reports_quantiles_and_coverage(tmp_path, cache_dir, capsys):
     )
     assert list(rec.predictors) == ["ode", "heavy_ball", "discrete", "sde", "exact_sgd"]
     assert "noise" in rec.stages and "noise_s" in rec.timing("sde")
+    assert rec.stages["evaluate"]["wall_s"] > 0  # the whole-task losses, apart from the steps
     for name in ("sde", "exact_sgd"):
         pred = rec.predictors[name]
         assert pred.kind == "stochastic" and pred.paths == 4

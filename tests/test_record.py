@@ -14,7 +14,11 @@ def _record(**kw) -> record.Record:
     eps = (0.4, 0.1)
     real = record.Real({"loss": (2, 4), "error": (1, 3)}, diverged=False)
     ode = record.PredictorRecord(
-        "deterministic", {"loss": (3, 4), "error": (1, None)}, False, ("theta", "solve_ode")
+        "deterministic",
+        {"loss": (3, 4), "error": (1, None)},
+        False,
+        ("theta", "solve_ode", "stability"),
+        signals=("watch",),
     )
     q = record.Quantiles
     sde = record.PredictorRecord(
@@ -42,7 +46,14 @@ def _record(**kw) -> record.Record:
         "task": record.TaskInfo("digits", (1, 2), 10, 2, 100),
         "stages": {
             s: {"wall_s": w, "peak_rss_mb": 1.0, "start_rss_mb": 0.5}
-            for s, w in (("theta", 1.0), ("solve_ode", 0.5), ("solve_sde", 3.0), ("finetune", 6.0))
+            for s, w in (
+                ("theta", 1.0),
+                ("stability", 0.5),
+                ("solve_ode", 0.5),
+                ("solve_sde", 3.0),
+                ("finetune", 6.0),
+                ("watch", 1.5),
+            )
         },
         "eps": eps,
         "real": real,
@@ -56,11 +67,17 @@ def test_derived_numbers():
     assert rec.seed == 3
     assert rec.errors("ode", "loss") == [(1, 0.5), (0, 0.0)]
     assert rec.errors("ode", "error") == [(0, 0.0), (None, None)]
+    # theta, the solve and the stability before training; the watch along it, apart
     assert rec.timing("ode") == {
         "theta_s": 1.0,
         "solve_ode_s": 0.5,
-        "total_s": 1.5,
-        "finetune_over_predict": 4.0,
+        "stability_s": 0.5,
+        "watch_s": 1.5,
+        "predict_s": 2.0,
+        "signals_s": 1.5,
+        "total_s": 3.5,
+        "finetune_over_predict": 3.0,
+        "finetune_over_total": 6.0 / 3.5,
     }
     rows = pd.DataFrame(rec.rows())
     assert len(rows) == 2 * 2 * 2
@@ -71,7 +88,8 @@ def test_derived_numbers():
     assert err.path_covered.iloc[0] is None and bool(err.path_covered.iloc[1]) is True
     ode = rows[rows.predictor == "ode"]
     assert ode.q05.isna().all() and ode.covered.isna().all() and ode.validity.isna().all()
-    assert set(rows.predict_s) == {1.5, 4.0} and set(rows.finetune_s) == {6.0}
+    assert set(rows.predict_s) == {2.0, 4.0} and set(rows.finetune_s) == {6.0}
+    assert set(rows[rows.predictor == "ode"].signals_s) == {1.5}
 
 
 def test_write_read_round_trip_and_marker(tmp_path):
@@ -98,6 +116,10 @@ def test_write_read_round_trip_and_marker(tmp_path):
     assert text["format_version"] == 2 and text["real"]["t_eps"]["loss"] == [2, 4]
     assert text["predictors"]["ode"]["errors"]["loss"][0] == {"abs": 1, "rel": 0.5}
     assert text["predictors"]["sde"]["quantiles"]["loss"][1]["covered"] is False
+    # a record written when the signals were listed among the stages reads them apart
+    text["predictors"]["ode"]["stages"] += text["predictors"]["ode"].pop("signals")
+    (tmp_path / record.RESULT).write_text(json.dumps(text))
+    assert record.read(tmp_path) == rec
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,8 @@ def test_a_new_predictor_is_one_registry_entry(monkeypatch, tmp_path, cache_dir)
     assert list(rec.predictors) == ["ode", "half"]
     half = rec.predictors["half"]
     assert half.kind == DETERMINISTIC
-    assert half.stages == ("jacobian", "theta", "solve_half", "stability", "watch")
+    assert half.stages == ("jacobian", "theta", "solve_half", "stability")
+    assert half.signals == ("watch",)
     curves, _ = read_curves(tmp_path / "runs" / "a" / "curves.parquet")
     assert curves["half"].loss[-1] > curves["ode"].loss[-1]  # half the step: slower
     tables = gather([tmp_path / "runs"])

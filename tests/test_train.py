@@ -164,3 +164,36 @@ def test_a_resumed_run_counts_every_segments_fine_tuning_time(tmp_path, cache_di
     rec = run_in_process(args, tmp_path, cache_dir)
     assert rec.real.resumed_at == 6 and not (tmp_path / STATE).exists()
     assert rec.stages["finetune"]["segments"] == 2 and rec.stages["finetune"]["wall_s"] > 0.5
+
+
+class _Slow(nn.Module):
+    """The tiny model, sleeping `seconds` in every forward pass over `n` samples."""
+
+    def __init__(self, n: int, seconds: float) -> None:
+        super().__init__()
+        self.net, self.n, self.seconds = _tiny(), n, seconds
+
+    def forward(self, x):
+        if len(x) == self.n:
+            time.sleep(self.seconds)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("slow", ["whole task", "batch"])
+def test_sgd_whole_task_losses_are_timed_apart_from_its_steps(slow):
+    """Under SGD the whole-task loss recorded at each step is an evaluation: its time is kept
+    apart (so a run's fine-tuning is the bare steps a user pays); GD has none to keep."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 4, 4, dtype=torch.float64), torch.arange(16) % 4
+    batches, pause = torch.randint(0, 16, (30, 4)), 0.02
+    model, kept = _Slow(16 if slow == "whole task" else 4, pause), {}
+    start = time.perf_counter()
+    finetune(model, x, y, lr=0.1, momentum=0.0, steps=30, batches=batches, kept=kept)
+    wall = time.perf_counter() - start
+    if slow == "whole task":  # 31 recorded losses, each pausing
+        assert 31 * pause <= kept["evaluate_s"] <= wall
+    else:  # 30 steps, each pausing: not an evaluation
+        assert wall - kept["evaluate_s"] >= 30 * pause
+    gd = {}
+    finetune(_tiny(), x, y, lr=0.1, momentum=0.0, steps=3, kept=gd)
+    assert "evaluate_s" not in gd

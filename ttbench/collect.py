@@ -80,6 +80,7 @@ def constant_rows(results: pd.DataFrame) -> pd.DataFrame:
                     "rel_err": abs(t_pred - t_real) / t_real if known and t_real > 0 else None,
                     **dict.fromkeys(_NOT_INHERITED),
                     "predict_s": float("nan"),  # no computation: it needs completed runs
+                    "signals_s": float("nan"),
                 }
             )
     return pd.DataFrame(out, columns=results.columns)

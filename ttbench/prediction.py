@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Predicted:
     solved: Solved
-    stages: tuple[str, ...]  # the stages whose wall-clock this prediction cost
+    stages: tuple[str, ...]  # the stages its T_eps needed (their wall-clock is its cost)
     k: int | None = None  # refined: the step it starts from
+    signals: tuple[str, ...] = ()  # the stages its validity reads on the fine-tuning (ALONG)
 
     @property
     def curves(self) -> Curves:
@@ -232,10 +233,14 @@ _W0_COSTS = {W0: (stages_.JACOBIAN, stages_.THETA)}  # what a prediction on Thet
 
 
 def with_signal_costs(predictions: dict[str, Predicted], stages: Stages) -> dict[str, Predicted]:
-    """Every prediction's cost with the signals its validity reads (the stability at w0, the
-    drift at k, the watch along the fine-tuning), where the run measured them."""
-    signals = tuple(s for s in stages_.SIGNALS if s in stages.stats)
-    return {n: replace(p, stages=(*p.stages, *signals)) for n, p in predictions.items()}
+    """Every prediction with the signals its validity reads, where the run measured them: the
+    stability at w0 in its cost, the drift at k and the watch along the fine-tuning apart
+    (ttbench.stages.ALONG; the record's `timing` gives both)."""
+    before = tuple(s for s in (stages_.STABILITY,) if s in stages.stats)
+    along = tuple(s for s in stages_.ALONG if s in stages.stats)
+    return {
+        n: replace(p, stages=(*p.stages, *before), signals=along) for n, p in predictions.items()
+    }
 
 
 def _k_stages(at: str, velocity) -> tuple[str, ...]:
@@ -355,6 +360,7 @@ def entry(name: str, p: Predicted, spec: RunSpec) -> record.PredictorRecord:
         t_eps=record.t_eps(curves, spec.eps, window),
         diverged=curves.diverged,
         stages=p.stages,
+        signals=p.signals,
         paths=None if paths is None else len(paths.paths_loss),
         quantiles=quantiles,
         k=p.k,

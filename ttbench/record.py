@@ -28,7 +28,7 @@ import pandas as pd
 from ttbench.core.curves import CONVERGED, EXPLODED, QUANTILES, Curves, relative_error
 from ttbench.errors import WriteError
 from ttbench.files import atomic_write
-from ttbench.stages import FINETUNE
+from ttbench.stages import ALONG, FINETUNE
 
 FORMAT_VERSION = 2
 RESULT = "result.json"
@@ -61,13 +61,14 @@ class PredictorRecord:
     kind: str  # deterministic | stochastic (ttbench.predictors)
     t_eps: Times
     diverged: bool
-    stages: tuple[str, ...]  # the stages whose wall-clock this prediction cost
+    stages: tuple[str, ...]  # the stages its T_eps needed: their wall-clock is its cost
     paths: int | None = None
     quantiles: dict[str, tuple[Quantiles, ...]] | None = None  # of the sample paths, per eps
     band: dict[str, tuple[Quantiles, ...]] | None = None  # model-error band (ttbench.bands)
     validity: float | None = None  # its expected error, |log| (ttbench.validity)
     trusted: bool | None = None  # False: "not trustworthy" (validity above the model's limit)
     k: int | None = None  # refined: the step it starts from (it observed the steps before)
+    signals: tuple[str, ...] = ()  # what its validity reads on the fine-tuning, counted apart
 
 
 @dataclass(frozen=True)
@@ -134,15 +135,25 @@ class Record:
     def seed(self) -> int:
         return self.config["seed"]
 
-    def timing(self, name: str) -> dict[str, float]:
-        """A predictor's cost: wall-clock of each of its stages, their total, and fine-tuning
-        over that total."""
-        out = {f"{s}_s": self.stages[s]["wall_s"] for s in self.predictors[name].stages}
-        total = sum(out.values()) if out else None  # None: nothing was computed
-        out["total_s"] = total
+    def timing(self, name: str) -> dict[str, float | None]:
+        """A predictor's cost: the wall-clock of each stage its T_eps needed and their sum
+        `predict_s`, of each signal its validity reads and their sum `signals_s`, `total_s`
+        (both), and fine-tuning over `predict_s` and over `total_s`. None: nothing computed."""
+        p = self.predictors[name]
+        own = {f"{s}_s": self.stages[s]["wall_s"] for s in p.stages}
+        signals = {f"{s}_s": self.stages[s]["wall_s"] for s in p.signals if s in self.stages}
+        predict = sum(own.values()) if own else None
+        total = None if predict is None else predict + sum(signals.values())
         finetune = self.stages.get(FINETUNE, {}).get("wall_s")
-        out["finetune_over_predict"] = finetune / total if finetune and total else None
-        return out
+        return {
+            **own,
+            **signals,
+            "predict_s": predict,
+            "signals_s": sum(signals.values()),
+            "total_s": total,
+            "finetune_over_predict": finetune / predict if finetune and predict else None,
+            "finetune_over_total": finetune / total if finetune and total else None,
+        }
 
     def errors(self, name: str, kind: str) -> list[tuple[int | None, float | None]]:
         """Per eps: |t_pred - t_real| in steps and relative to t_real (None when undefined)."""
@@ -175,7 +186,7 @@ class Record:
         rows = []
         none = Quantiles(None, None, None)
         for name, pred in self.predictors.items():
-            predict_s = self.timing(name)["total_s"]
+            timing = self.timing(name)
             for kind in KINDS:
                 errors = self.errors(name, kind)
                 for i, e in enumerate(self.eps):
@@ -204,7 +215,8 @@ class Record:
                             "validity": pred.validity,
                             "trusted": pred.trusted,
                             "k": pred.k,
-                            "predict_s": predict_s,
+                            "predict_s": timing["predict_s"],
+                            "signals_s": timing["signals_s"],
                         }
                     )
         return rows
@@ -260,6 +272,7 @@ def _to_json(rec: Record) -> dict[str, Any]:
             "t_eps": {k: list(v) for k, v in p.t_eps.items()},
             "errors": {k: [{"abs": a, "rel": r} for a, r in rec.errors(name, k)] for k in KINDS},
             "stages": list(p.stages),
+            "signals": list(p.signals),
             "timing": rec.timing(name),
         }
         if p.quantiles is not None:
@@ -331,7 +344,9 @@ def from_json(d: Mapping[str, Any]) -> Record:
             kind=p.get("kind", "stochastic" if quantiles else "deterministic"),
             t_eps=_times(p["t_eps"]),
             diverged=p["diverged"],
-            stages=tuple(p["stages"]),
+            # records written before the signals were counted apart list them among the stages
+            stages=tuple(s for s in p["stages"] if s not in ALONG),
+            signals=tuple(p.get("signals", (s for s in p["stages"] if s in ALONG))),
             paths=p.get("paths"),
             quantiles=None if quantiles is None else _quantiles(quantiles),
             band=_quantiles(p["band"]) if "band" in p else None,

@@ -52,7 +52,7 @@ from ttbench.probes import PROBES
 from ttbench.runid import RunId
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
-from ttbench.train import finetune_run, load_state
+from ttbench.train import EVALUATE_S, finetune_run, load_state
 from ttbench.validate import ConfigError, validate
 from ttbench.validity import REFERENCES
 from ttbench.watching import Watching, keeper
@@ -127,6 +127,11 @@ def run(
     if state is not None:  # a resumed run: its earlier segments' time too, and how many
         stages.stats[stages_.FINETUNE]["wall_s"] += state.get("seconds", 0.0)
         stages.stats[stages_.FINETUNE]["segments"] = state.get("segments", 1) + 1
+    if EVALUATE_S in kept:  # SGD's whole-task losses: timed apart from its bare steps
+        stages.stats[stages_.FINETUNE]["wall_s"] -= kept[EVALUATE_S]
+        stages.stats[stages_.EVALUATE] = stages.stats[stages_.FINETUNE] | {
+            "wall_s": kept[EVALUATE_S]
+        }
     if real.diverged:
         log.warning("fine-tuning diverged: its loss exploded")
     elif real.outcome(spec.train.smooth) == CATAPULT:
@@ -265,8 +270,30 @@ def summary(rec: record.Record) -> str:
         "exploded": "  (real run DIVERGED: its loss exploded)",
         "catapult": f"  (real run spiked at step {rec.real.spike_at}, then recovered: a catapult)",
     }.get(rec.real.outcome, "")
-    lines = [f"{head}{diverged}", f"stages: {timing}", *tables, *signal_lines(rec)]
-    return "\n".join(lines)
+    lines = [f"{head}{diverged}", f"stages: {timing}", *cost_lines(rec), *tables]
+    return "\n".join([*lines, *signal_lines(rec)])
+
+
+def cost_lines(rec: record.Record) -> list[str]:
+    """Each prediction's wall-clock against the fine-tuning's (its bare steps), alone and with
+    the signals its validity reads."""
+    timings = {n: rec.timing(n) for n in rec.predictors}
+    timings = {n: t for n, t in timings.items() if t["predict_s"] and t["finetune_over_predict"]}
+    if not timings:
+        return []
+    alone = ", ".join(
+        f"{n} {t['predict_s']:.2g}s ({t['finetune_over_predict']:.2g}x)" for n, t in timings.items()
+    )
+    signals = sorted({s for n in timings for s in rec.predictors[n].signals})
+    out = [
+        f"cost against the fine-tuning's {rec.stages[stages_.FINETUNE]['wall_s']:.2g}s "
+        f"(x: how many times cheaper): {alone}"
+    ]
+    if signals:
+        spent = ", ".join(f"{s} {rec.stages[s]['wall_s']:.2g}s" for s in signals)
+        ratios = ", ".join(f"{n} {t['finetune_over_total']:.2g}x" for n, t in timings.items())
+        out.append(f"  with the signals their validity reads ({spent}): {ratios}")
+    return out
 
 
 def signal_lines(rec: record.Record) -> list[str]:

@@ -21,13 +21,16 @@ if TYPE_CHECKING:
 # A run's stages as result.json names them (prediction.py adds solve_<predictor>, and for a
 # refined prediction jacobian_<at>, theta_<at>, velocity_<at>). PREFIX is a pseudo-stage: the
 # real steps a refined prediction observed, a part of FINETUNE counted in that prediction's
-# cost and never in a job's total (`is_prefix`). Every prediction's cost also counts the
-# signals its validity reads: STABILITY (at w0), DRIFT (at k, refined ones) and the WATCH
-# along the fine-tuning. A plan times PREDICT and PROBE.
+# cost and never in a job's total (`is_prefix`). A prediction's validity reads the SIGNALS:
+# STABILITY at w0, counted in every prediction's cost (it is computed before training, as a
+# plan's is), and the two measured on the fine-tuning, DRIFT (at k) and the WATCH along it,
+# counted apart (ALONG). Under SGD the whole-task losses fine-tuning records are EVALUATE,
+# not FINETUNE (the bare steps, what a user's job pays). A plan times PREDICT and PROBE.
 DATA, MODEL, JACOBIAN, THETA, NOISE = "data", "model", "jacobian", "theta", "noise"
-FINETUNE, WATCH, PREFIX = "finetune", "watch", "prefix"
+FINETUNE, EVALUATE, WATCH, PREFIX = "finetune", "evaluate", "watch", "prefix"
 STABILITY, DRIFT = "stability", "drift"  # the signals the validity reads, at w0 and at k
 SIGNALS = (STABILITY, DRIFT, WATCH)
+ALONG = (DRIFT, WATCH)  # the signals measured on the fine-tuning itself
 PREDICT, PROBE = "predict", "probe"
 
 

@@ -34,6 +34,12 @@ from ttbench.files import atomic_save
 from ttbench.spec import RunSpec, Training
 
 log = logging.getLogger(__name__)
+EVALUATE_S = "evaluate_s"  # kept: seconds spent on SGD's whole-task loss so far
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:  # kernels are asynchronous: wait before reading the clock
+        torch.cuda.synchronize(x.device)
 
 
 def finetune(
@@ -62,9 +68,11 @@ def finetune(
     loss)` (the loss curve up to t) names the states to keep there, before t's update:
     kept["states"][name] receives "step", "model" (a state dict), "velocity" (the momentum
     buffer by parameter name, absent without momentum) and "seconds" (wall-clock since step 0);
-    `kept` travels in the saved state, so a resumed run still has it. `watch(t, model)` is
-    called at every step before its update and must leave the model as it found it (the
-    stability watch, ttbench.core.stability.Watch)."""
+    `kept` travels in the saved state, so a resumed run still has it. Under SGD the whole-task
+    loss is an evaluation, not a part of training: its wall-clock so far is kept in
+    kept[EVALUATE_S], so the cost a user pays can be told apart.
+    `watch(t, model)` is called at every step before its update and must leave the model as
+    it found it (the stability watch, ttbench.core.stability.Watch)."""
     if steps % eval_every:
         raise ValueError("steps must be a multiple of eval_every")
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -100,6 +108,9 @@ def finetune(
         opt.zero_grad(set_to_none=True)
         record = t % eval_every == 0
         if batches is None or record:
+            if batches is not None:
+                _sync(x)
+                evaluating = time.perf_counter()
             with torch.set_grad_enabled(batches is None and t < steps):
                 f = model(x)
                 value = losses.loss(f, y, loss)
@@ -110,6 +121,9 @@ def finetune(
                     on_step(t, loss_curve[t // eval_every])
             if not torch.isfinite(value) or exploding(loss_curve[0], loss_curve[t // eval_every]):
                 break
+            if batches is not None:
+                _sync(x)
+                kept[EVALUATE_S] = kept.get(EVALUATE_S, 0.0) + time.perf_counter() - evaluating
             states = kept.setdefault("states", {})
             for name in keep(t, loss_curve[: t // eval_every + 1]) if keep and record else ():
                 if name not in states:

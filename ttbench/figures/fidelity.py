@@ -55,6 +55,7 @@ _COLUMNS = [
     "sweep_coverage",
     "sweep_width",
     "cost_ratio",
+    "cost_ratio_signals",
 ]
 
 
@@ -90,7 +91,8 @@ def fidelity_markdown(results: pd.DataFrame) -> str:
             "(5-95%, calibrated by ttbench's shipped calibration); `sweep_*`: the band "
             "calibrated leave-one-out on the other runs of the sweep (ttbench.bands); width in "
             "steps (median). `cost_ratio`: fine-tuning wall-clock over the prediction's "
-            "(the k real steps and every Theta included).",
+            "(the k real steps and every Theta included); `cost_ratio_signals`: over the "
+            "prediction's and the signals' its validity reads on the fine-tuning (drift, watch).",
             "",
             "## Every regime together",
             "",

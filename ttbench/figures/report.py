@@ -75,7 +75,8 @@ def cost_lines(costs: pd.DataFrame) -> list[str]:
         lines.append(
             f"- {r['device']}, {label(r['predictor'])}: prediction {r['predict_s']:.3g} s vs "
             f"fine-tuning {r['finetune_s']:.3g} s; fine-tuning / prediction = {r['ratio']:.3g} "
-            f"(medians over {int(r['runs'])} run(s); paper: 30-40)."
+            f"(paper: 30-40), {r['ratio_signals']:.3g} with the {r['signals_s']:.3g} s of "
+            f"signals its validity reads (medians over {int(r['runs'])} run(s))."
         )
     return lines
 

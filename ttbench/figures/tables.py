@@ -238,19 +238,25 @@ def table1_latex(frame: pd.DataFrame, high_lr: float = HIGH_LR) -> str:
 
 
 def costs(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, predictor): wall-clock of fine-tuning and of the prediction (Theta
-    included) and their ratio, fine-tuning / prediction."""
+    """One row per (run, predictor): wall-clock of fine-tuning, of the prediction (what its
+    T_eps needed: Theta, the real steps a refined one observed, the stability, the solve) and
+    of the signals its validity reads on the fine-tuning (`signals_s`: drift, watch; 0 in
+    tables written before they were counted apart), and the ratios fine-tuning / prediction
+    (`ratio`) and fine-tuning / (prediction + signals) (`ratio_signals`)."""
+    cols = ["run", "predictor", "dataset", "device", "finetune_s", "predict_s", "signals_s"]
     if not len(results):
-        return pd.DataFrame(
-            columns=["run", "predictor", "dataset", "device", "finetune_s", "predict_s", "ratio"]
-        )
-    cols = ["run", "predictor", "dataset", "device", "finetune_s", "predict_s"]
-    out = results[cols].drop_duplicates(["run", "predictor"]).reset_index(drop=True)
-    return out.assign(ratio=out["finetune_s"] / out["predict_s"])
+        return pd.DataFrame(columns=[*cols, "ratio", "ratio_signals"])
+    out = results.reindex(columns=cols).drop_duplicates(["run", "predictor"])
+    out = out.reset_index(drop=True).assign(signals_s=lambda d: d["signals_s"].fillna(0.0))
+    return out.assign(
+        ratio=out["finetune_s"] / out["predict_s"],
+        ratio_signals=out["finetune_s"] / (out["predict_s"] + out["signals_s"]),
+    )
 
 
 def cost_summary(results: pd.DataFrame, by: Sequence[str] = ("device", "predictor")):
-    """Median wall-clock of fine-tuning and prediction and median ratio, per group."""
+    """Median wall-clocks of fine-tuning, prediction and signals, and median ratios, per
+    group."""
     c = costs(results)
     return (
         c.groupby(list(by), sort=True)
@@ -258,7 +264,9 @@ def cost_summary(results: pd.DataFrame, by: Sequence[str] = ("device", "predicto
             runs=("run", "nunique"),
             finetune_s=("finetune_s", "median"),
             predict_s=("predict_s", "median"),
+            signals_s=("signals_s", "median"),
             ratio=("ratio", "median"),
+            ratio_signals=("ratio_signals", "median"),
         )
         .reset_index()
     )
@@ -442,8 +450,11 @@ def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor"))
         if name == "run":
             out["run_unknown"] = stats_["unknown"]
     per = rows.drop_duplicates(["run", "predictor"])
-    ratio = per["finetune_s"].astype(float) / per["predict_s"].astype(float)
-    out["cost_ratio"] = per.assign(_ratio=ratio).groupby(list(by))["_ratio"].median()
+    finetune, predict = per["finetune_s"].astype(float), per["predict_s"].astype(float)
+    signals = per.reindex(columns=["signals_s"])["signals_s"].astype(float).fillna(0.0)
+    per = per.assign(_ratio=finetune / predict, _all=finetune / (predict + signals))
+    out["cost_ratio"] = per.groupby(list(by))["_ratio"].median()
+    out["cost_ratio_signals"] = per.groupby(list(by))["_all"].median()
     return out.reset_index()
 
 
