@@ -49,6 +49,12 @@ def test_run_writes_record_curves_and_figure(tmp_path, cache_dir, capsys):
     assert (out / "curves.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "T_eps of the loss curve" in printed and "closed_form err" in printed
+    # each prediction's cost against the fine-tuning's, as the record's timing says
+    finetune = rec.stages["finetune"]["wall_s"]
+    t = rec.timing("discrete")
+    assert f"cost against the fine-tuning's {finetune:.2g}s" in printed
+    assert f"discrete {t['predict_s']:.2g}s ({t['finetune_over_predict']:.2g}x)" in printed
+    assert f"discrete {t['finetune_over_total']:.2g}x" in printed.split("with the signals")[1]
 
 
 def test_a_complete_run_is_skipped_and_its_summary_printed(tmp_path, cache_dir, capsys):

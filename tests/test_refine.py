@@ -131,11 +131,15 @@ def test_an_unstable_learning_rate_is_reported_not_predicted(tmp_path, cache_dir
 
 def test_a_real_blow_up_before_step_k_leaves_the_refined_predictions_diverged(tmp_path, cache_dir):
     rec = run_in_process(
-        [*TINY, "lr=50", "steps=20", "refine.steps=10", "predictor.names=[relin,fit_exp]"],
+        [*TINY, "lr=50", "steps=20", "refine.steps=10", "predictor.names=[ode,relin,fit_exp]"],
         tmp_path / "r",
         cache_dir,
     )
-    assert rec.real.diverged and all(p.diverged for p in rec.predictors.values())
+    assert rec.real.diverged and rec.predictors["relin"].diverged
+    assert rec.predictors["fit_exp"].diverged
+    # the refined ones predicted nothing, so cost nothing (not the stability at w0 alone)
+    assert "stability" in rec.stages and rec.timing("ode")["predict_s"] > 0
+    assert rec.timing("relin")["predict_s"] is None and rec.timing("fit_exp")["predict_s"] is None
 
 
 def test_refine_steps_are_validated():

@@ -238,8 +238,9 @@ def with_signal_costs(predictions: dict[str, Predicted], stages: Stages) -> dict
     (ttbench.stages.ALONG; the record's `timing` gives both)."""
     before = tuple(s for s in (stages_.STABILITY,) if s in stages.stats)
     along = tuple(s for s in stages_.ALONG if s in stages.stats)
-    return {
-        n: replace(p, stages=(*p.stages, *before), signals=along) for n, p in predictions.items()
+    return {  # one that computed nothing (no state at its step) costs nothing
+        n: replace(p, stages=(*p.stages, *before), signals=along) if p.stages else p
+        for n, p in predictions.items()
     }
 
 
