@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ttbench import bands
+from ttbench import bands, validity
 
 
 def _table(
@@ -109,3 +109,45 @@ def test_disagreement_is_the_median_log_gap():
     assert disagreement([10, 20, 30], [10, 20, 30], 150) == 0.0
     assert disagreement([21, 21, 21], [10, 10, 10], 150) == pytest.approx(math.log(2))
     assert disagreement([None, None, 10], [10, 10, 10], 150) == pytest.approx(math.log(301 / 11))
+
+
+def _runs(n_runs: int, seed: int) -> pd.DataFrame:
+    """GD runs where relin is right and `discrete` is off by a factor exp(+-0.6) on a third
+    of them (its disagreement with relin shows it), by at most 3% on the others."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_runs):
+        off = 0.6 * rng.choice([-1, 1]) if r % 3 == 0 else rng.uniform(-0.03, 0.03)
+        for e in (0.01, 0.02, 0.05, 0.1, 0.2, 0.4):
+            t = int(rng.integers(20, 120))
+            base = {"run": f"r{r}", "kind": "loss", "eps": e, "t_real": t, "cfg.steps": 150,
+                    "cfg.refine.steps": 15, "cfg.preset": "p", "cfg.model.name": "m",
+                    "real_outcome": "converged", "real_diverged": False,
+                    "signal.stability": 0.1}  # fmt: skip
+            rows.append(base | {"predictor": "relin", "t_pred": t, "k": 15})
+            rows.append(base | {"predictor": "discrete", "t_pred": round((t + 1) * np.exp(off))})
+    return pd.DataFrame(rows)
+
+
+def test_a_prediction_made_before_training_gets_the_band_of_what_it_cannot_know():
+    """A run reads `discrete`'s disagreement with relin; a plan has only the stability at w0.
+    Banded as if relin had agreed (every other signal 0), the plan's band misses the third of
+    runs where discrete is far off; the BEFORE cells, calibrated on the same runs read without
+    those signals, hold about 90% on runs they never saw."""
+    train = _runs(300, 0)
+    cal = bands.calibrate(train, "synthetic", validity.fit(train))
+    test = _runs(300, 1)
+    test = test[test["predictor"] == "discrete"]
+    x = validity.before_features({"stability": 0.1})
+    plain_v = cal.validity.expected("discrete", np.zeros(6))
+    key = validity.before("discrete")
+    early_v = cal.validity.expected(key, x)
+    assert early_v > 5 * plain_v  # it cannot know which runs are the far-off ones
+
+    def coverage(name: str, v: float) -> float:
+        qs = [cal.band(name, "loss", p, v, "m") for p in test["t_pred"]]
+        hits = [lo <= t <= hi for (lo, _, hi), t in zip(qs, test["t_real"], strict=True)]
+        return float(np.mean(hits))
+
+    assert coverage("discrete", plain_v) < 0.75
+    assert 0.85 <= coverage(key, early_v) <= 0.97

@@ -13,9 +13,11 @@ import pytest
 
 from tests.conftest import TINY, compose_cfg, run_dir, run_id, run_in_process, spec_of
 from ttbench import judge
+from ttbench.bands import default_calibration
 from ttbench.plan import COLUMNS, DIRS, finish, plan_job, read_table
 from ttbench.sweep import from_plan
 from ttbench.validate import ConfigError
+from ttbench.validity import before, before_features
 
 JOB = [*TINY[:-1], "steps=20"]
 EXACT = ["plan.theta.mode=exact", "plan.theta.outputs=null"]
@@ -49,7 +51,13 @@ def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir
     rec = run_in_process([*jobs[0], "predictor.names=[discrete]"], tmp_path / "run", cache_dir)
     mine = table[table["run_id"] == run_id(jobs[0]).digest]
     assert mine["t_eps"].tolist() == list(rec.predictors["discrete"].t_eps["loss"])
-    assert mine["q95"].tolist() == [q.q95 for q in rec.predictors["discrete"].band["loss"]]
+    # its band is read before training: from the stability at w0 alone, by the BEFORE cells
+    cal, key = default_calibration(), before("discrete")
+    v = cal.validity.expected(key, before_features(rec.signals))
+    steps, model = rec.config["steps"], rec.config["model"]["name"]
+    want = [cal.band(key, "loss", t, v, model, steps) for t in mine["t_eps"]]
+    assert mine["q95"].tolist() == [q[2] for q in want]
+    assert v > rec.predictors["discrete"].validity  # the run has seen relin agree; the plan not
     p = spec.plan
     for r in table[table["target"]].itertuples():
         assert r.eps == p.eps and r.step_s > 0 and r.plan_s > r.setup_s

@@ -58,7 +58,14 @@ def test_features_from_a_results_table():
     assert got.loc["discrete", "time_scale"] == pytest.approx(math.log(2))
     assert got.loc["discrete", "instability"] == pytest.approx(math.log(4))
     # the spike at step 20: seen by relin_2k (k = 20), not by relin (k = 10) nor the plain one
-    assert got["spike"].to_dict() == {"discrete": 0.0, "relin": 0.0, "relin_2k": 1.0}
+    assert got["spike"].to_dict() == {
+        "discrete": 0.0, "discrete@before": 0.0, "relin": 0.0, "relin_2k": 1.0
+    }  # fmt: skip
+    # the plain one again, as read before training: the stability at w0 its only signal
+    early = got.loc["discrete@before"]
+    assert early["family"] == "before" and early["error"] == got.loc["discrete", "error"]
+    assert early["instability"] == pytest.approx(math.log(1.5))  # 0.5 at w0, not the prefix's 3
+    assert (early[["disagreement", "kernel_change", "drift", "time_scale", "spike"]] == 0).all()
     assert got.loc["discrete", "error"] == pytest.approx(math.log(2))  # median of 2 gaps
     assert got.loc["relin", "error"] == 0  # t_real 8 <= k 10 is not scored
     assert got.loc["relin_2k", "error"] == pytest.approx(math.log(100 / 61))

@@ -42,7 +42,7 @@ import pandas as pd
 from ttbench.core.curves import QUANTILES
 from ttbench.errors import CalibrationError
 from ttbench.points import valid
-from ttbench.validity import FEATURES, Model, fit, table_features
+from ttbench.validity import BEFORE, FEATURES, Model, fit, table_features
 from ttbench.validity import from_json as validity_from_json
 from ttbench.validity import to_json as validity_json
 
@@ -77,6 +77,9 @@ class Calibration:
     entries: dict[tuple[str, str, str, str], Entry]  # (predictor, kind, family, level)
     source: str
     validity: Model | None = None  # the expected-error model (ttbench.validity)
+
+    def has(self, predictor: str) -> bool:
+        return any(key[0] == predictor for key in self.entries)
 
     def entry(self, predictor: str, kind: str, family: str, lvl: str) -> Entry | None:
         """The cell's entry, else the family's, the level's, the predictor's."""
@@ -150,6 +153,8 @@ def calibrate(results: pd.DataFrame, source: str, model: Model | None = None) ->
     if model is not None:
         results = with_validity(results, model)
     points = _points(results)
+    if model is not None:  # the plain predictions again, as read before training
+        points = pd.concat([points, _points(before_validity(results, model))])
     family = points["cfg.model.name"].astype(str) if "cfg.model.name" in points else ANY
     v = points["validity"].astype(float) if "validity" in points else pd.Series(np.nan)
     points = points.assign(_family=family, _level=v.map(lambda x: level(None if pd.isna(x) else x)))
@@ -180,6 +185,24 @@ def with_validity(results: pd.DataFrame, model: Model) -> pd.DataFrame:
     new = table[["run", "predictor"]].assign(_v=expected)
     out = results.merge(new, on=["run", "predictor"], how="left")
     return out.assign(validity=out["_v"]).drop(columns="_v").set_axis(results.index)
+
+
+def before_validity(results: pd.DataFrame, model: Model) -> pd.DataFrame:
+    """The plain predictions' rows renamed to their BEFORE cells (ttbench.validity.before),
+    with the validity `model` gives them from the stability at w0 alone."""
+    table = table_features(results)
+    if not len(table):
+        return results.iloc[:0]
+    table = table[table["family"] == BEFORE]
+    f = table[list(FEATURES)].to_numpy(float)
+    expected = [model.expected(n, row) for n, row in zip(table["predictor"], f, strict=True)]
+    new = table[["run", "predictor"]].assign(
+        _v=expected, _name=table["predictor"].str.removesuffix(f"@{BEFORE}")
+    )
+    rows = results.merge(new, left_on=["run", "predictor"], right_on=["run", "_name"])
+    return rows.assign(predictor=rows["predictor_y"], validity=rows["_v"]).drop(
+        columns=["predictor_x", "predictor_y", "_name", "_v"]
+    )
 
 
 def loo_bands(results: pd.DataFrame, group: str = "cfg.preset") -> pd.DataFrame:

@@ -246,7 +246,7 @@ def predict_job(
     with linearising(model, trained), quiet_torch():
         inputs, predicted, signals = at_w0(spec, model, d.x.to(dev), d.y.to(dev), stages)
     entries = {n: entry(n, p, spec) for n, p in predicted.items()}
-    records = with_bands(entries, spec, default_calibration(), Evidence(signals))
+    records = with_bands(entries, spec, default_calibration(), Evidence(signals), True)
     return JobPrediction(
         eps=spec.eps,
         steps=steps,

@@ -55,7 +55,7 @@ from ttbench.core.linearize import linearize
 from ttbench.core.sketch import Sketch
 from ttbench.core.stability import CONVERGES, SEVERITY, Watch, forecast, subsample
 from ttbench.files import atomic_write
-from ttbench.prediction import at_w0, entry, with_bands
+from ttbench.prediction import Evidence, at_w0, entry, with_bands
 from ttbench.predictors import PREDICTORS, W0, WK
 from ttbench.runid import RunId
 from ttbench.spec import RunSpec
@@ -184,7 +184,7 @@ def plan_job(spec: RunSpec, out_dir: Path, overrides: list[str]) -> dict:
     with stages(stages_.PREDICT):
         _, predicted, signals = at_w0(pspec, s.model(), s.x, s.y, Stages(device))
         rec = entry(name, predicted[name], pspec)
-        rec = with_bands({name: rec}, pspec, calibration)[name]
+        rec = with_bands({name: rec}, pspec, calibration, Evidence(signals), True)[name]
     t = spec.train
     every = t.eval_every
     probed = -(-spec.plan.probe_steps // every) * every + every

@@ -38,7 +38,7 @@ from ttbench.predictors import PREDICTORS, W0, WK, Inputs, K, Predictor, Solved
 from ttbench.spec import RunSpec
 from ttbench.stages import Stages
 from ttbench.validate import ConfigError
-from ttbench.validity import REFERENCES, family, features
+from ttbench.validity import REFERENCES, before, before_features, family, features
 
 log = logging.getLogger(__name__)
 
@@ -304,11 +304,14 @@ def with_bands(
     spec: RunSpec,
     calibration: Calibration,
     evidence: Evidence | None = None,
+    before_training: bool = False,
 ) -> dict[str, record.PredictorRecord]:
     """Every prediction with its validity (expected error, from the calibration's model of the
     run's evidence; without a model, a plain prediction's disagreement with the refined
     reference) and its model-error band (ttbench.bands, Mondrian by the model's family and the
-    validity's level; "unknown" when wider than ttbench.bands.WIDTH budgets)."""
+    validity's level; "unknown" when wider than ttbench.bands.WIDTH budgets). Made
+    `before_training` (a plan, predict_job), a plain prediction is read by the validity's
+    BEFORE family and banded by its cells, from the stability at w0 alone."""
     evidence = evidence or Evidence({})
     steps = spec.train.steps
     times = {n: e.t_eps["loss"] for n, e in entries.items() if not PREDICTORS[n].pooled}
@@ -324,18 +327,22 @@ def with_bands(
     model = calibration.validity
     out = {}
     for name, e in entries.items():
+        key, x = name, f.get(name)
+        if before_training and name in f and family(name) == "plain":
+            key, x = before(name), before_features(evidence.signals)
         if name not in f:
             v = None
         elif model is not None:
-            v = model.expected(name, f[name])
+            v = model.expected(key, x)
         else:  # the disagreement with the refined reference alone, where there is one
             has_ref = any(r in times and set(times[r]) != {None} for r in REFERENCES)
             v = float(f[name][0]) if has_ref and family(name) == "plain" else None
+        cells = key if calibration.has(key) else name  # a calibration without BEFORE cells
         band = {}
         for kind, ts in e.t_eps.items():
-            qs = [calibration.band(name, kind, t, v, spec.model.name, steps) for t in ts]
+            qs = [calibration.band(cells, kind, t, v, spec.model.name, steps) for t in ts]
             band[kind] = tuple(record.Quantiles(*(q or (None, None, None))) for q in qs)
-        trusted = None if model is None or v is None else model.trusted(name, v)
+        trusted = None if model is None or v is None else model.trusted(key, v)
         out[name] = replace(e, band=band, validity=v, trusted=trusted)
     return out
 

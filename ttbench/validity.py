@@ -17,10 +17,14 @@ disagreement, 100% off). So a prediction's validity is its expected error, |log(
 The model is linear in the features with non-negative weights (scipy.optimize.nnls: each
 signal can only add doubt), one set per family (plain, refined) with an intercept per
 predictor, fitted on development runs only (`fit`, by `python -m ttbench.bands`; shipped in
-calibration.json). A prediction whose expected error is above its predictor's `limit` is
-flagged "not trustworthy": the limit is the lowest expected error at which the development
-runs' predictions that were more than 50% off are all flagged (so a warning says "this one may
-well be more than 50% off").
+calibration.json). Before training (a plan, `ttbench.predict_job`, the Tracker at w0) a plain
+prediction has none of these but the stability at w0: reading the others as 0 would claim the
+agreement no run has shown yet. Its expected error comes from a third family, BEFORE, fitted
+on the same predictions with only that feature (`before_features`): the mean error of a plain
+prediction at that stability. A prediction whose expected error is above its predictor's
+`limit` is flagged "not trustworthy": the limit is the lowest expected error at which the
+development runs' predictions that were more than 50% off are all flagged (so a warning says
+"this one may well be more than 50% off"); BEFORE has no limit (its one signal cannot tell).
 """
 
 from __future__ import annotations
@@ -37,12 +41,25 @@ from ttbench.predictors import PREDICTORS
 
 FEATURES = ("disagreement", "kernel_change", "drift", "time_scale", "instability", "spike")
 FAMILIES = ("plain", "refined")
+BEFORE = "before"  # a plain prediction made before training: stability at w0 its only signal
 REFERENCES = ("relin", "relin_sgd")  # the refined predictions a plain one is compared with
 FAR = math.log(1.5)  # "more than 50% off"
 
 
 def family(name: str) -> str:
     return "refined" if PREDICTORS[name].prefix else "plain"
+
+
+def before(name: str) -> str:
+    """The key of a plain predictor's before-training cell (its intercept, its bands)."""
+    return f"{name}@{BEFORE}"
+
+
+def before_features(signals: Mapping[str, float]) -> np.ndarray:
+    """The feature vector of a prediction made before training: the stability at w0 alone."""
+    s = signals.get("stability", 0.0)
+    unstable = math.log1p(s) if math.isfinite(s) else math.log1p(1e6)
+    return np.array([0.0, 0.0, 0.0, 0.0, unstable, 0.0])
 
 
 def disagreement(t: Sequence[int | None], ref: Sequence[int | None], steps: int) -> float:
@@ -96,7 +113,9 @@ class Model:
     limit: dict[str, float]  # predictor -> expected error above which "not trustworthy"
 
     def expected(self, name: str, f: np.ndarray) -> float | None:
-        w, b = self.weights.get(family(name)), self.intercepts.get(name)
+        """`name` a predictor, or before(predictor) for a prediction made before training."""
+        fam = BEFORE if name.endswith(f"@{BEFORE}") else family(name)
+        w, b = self.weights.get(fam), self.intercepts.get(name)
         return None if w is None or b is None else float(b + np.dot(w, f))
 
     def trusted(self, name: str, validity: float | None) -> bool:
@@ -147,15 +166,22 @@ def table_features(results: pd.DataFrame) -> pd.DataFrame:
             k,
         )
         for name, vec in f.items():
+            error = run_error(times[name], real, steps, ks.get(name) or 0)
+            fam = family(name)
             out.append(
                 {
                     "run": run,
                     "predictor": name,
-                    "family": family(name),
+                    "family": fam,
                     **dict(zip(FEATURES, vec, strict=True)),
-                    "error": run_error(times[name], real, steps, ks.get(name) or 0),
+                    "error": error,
                 }
             )
+            if fam == "plain":  # the same prediction, as it reads before training
+                row = dict(zip(FEATURES, before_features(signals), strict=True))
+                out.append(
+                    {"run": run, "predictor": before(name), "family": BEFORE, **row, "error": error}
+                )
     return pd.DataFrame(out)
 
 
@@ -173,7 +199,7 @@ def fit_table(table: pd.DataFrame) -> Model:
     prediction: per family one non-negative weight per feature and one intercept per predictor
     (the curve fits are worse than relin whatever the signals say), and per predictor the
     lowest expected error of its development predictions more than 50% off (FAR) as its limit
-    (none when it never was)."""
+    (none when it never was, and none before training: the stability alone cannot tell)."""
     table = table.dropna(subset=["error"])
     weights, intercepts, limit = {}, {}, {}
     for fam, part in table.groupby("family"):
@@ -183,6 +209,8 @@ def fit_table(table: pd.DataFrame) -> Model:
         w, _ = nnls(a, part["error"].to_numpy(float))
         intercepts |= {n: float(b) for n, b in zip(names, w[: len(names)], strict=True)}
         weights[str(fam)] = tuple(float(x) for x in w[len(names) :])
+        if fam == BEFORE:  # its one signal cannot tell the predictions far off: no limit
+            continue
         part = part.assign(_expected=a @ w)
         for name, mine in part.groupby("predictor"):
             far = mine.loc[mine["error"] > FAR, "_expected"]
