@@ -42,7 +42,7 @@ import pandas as pd
 from ttbench.core.curves import QUANTILES
 from ttbench.errors import CalibrationError
 from ttbench.points import valid
-from ttbench.validity import BEFORE, FEATURES, Model, fit, table_features
+from ttbench.validity import BEFORE, FEATURES, Model, before, fit, table_features
 from ttbench.validity import from_json as validity_from_json
 from ttbench.validity import to_json as validity_json
 
@@ -150,11 +150,12 @@ def calibrate(results: pd.DataFrame, source: str, model: Model | None = None) ->
     """A calibration from a results table: per predictor and curve kind, and per Mondrian cell
     (model family, validity level) with enough points. With `model`, every prediction's
     validity is first recomputed by it (ttbench.validity), as a run would compute it."""
-    if model is not None:
-        results = with_validity(results, model)
-    points = _points(results)
-    if model is not None:  # the plain predictions again, as read before training
-        points = pd.concat([points, _points(before_validity(results, model))])
+    if model is None:
+        points = _points(results)
+    else:  # validities as a run computes them; the plain predictions again as before training
+        table = _expected(table_features(results), model)
+        runs, early = with_validity(results, table), before_validity(results, table)
+        points = pd.concat([_points(runs), _points(early)])
     family = points["cfg.model.name"].astype(str) if "cfg.model.name" in points else ANY
     v = points["validity"].astype(float) if "validity" in points else pd.Series(np.nan)
     points = points.assign(_family=family, _level=v.map(lambda x: level(None if pd.isna(x) else x)))
@@ -175,29 +176,31 @@ def calibrate(results: pd.DataFrame, source: str, model: Model | None = None) ->
     return Calibration(entries, source, model)
 
 
-def with_validity(results: pd.DataFrame, model: Model) -> pd.DataFrame:
-    """The table with each prediction's validity as `model` computes it from the run's rows."""
-    table = table_features(results)
+def _expected(table: pd.DataFrame, model: Model) -> pd.DataFrame:
+    """table_features' (run, predictor) rows with the validity `model` gives each (`_v`)."""
+    f = table[list(FEATURES)].to_numpy(float) if len(table) else []
+    expected = [model.expected(n, row) for n, row in zip(table["predictor"], f, strict=True)]
+    return table[["run", "predictor", "family"]].assign(_v=expected)
+
+
+def with_validity(results: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The results with each prediction's validity as _expected's `table` gives it from the
+    run's rows."""
     if not len(table):
         return results
-    f = table[list(FEATURES)].to_numpy(float)
-    expected = [model.expected(n, row) for n, row in zip(table["predictor"], f, strict=True)]
-    new = table[["run", "predictor"]].assign(_v=expected)
+    new = table.loc[table["family"] != BEFORE, ["run", "predictor", "_v"]]
     out = results.merge(new, on=["run", "predictor"], how="left")
     return out.assign(validity=out["_v"]).drop(columns="_v").set_axis(results.index)
 
 
-def before_validity(results: pd.DataFrame, model: Model) -> pd.DataFrame:
+def before_validity(results: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """The plain predictions' rows renamed to their BEFORE cells (ttbench.validity.before),
-    with the validity `model` gives them from the stability at w0 alone."""
-    table = table_features(results)
+    with the validity _expected's `table` gives them from the stability at w0 alone."""
+    table = table[table["family"] == BEFORE] if len(table) else table
     if not len(table):
         return results.iloc[:0]
-    table = table[table["family"] == BEFORE]
-    f = table[list(FEATURES)].to_numpy(float)
-    expected = [model.expected(n, row) for n, row in zip(table["predictor"], f, strict=True)]
-    new = table[["run", "predictor"]].assign(
-        _v=expected, _name=table["predictor"].str.removesuffix(f"@{BEFORE}")
+    new = table[["run", "predictor", "_v"]].assign(
+        _name=table["predictor"].str.removesuffix(before(""))
     )
     rows = results.merge(new, left_on=["run", "predictor"], right_on=["run", "_name"])
     return rows.assign(predictor=rows["predictor_y"], validity=rows["_v"]).drop(

@@ -236,7 +236,7 @@ def with_signal_costs(predictions: dict[str, Predicted], stages: Stages) -> dict
     """Every prediction with the signals its validity reads, where the run measured them: the
     stability at w0 in its cost, the drift at k and the watch along the fine-tuning apart
     (ttbench.stages.ALONG; the record's `timing` gives both)."""
-    before = tuple(s for s in (stages_.STABILITY,) if s in stages.stats)
+    before = (stages_.STABILITY,) if stages_.STABILITY in stages.stats else ()
     along = tuple(s for s in stages_.ALONG if s in stages.stats)
     return {  # one that computed nothing (no state at its step) costs nothing
         n: replace(p, stages=(*p.stages, *before), signals=along) if p.stages else p

@@ -128,10 +128,7 @@ def run(
         stages.stats[stages_.FINETUNE]["wall_s"] += state.get("seconds", 0.0)
         stages.stats[stages_.FINETUNE]["segments"] = state.get("segments", 1) + 1
     if EVALUATE_S in kept:  # SGD's whole-task losses: timed apart from its bare steps
-        stages.stats[stages_.FINETUNE]["wall_s"] -= kept[EVALUATE_S]
-        stages.stats[stages_.EVALUATE] = stages.stats[stages_.FINETUNE] | {
-            "wall_s": kept[EVALUATE_S]
-        }
+        stages.carve(stages_.EVALUATE, kept[EVALUATE_S])
     if real.diverged:
         log.warning("fine-tuning diverged: its loss exploded")
     elif real.outcome(spec.train.smooth) == CATAPULT:

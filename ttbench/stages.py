@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # A run's stages as result.json names them (prediction.py adds solve_<predictor>, and for a
 # refined prediction jacobian_<at>, theta_<at>, velocity_<at>). PREFIX is a pseudo-stage: the
 # real steps a refined prediction observed, a part of FINETUNE counted in that prediction's
-# cost and never in a job's total (`is_prefix`). A prediction's validity reads the SIGNALS:
+# cost and never in a job's total (`is_prefix`). A prediction's validity reads the signals
 # STABILITY at w0, counted in every prediction's cost (it is computed before training, as a
 # plan's is), and the two measured on the fine-tuning, DRIFT (at k) and the WATCH along it,
 # counted apart (ALONG). Under SGD the whole-task losses fine-tuning records are EVALUATE,
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 DATA, MODEL, JACOBIAN, THETA, NOISE = "data", "model", "jacobian", "theta", "noise"
 FINETUNE, EVALUATE, WATCH, PREFIX = "finetune", "evaluate", "watch", "prefix"
 STABILITY, DRIFT = "stability", "drift"  # the signals the validity reads, at w0 and at k
-SIGNALS = (STABILITY, DRIFT, WATCH)
 ALONG = (DRIFT, WATCH)  # the signals measured on the fine-tuning itself
 PREDICT, PROBE = "predict", "probe"
 
@@ -63,7 +62,7 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":  # kernels are asynchronous: wait before reading the clock
         import torch  # here: a judge or a report reads stage names without torch
 
@@ -72,10 +71,10 @@ def _sync(device: torch.device) -> None:
 
 def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
     """fn() and its wall-clock in seconds."""
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return out, time.perf_counter() - start
 
 
@@ -101,10 +100,10 @@ class Stages:
             import torch
 
             torch.cuda.reset_peak_memory_stats(self.device)
-        _sync(self.device)
+        sync(self.device)
         start = time.perf_counter()
         yield
-        _sync(self.device)
+        sync(self.device)
         stat = {
             "wall_s": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),
@@ -113,6 +112,12 @@ class Stages:
         if cuda:
             stat["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.stats[name] = stat
+
+    def carve(self, name: str, seconds: float, out_of: str = FINETUNE) -> None:
+        """Moves `seconds` spent inside stage `out_of` (the watch, SGD's evaluations) into a
+        stage of their own, which shares its memory figures."""
+        self.stats[out_of]["wall_s"] -= seconds
+        self.stats[name] = self.stats[out_of] | {"wall_s": seconds}
 
     def added_mb(self, name: str) -> float:
         """The peak resident memory a stage added to what the process held at its start."""

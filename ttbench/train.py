@@ -32,14 +32,10 @@ from ttbench.core.curves import Curves, blew_up, exploding
 from ttbench.core.sgd import batch_indices
 from ttbench.files import atomic_save
 from ttbench.spec import RunSpec, Training
+from ttbench.stages import sync
 
 log = logging.getLogger(__name__)
 EVALUATE_S = "evaluate_s"  # kept: seconds spent on SGD's whole-task loss so far
-
-
-def _sync(x: torch.Tensor) -> None:
-    if x.is_cuda:  # kernels are asynchronous: wait before reading the clock
-        torch.cuda.synchronize(x.device)
 
 
 def finetune(
@@ -109,7 +105,7 @@ def finetune(
         record = t % eval_every == 0
         if batches is None or record:
             if batches is not None:
-                _sync(x)
+                sync(x.device)
                 evaluating = time.perf_counter()
             with torch.set_grad_enabled(batches is None and t < steps):
                 f = model(x)
@@ -122,7 +118,7 @@ def finetune(
             if not torch.isfinite(value) or exploding(loss_curve[0], loss_curve[t // eval_every]):
                 break
             if batches is not None:
-                _sync(x)
+                sync(x.device)
                 kept[EVALUATE_S] = kept.get(EVALUATE_S, 0.0) + time.perf_counter() - evaluating
             states = kept.setdefault("states", {})
             for name in keep(t, loss_curve[: t // eval_every + 1]) if keep and record else ():

@@ -114,7 +114,7 @@ class Model:
 
     def expected(self, name: str, f: np.ndarray) -> float | None:
         """`name` a predictor, or before(predictor) for a prediction made before training."""
-        fam = BEFORE if name.endswith(f"@{BEFORE}") else family(name)
+        fam = BEFORE if name.endswith(before("")) else family(name)
         w, b = self.weights.get(fam), self.intercepts.get(name)
         return None if w is None or b is None else float(b + np.dot(w, f))
 

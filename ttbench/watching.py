@@ -69,10 +69,7 @@ class Watching:
     def record(self, stages: Stages, kept: dict) -> record.Watched:
         """Moves the watch's time out of the fine-tuning (and out of the real steps each refined
         prediction observed) into the stage `watch`; the record's part."""
-        spent = sum(self.seconds.values())
-        stages.stats[stages_.FINETUNE]["wall_s"] -= spent
-        # it ran inside the fine-tuning's stage, whose memory figures it shares
-        stages.stats[stages_.WATCH] = stages.stats[stages_.FINETUNE] | {"wall_s": spent}
+        stages.carve(stages_.WATCH, sum(self.seconds.values()))
         for at, state in kept.get("states", {}).items():
             if prefix_stage(at) in stages.stats:
                 before = sum(s for t, s in self.seconds.items() if t <= state["step"])

@@ -246,11 +246,16 @@ def costs(results: pd.DataFrame) -> pd.DataFrame:
     cols = ["run", "predictor", "dataset", "device", "finetune_s", "predict_s", "signals_s"]
     if not len(results):
         return pd.DataFrame(columns=[*cols, "ratio", "ratio_signals"])
-    out = results.reindex(columns=cols).drop_duplicates(["run", "predictor"])
-    out = out.reset_index(drop=True).assign(signals_s=lambda d: d["signals_s"].fillna(0.0))
-    return out.assign(
-        ratio=out["finetune_s"] / out["predict_s"],
-        ratio_signals=out["finetune_s"] / (out["predict_s"] + out["signals_s"]),
+    return _with_ratios(results.reindex(columns=cols).drop_duplicates(["run", "predictor"]))
+
+
+def _with_ratios(per: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one (run, predictor) each, with `ratio` and `ratio_signals` (costs)."""
+    per = per.reset_index(drop=True)
+    signals = per.reindex(columns=["signals_s"])["signals_s"].astype(float).fillna(0.0)
+    finetune, predict = per["finetune_s"].astype(float), per["predict_s"].astype(float)
+    return per.assign(
+        signals_s=signals, ratio=finetune / predict, ratio_signals=finetune / (predict + signals)
     )
 
 
@@ -449,12 +454,9 @@ def fidelity(results: pd.DataFrame, by: Sequence[str] = ("regime", "predictor"))
         out[f"{name}_width"] = stats_["width"]
         if name == "run":
             out["run_unknown"] = stats_["unknown"]
-    per = rows.drop_duplicates(["run", "predictor"])
-    finetune, predict = per["finetune_s"].astype(float), per["predict_s"].astype(float)
-    signals = per.reindex(columns=["signals_s"])["signals_s"].astype(float).fillna(0.0)
-    per = per.assign(_ratio=finetune / predict, _all=finetune / (predict + signals))
-    out["cost_ratio"] = per.groupby(list(by))["_ratio"].median()
-    out["cost_ratio_signals"] = per.groupby(list(by))["_all"].median()
+    per = _with_ratios(rows.drop_duplicates(["run", "predictor"])).groupby(list(by))
+    out["cost_ratio"] = per["ratio"].median()
+    out["cost_ratio_signals"] = per["ratio_signals"].median()
     return out.reset_index()
 
 
