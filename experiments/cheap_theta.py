@@ -1,0 +1,128 @@
+"""The figures of docs/theta.md's cheap-mode sweeps and docs/refinement.md's before-training
+bands, without fine-tuning anything.
+
+    python experiments/cheap_theta.py gd 500 501      # discrete's T_eps per Θ mode against exact
+    python experiments/cheap_theta.py sgd 500 501     # exact_sgd's, B 10 and 50
+    python experiments/cheap_theta.py bands TABLES... # before-training band coverage
+
+`gd` and `sgd` predict the default task of each seed at every lr and momentum of the fidelity
+presets in each Θ mode, and print per mode the mean difference of the loss T_eps from the
+exact mode's (bias) and its mean absolute value, in steps and relative, and the median
+wall-clock of the prediction. `bands` reads results tables (python -m ttbench.collect) and
+prints, for the plain predictions, the share of real loss T_eps inside the shipped
+calibration's band read before training (the BEFORE cells) and read as though every signal
+but the stability were 0 (the former way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ttbench import build
+from ttbench.bands import default_calibration
+from ttbench.config import compose
+from ttbench.core.curves import DEFAULT_EPS
+from ttbench.points import valid
+from ttbench.prediction import at_w0
+from ttbench.stages import Stages
+from ttbench.validate import validate
+from ttbench.validity import before, before_features
+
+PROJECTED = ["theta.mode=projected"]
+GD_MODES = {
+    "exact": [],
+    "projected D0=4096": PROJECTED,
+    "projected D0=8192": [*PROJECTED, "theta.dim=8192"],
+    "projected D0=16384": [*PROJECTED, "theta.dim=16384"],
+    "trace": ["theta.mode=trace"],
+    "projected D0=1024 P=1": [*PROJECTED, "theta.dim=1024", "theta.outputs=1"],
+    "projected D0=1024 P=2": [*PROJECTED, "theta.dim=1024", "theta.outputs=2"],
+    "projected D0=4096 P=2": [*PROJECTED, "theta.outputs=2"],
+    "projected D0=4096 P=5": [*PROJECTED, "theta.outputs=5"],
+}
+SGD_MODES = {
+    "exact": [],
+    "projected D0=16384": [*PROJECTED, "theta.dim=16384"],
+    "projected D0=4096": PROJECTED,
+    "projected D0=4096 P=2": [*PROJECTED, "theta.outputs=2"],
+    "projected D0=1024 P=1": [*PROJECTED, "theta.dim=1024", "theta.outputs=1"],
+}
+PLAIN = ["ode", "discrete", "heavy_ball", "exact_sgd", "sde"]
+
+
+def sweep(part: str, seeds: list[int]) -> None:
+    sgd = part == "sgd"
+    name = "exact_sgd" if sgd else "discrete"
+    grid = {"optim.batch_size": (10, 50)} if sgd else {}
+    grid |= {"lr": (0.001, 0.003) if sgd else (0.001, 0.003, 0.01, 0.03), "momentum": (0.0, 0.9)}
+    rows = []
+    for seed in seeds:
+        base = [f"seed={seed}", f"predictor.names=[{name}]", *(["optim=sgd"] if sgd else [])]
+        s = build.setup(validate(compose(base)))
+        for mode, overrides in (SGD_MODES if sgd else GD_MODES).items():
+            for values in itertools.product(*grid.values()):
+                setting = [f"{k}={v}" for k, v in zip(grid, values, strict=True)]
+                spec = validate(compose([*base, *overrides, *setting]))
+                stages = Stages(s.x.device)
+                _, pred, _ = at_w0(spec, s.model(), s.x, s.y, stages)
+                t = pred[name].curves.t_eps("loss", DEFAULT_EPS, spec.train.smooth)
+                t = np.array([np.nan if v is None else v for v in t.values()], float)
+                wall = sum(v["wall_s"] for v in stages.stats.values())
+                rows.append({"mode": mode, "key": (seed, *values), "t": t, "s": wall})
+    df = pd.DataFrame(rows)
+    exact = {r.key: r.t for r in df[df["mode"] == "exact"].itertuples()}
+    print(f"{name}: loss T_eps against the exact mode's, seeds {seeds}")
+    for mode, part_ in df.groupby("mode", sort=False):
+        d = np.concatenate([r.t - exact[r.key] for r in part_.itertuples()])
+        rel = np.concatenate([(r.t - exact[r.key]) / exact[r.key] for r in part_.itertuples()])
+        print(
+            f"  {mode:24s} bias {np.nanmean(d):+.2f} steps ({np.nanmean(rel):+.1%}), "
+            f"|diff| {np.nanmean(np.abs(d)):.2f} steps ({np.nanmean(np.abs(rel)):.1%}), "
+            f"prediction {part_['s'].median():.2f} s"
+        )
+
+
+def coverage(tables: list[Path]) -> None:
+    cal = default_calibration()
+    model = cal.validity
+    for table in tables:
+        r = pd.read_parquet(table / "results.parquet")
+        r = valid(r[(r["kind"] == "loss") & r["predictor"].isin(PLAIN)])
+        r = r[r["t_pred"].notna() & r["t_real"].notna()]
+        hits: dict[str, list] = {"before training": [], "as though relin agreed": []}
+        for _, row in r.iterrows():
+            stability = row.get("signal.stability")
+            x = before_features({"stability": 0.0 if pd.isna(stability) else stability})
+            name, steps = row["predictor"], int(row["cfg.steps"])
+            for way, key, v in (
+                ("before training", before(name), model.expected(before(name), x)),
+                ("as though relin agreed", name, model.expected(name, 0 * x)),
+            ):
+                q = cal.band(key, "loss", row["t_pred"], v, row["cfg.model.name"], steps)
+                hits[way].append(None if q is None else q[0] <= row["t_real"] <= q[2])
+        for way, h in hits.items():
+            known = [x for x in h if x is not None]
+            print(
+                f"{table}: {way}: {np.mean(known):.0%} of {len(known)} inside the band "
+                f"({len(h) - len(known)} without one: wider than the budget)"
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=["gd", "sgd", "bands"])
+    p.add_argument("args", nargs="+", help="seeds (gd, sgd) or table folders (bands)")
+    a = p.parse_args()
+    if a.part == "bands":
+        coverage([Path(t) for t in a.args])
+    else:
+        sweep(a.part, [int(s) for s in a.args])
+
+
+if __name__ == "__main__":
+    main()
