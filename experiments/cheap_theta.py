@@ -4,6 +4,7 @@ bands, without fine-tuning anything.
     python experiments/cheap_theta.py gd 500 501      # discrete's T_eps per Θ mode against exact
     python experiments/cheap_theta.py sgd 500 501     # exact_sgd's, B 10 and 50
     python experiments/cheap_theta.py bands TABLES... # before-training band coverage
+    python experiments/cheap_theta.py kernel 500 501  # kernel_change, exact and mixed modes
 
 `gd` and `sgd` predict the default task of each seed at every lr and momentum of the fidelity
 presets in each Θ mode, and print per mode the mean difference of the loss T_eps from the
@@ -11,7 +12,9 @@ exact mode's (bias) and its mean absolute value, in steps and relative, and the 
 wall-clock of the prediction. `bands` reads results tables (python -m ttbench.collect) and
 prints, for the plain predictions, the share of real loss T_eps inside the shipped
 calibration's band read before training (the BEFORE cells) and read as though every signal
-but the stability were 0 (the former way).
+but the stability were 0 (the former way). `kernel` fine-tunes 15 GD steps at four settings
+per seed and prints kernel_change = |Theta_k - Theta_0| / |Theta_0| with both exact, with a
+sketched Theta_k (D0 = 16384) against an exact Theta_0, and the sketch's own error at w_k.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from ttbench import build
 from ttbench.bands import default_calibration
 from ttbench.config import compose
 from ttbench.core.curves import DEFAULT_EPS
+from ttbench.core.linearize import linearize
+from ttbench.core.sketch import Sketch
 from ttbench.points import valid
 from ttbench.prediction import at_w0
 from ttbench.stages import Stages
+from ttbench.train import finetune_run
 from ttbench.validate import validate
 from ttbench.validity import before, before_features
 
@@ -113,13 +119,52 @@ def coverage(tables: list[Path]) -> None:
             )
 
 
+def kernel(seeds: list[int]) -> None:
+    sketch_k = ["theta.mode=projected", "theta.dim=16384"]
+    for seed in seeds:
+        for lr, m in ((0.001, 0.0), (0.003, 0.9), (0.01, 0.0), (0.03, 0.9)):
+            setting = [f"seed={seed}", f"lr={lr}", f"momentum={m}", "steps=15"]
+            spec = validate(compose(setting))
+            s = build.setup(spec)
+            model = s.model()
+            theta = {}
+            for at in ("0", "k"):
+                for mode, extra in (("exact", []), ("sketched", sketch_k)):
+                    th = validate(compose([*setting, *extra])).theta_at(False)
+                    theta[mode, at] = _theta(model, s.x, th, seed)
+                if at == "0":
+                    finetune_run(spec, model, s.x, s.y)
+
+            exact, mixed, error = (
+                _change(theta, a, b)
+                for a, b in (("exact", "exact"), ("sketched", "exact"), ("sketched", None))
+            )
+            print(
+                f"seed {seed} lr {lr} momentum {m}: kernel_change exact {exact:.3f}, "
+                f"mixed {mixed:.3f}; the sketch's error at w_k {error:.3f}"
+            )
+
+
+def _change(theta: dict, at_k: str, at_0: str | None) -> float:
+    """|Theta_k - Theta_0| / |Theta_0| (at_0 None: against the exact Theta_k)."""
+    a, b = theta[at_k, "k"], theta["exact", "k"] if at_0 is None else theta[at_0, "0"]
+    return float((a - b).norm() / b.norm())
+
+
+def _theta(model, x, th, seed: int):
+    sketch = Sketch(th.sketch, th.dim, seed) if th.mode == "projected" else None
+    return linearize(model, x, th.mode, sketch=sketch).full_theta().double()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["gd", "sgd", "bands"])
+    p.add_argument("part", choices=["gd", "sgd", "bands", "kernel"])
     p.add_argument("args", nargs="+", help="seeds (gd, sgd) or table folders (bands)")
     a = p.parse_args()
     if a.part == "bands":
         coverage([Path(t) for t in a.args])
+    elif a.part == "kernel":
+        kernel([int(s) for s in a.args])
     else:
         sweep(a.part, [int(s) for s in a.args])
 
