@@ -1,18 +1,21 @@
 import functools
-import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from tests.conftest import compose_cfg, run_id, spec_of
 from ttbench.build import cpu_threads
 from ttbench.config import config_groups
 from ttbench.runid import LABEL_CHARS, NOT_IDENTITY
+from ttbench.settings import BY_RULE, SETTINGS, Number, Settings, declared, table
 from ttbench.spec import RunSpec
 from ttbench.sweep import subdir_override
-from ttbench.validate import BY_RULE, SETTINGS, ConfigError, Number, predictor_names, validate
+from ttbench.validate import ConfigError, predictor_names, validate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_config_group_option_composes_and_validates():
@@ -201,38 +204,75 @@ def _leaves(node: dict, prefix: str = "") -> dict:
 
 
 @functools.cache
-def _every_setting() -> dict[str, DictConfig]:
-    """Each setting of the configs, with one composed config that has it."""
+def _every_setting() -> dict[str, list[str]]:
+    """Each setting of the configs, with the group choices of one composed config that has it."""
     groups = config_groups()
-    found: dict[str, DictConfig] = {}
+    found: dict[str, list[str]] = {}
     for choice in [[]] + [[f"{g}={o}"] for g in ("dataset", "model", "optim") for o in groups[g]]:
-        cfg = compose_cfg(choice)
-        config = OmegaConf.to_container(cfg, resolve=False)
+        config = OmegaConf.to_container(compose_cfg(choice), resolve=False)
         for key in _leaves({k: v for k, v in config.items() if k != "hydra"}):
-            found.setdefault(key, cfg)
+            found.setdefault(key, choice)
     return found
 
 
 def test_every_setting_is_declared_once_with_its_rule():
     """SETTINGS (type and range, one line each) and BY_RULE (checked against other settings)
-    cover every key of every config group option, and name no key the configs lack."""
+    cover every key of every config group option, and name no key the configs lack; every
+    setting outside the groups has its meaning beside its rule."""
     found = _every_setting()
     covered = set(SETTINGS) | {k for k in found if k.startswith(BY_RULE)}
     assert sorted(set(found) - covered) == []
     assert sorted(set(SETTINGS) - set(found)) == []
     assert not set(SETTINGS) & set(BY_RULE)
+    fields = declared()
+    assert len(fields) >= 45 and all(len(f.metadata["doc"]) > 10 for f in fields.values())
+    groups = ("dataset", "model", "optim", "predictor")
+    outside = [k for k in found if k.split(".")[0] not in groups]  # plan.theta.mode: plan.theta
+
+    def under(key: str, name: str) -> bool:
+        return key == name or key.startswith(f"{name}.")
+
+    assert all(any(under(k, name) for name in fields) for k in outside)
+    assert all(any(under(k, name) for k in outside) for name in fields)
+
+
+def test_the_settings_table_of_the_docs_is_the_schemas():
+    """docs/settings.md is `python -m ttbench.settings`: regenerate it when a setting changes."""
+    doc = (ROOT / "docs" / "settings.md").read_text()
+    assert table() in doc
+    assert Settings().out_root == "outputs" and Settings().theta.dim == 4096
 
 
 def test_every_number_refuses_nan_and_inf_and_a_string_naming_itself():
+    """On the command line and in Python alike (both compose): a typed setting never holds a
+    string, nan or inf, and the message is the setting's own, not Hydra's."""
     found = _every_setting()
     numbers = [k for k, rule in SETTINGS.items() if isinstance(rule, Number)]
     assert len(numbers) >= 40
     for key in numbers:
         integer = SETTINGS[key].integer
-        for bad, says in ((math.nan, "finite"), (math.inf, "finite"), (-math.inf, "finite"),
+        for bad, says in (("nan", "finite"), ("inf", "finite"), ("-inf", "finite"),
                           ("abc", "")):  # fmt: skip
             says = "integer" if integer else says
-            cfg = found[key].copy()
-            OmegaConf.update(cfg, key, bad)
             with pytest.raises(ConfigError, match=f"^{re.escape(key)}=.* is invalid: .*{says}"):
-                validate(cfg)
+                validate(compose_cfg([*found[key], f"{key}={bad}"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("tensorboard=yes", "tensorboard='yes' is invalid: must be true or false"),
+        ("eps=0.1", "eps=0.1 is invalid: must be a non-empty list of numbers in (0, 1)"),
+        ("eps=[0.1,0.1]", "eps=[0.1, 0.1] is invalid: every value must be different"),
+        ("probes=[foo]", "probes=['foo'] is invalid: every value must be one of clustering"),
+        ("theta=5", "theta=5 is invalid: is a group of settings: set one of theta.mode, "),
+        ("plan.theta=5", "plan.theta=5 is invalid: is a group of settings: set one of plan.theta"),
+        ("task=3", "task=3 is invalid: is a group of settings: set one of task.k, task.n"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_one_line_naming_its_setting(override, says):
+    """Before the typed schema, the last three were tracebacks (an int has no attribute 'k'),
+    and Hydra's merge would turn `tensorboard=yes` into true."""
+    with pytest.raises(ConfigError) as e:
+        compose_cfg([override])
+    assert str(e.value).startswith(says)

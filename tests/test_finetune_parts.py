@@ -10,8 +10,9 @@ from ttbench.bench.baseline import func_theta
 from ttbench.core.linearize import linearize
 from ttbench.models.classifier import Classifier, set_trainable
 from ttbench.models.lora import add_lora
+from ttbench.settings import TRAINABLE
 from ttbench.train import finetune
-from ttbench.validate import TRAINABLE, ConfigError
+from ttbench.validate import ConfigError
 
 WANT = {
     "all": {"0.weight", "0.bias", "1.weight", "1.bias", "4.base.weight", "4.base.bias",

@@ -115,3 +115,17 @@ def test_sweep_status_and_the_incomplete_runs_command(tmp_path, cache_dir, capsy
     assert (root / "plans" / "planned" / "plan.json").is_file()  # never taken for a run
     assert (root / "plans" / "planning" / "plan.log").is_file()
     assert sweep.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_sweeps_values_are_checked_as_a_single_runs_naming_the_job(tmp_path, cache_dir):
+    """A value of a sweep is checked against its setting's rule before Hydra merges it into
+    the typed schema, which would have read `yes` as true; the process boundary is the point
+    (Hydra's multirun and the sweeper)."""
+    out = tmp_path / "out"
+    bad = run_cli("ttbench.run", "-m", *TINY, "tensorboard=false,yes", f"out_root={out}",
+                  cwd=tmp_path, cache=cache_dir)  # fmt: skip
+    assert bad.returncode == 2 and not (out / "runs").exists()
+    assert bad.stderr.strip().splitlines()[-1] == (
+        f"ttbench: error: job #1 ({' '.join([*TINY, 'tensorboard=yes', f'out_root={out}'])}): "
+        "tensorboard='yes' is invalid: must be true or false"
+    )

@@ -10,10 +10,11 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ttbench.config import CONF_DIR, compose, register_resolvers
+from ttbench.config import compose, register_resolvers
 from ttbench.errors import USER_ERRORS
+from ttbench.settings import Settings
 from ttbench.validate import check_cli, validate
 
 __all__ = ["USER_ERRORS", "check_argv", "command", "error", "job", "main", "one_line_errors"]
@@ -72,7 +73,7 @@ def check_argv() -> None:
         return
     multirun = "-m" in argv or "--multirun" in argv
     with one_line_errors():
-        check_cli(argv, OmegaConf.load(CONF_DIR / "config.yaml").out_root)
+        check_cli(argv, Settings().out_root)
         if not multirun:
             task = [a for a in argv if "=" in a and not a.lstrip("+~").startswith("hydra")]
             validate(compose(task))

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
+from ttbench import settings
 from ttbench.runid import RunId
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -37,12 +39,23 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(RUN_DIR_RESOLVER, _run_dir)
 
 
+# config.yaml starts from the schema: stored on import, as a job process (a launcher's worker
+# composing its job again) needs it before anything of ttbench's runs
+settings.register()
+
+
 def compose(overrides: Iterable[str] = (), hydra: bool = False) -> DictConfig:
     """The run config for these overrides, as `python -m ttbench.run` composes it; with `hydra`
-    the `hydra` node is kept (and hydra.overrides.task filled)."""
+    the `hydra` node is kept (and hydra.overrides.task filled). A value its setting refuses
+    raises ConfigError."""
     register_resolvers()
+    overrides = list(overrides)
+    settings.check_overrides(overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra)
+        try:
+            return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
+        except ConfigCompositionException as e:
+            raise settings.refused(e) from None
 
 
 def config_groups() -> dict[str, list[str]]:

@@ -1,6 +1,8 @@
 """The typed run specification: one run's settings, built once from the composed config by
 `ttbench.validate.validate`. Everything below the entry points takes these plain values, never
-the config itself."""
+the config itself. Where a group of settings is its own spec as given (theta.*, subset.*,
+stochastic.*), the spec class is the schema's (ttbench.settings); the others are resolved
+(`refine.steps` null is 10% of `steps`, `watch.steps` auto a schedule) or gathered."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ttbench import runid
+from ttbench.settings import StochasticSpec, SubsetSpec, ThetaSpec
 
 
 @dataclass(frozen=True)
@@ -30,43 +33,6 @@ class Training:
     def dynamics(self) -> dict[str, Any]:
         """The keyword arguments every ttbench.core predictor takes."""
         return {"lr": self.lr, "momentum": self.momentum, "steps": self.steps, "loss": self.loss}
-
-
-@dataclass(frozen=True)
-class ThetaSpec:
-    mode: str  # exact | trace | projected
-    block: int  # samples per side of a structured block
-    dim: int  # projected: D0
-    sketch: str  # projected: countsketch | achlioptas | gaussian
-    chunk: int  # projected: samples per streamed chunk
-    memory_gb: float  # exact/trace: the budget; above it Theta is built in sample blocks
-    outputs: int | None = None  # trace/projected: random output directions (None: the C classes)
-
-    @property
-    def directions(self) -> int | None:
-        """The random output directions this mode takes: none in exact mode (every class)."""
-        return None if self.mode == "exact" else self.outputs
-
-    def unsketched(self) -> ThetaSpec:
-        """The same Θ without the sketch: exact, or trace with output directions (what a
-        projected Θ falls back to when building it outright costs less)."""
-        if self.mode != "projected":
-            return self
-        return replace(self, mode="exact" if self.outputs is None else "trace")
-
-
-@dataclass(frozen=True)
-class SubsetSpec:
-    n0: int
-    alpha: float
-    k0: int
-
-
-@dataclass(frozen=True)
-class StochasticSpec:
-    paths: int
-    noise: str  # diagonal | full
-    schedule: str  # grad_norm | constant
 
 
 @dataclass(frozen=True)

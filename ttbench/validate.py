@@ -10,17 +10,17 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-import math
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from ttbench.config import compose, config_groups
 from ttbench.errors import ConfigError
+from ttbench.settings import SETTINGS, Each, OneOf, choice, plain, registry
 from ttbench.spec import (
     DataSpec,
     FinetuneSpec,
@@ -37,196 +37,18 @@ from ttbench.spec import (
     WatchSpec,
 )
 
-
-def _registry(name: str) -> Any:
-    """A name of a registry module ("module:NAME"), imported when first needed: they import
-    torch (~2 s), which a bad number on the command line need not wait for."""
-    module, attr = name.split(":")
-    return getattr(importlib.import_module(f"ttbench.{module}"), attr)
-
-
-def _names(name: str) -> Callable[[], Iterable]:
-    return lambda: _registry(name)
-
-
-MAX_STEPS = 10_000_000  # curves (and SGD batches) are held in memory, per step
-
-
-def _choice(key: str, value: object, allowed: Iterable[str]) -> None:
-    allowed = sorted(allowed)
-    if value not in allowed:
-        raise ConfigError(key, value, f"must be one of {', '.join(map(str, allowed))}")
-
-
-@dataclass(frozen=True)
-class Number:
-    """A finite number (an integer with `integer`) within the bounds given; `null` allowed
-    with `optional`; `says` replaces the generated range."""
-
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-    integer: bool = False
-    optional: bool = False
-    says: str | None = None
-
-    def range(self) -> str:
-        if self.says:
-            return self.says
-        kind = "an integer " if self.integer else ""
-        low = "[" if self.ge is not None else "(" if self.gt is not None else None
-        high = "]" if self.le is not None else ")" if self.lt is not None else None
-        lo = self.ge if self.ge is not None else self.gt
-        hi = self.le if self.le is not None else self.lt
-        if low and high:
-            return f"must be {kind}in {low}{lo:g}, {hi:g}{high}"
-        if low:
-            return f"must be {kind}{'>=' if low == '[' else '>'} {lo:g}"
-        if high:
-            return f"must be {kind}{'<=' if high == ']' else '<'} {hi:g}"
-        return "must be an integer" if self.integer else "must be a finite number"
-
-    def check(self, key: str, value: object) -> None:
-        if value is None and self.optional:
-            return
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or (self.integer and not isinstance(value, int)):
-            raise ConfigError(key, value, self.range() if self.integer else "must be a number")
-        if not math.isfinite(value):  # nan passes every comparison, inf hangs the fine-tuning
-            raise ConfigError(key, value, "must be a finite number")
-        if (
-            (self.gt is not None and not value > self.gt)
-            or (self.ge is not None and not value >= self.ge)
-            or (self.lt is not None and not value < self.lt)
-            or (self.le is not None and not value <= self.le)
-        ):
-            raise ConfigError(key, value, self.range())
-
-
-@dataclass(frozen=True)
-class Flag:
-    def check(self, key: str, value: object) -> None:
-        if not isinstance(value, bool):
-            raise ConfigError(key, value, "must be true or false")
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """One of `values` (a callable: the names of a registry, read when checked)."""
-
-    values: tuple | Callable[[], Iterable]
-    optional: bool = False
-
-    def check(self, key: str, value: object) -> None:
-        if value is None and self.optional:
-            return
-        _choice(key, value, self.values() if callable(self.values) else self.values)
-
-
-@dataclass(frozen=True)
-class Text:
-    optional: bool = False
-
-    def check(self, key: str, value: object) -> None:
-        if not (isinstance(value, str) or (value is None and self.optional)):
-            raise ConfigError(key, value, "must be a text" + (" or null" if self.optional else ""))
-
-
-Rule = Number | Flag | OneOf | Text
-TRAINABLE = ("all", "head", "norm", "adapters")
-POSITIVE, COUNT, NONNEGATIVE = Number(gt=0), Number(ge=1, integer=True), Number(ge=0)
-SEED = Number(ge=0, lt=2**32, integer=True, says="must be an integer in [0, 2**32)")
-
-# Every setting with a type or a range of its own, one line each, checked wherever it is set
-# (even when nothing reads it in this run). Its default and meaning are in the YAML; what
-# depends on other settings is in validate(). test_config keeps this in step with the YAML.
-SETTINGS: dict[str, Rule] = {
-    "seed": SEED,
-    "preset": Text(optional=True),
-    "task.k": Number(ge=2, integer=True),  # one class: every curve is flat, nothing to predict
-    "task.n": COUNT,
-    "lr": POSITIVE,
-    "momentum": Number(ge=0, lt=1),
-    "weight_decay": NONNEGATIVE,
-    "steps": Number(
-        ge=1,
-        le=MAX_STEPS,
-        integer=True,
-        says=f"must be an integer in [1, {MAX_STEPS:,}] (every step's loss is kept in memory)",
-    ),
-    "loss": OneOf(_names("core.losses:LOSSES")),
-    "device": OneOf(("auto", "cpu", "cuda")),
-    "threads": Number(ge=1, integer=True, optional=True),
-    "checkpoint_s": Number(ge=0, says="must be >= 0 (0: every step)"),
-    "dataset.name": OneOf(_names("data.registry:DATASETS")),
-    "dataset.channels": OneOf((1, 3)),
-    "dataset.resolution": Number(ge=1, integer=True, optional=True),
-    "dataset.source_fraction": Number(gt=0, lt=1),
-    "dataset.split_seed": SEED,
-    "dataset.verify": Flag(),
-    "model.source": OneOf(("timm", "torchvision")),
-    "model._target_": Text(optional=True),
-    "dataset._target_": Text(optional=True),
-    "model.head_init_std": NONNEGATIVE,
-    "model.width": COUNT,
-    "model.patch_size": COUNT,
-    "model.pretrain.epochs": COUNT,
-    "model.pretrain.batch_size": COUNT,
-    "model.pretrain.lr": POSITIVE,
-    "model.pretrain.seed": SEED,
-    "model.pretrain.conv_scale": POSITIVE,
-    "model.pretrain.schedule": OneOf(("constant", "onecycle")),
-    "model.pretrain.augment": Flag(),
-    "model.pretrain.precise_bn": Flag(),
-    "optim.name": OneOf(("gd", "sgd")),
-    "optim.eval_every": COUNT,
-    "optim.smooth": COUNT,
-    "optim.batch_size": COUNT,
-    "optim.sampling": OneOf(_names("core.sgd:SCHEMES")),
-    "predictor.skip_inapplicable": Flag(),
-    "theta.mode": OneOf(_names("core.linearize:MODES")),
-    "theta.block": COUNT,
-    "theta.dim": COUNT,
-    "theta.sketch": OneOf(_names("core.sketch:SKETCHES")),
-    "theta.chunk": COUNT,
-    "theta.memory_gb": POSITIVE,
-    "theta.outputs": Number(ge=1, integer=True, optional=True),
-    "subset.n0": Number(ge=2, integer=True),
-    "subset.alpha": Number(),
-    "subset.k0": COUNT,
-    "stochastic.paths": COUNT,
-    "stochastic.noise": OneOf(_names("core.sgd:NOISES")),
-    "stochastic.schedule": OneOf(_names("core.sgd:SCHEDULES")),
-    "refine.steps": Number(ge=0, integer=True, optional=True),
-    "refine.theta": OneOf(_names("core.linearize:MODES"), optional=True),
-    "watch.samples": COUNT,
-    "watch.threshold": POSITIVE,
-    "trainable": OneOf(TRAINABLE),
-    "lora.rank": Number(ge=1, integer=True, optional=True),
-    "lora.alpha": POSITIVE,
-    "probe.components": COUNT,
-    "plan.eps": Number(gt=0, lt=1, optional=True),
-    "plan.probe_steps": COUNT,
-    "plan.margin": NONNEGATIVE,
-    "plan.overhead_s": Number(ge=0, optional=True),
-    "plan.set_steps": Flag(),
-    "tensorboard": Flag(),
-}
-# Settings checked by a rule of validate() that reads other settings, or free text.
-BY_RULE = (
-    "eps", "predictor.names", "probes", "probe.sizes", "probe.dims", "watch.steps",
-    "model.name", "model.pretrained", "model.weights", "model.pretrain.dataset",
-    "plan.predictor", "plan.theta", "plan.table", "dataset.root", "cache_dir", "out_root",
-    "model.kwargs", "dataset.kwargs",
-)  # fmt: skip
 _ABSENT = object()
+
+
+def _imports_torch(rule: object) -> bool:
+    """A rule reading a registry's names, which imports torch."""
+    return isinstance(rule, OneOf) or (isinstance(rule, Each) and isinstance(rule.rule, OneOf))
 
 
 def check_settings(cfg: DictConfig) -> None:
     """Every setting of SETTINGS that this config has, against its rule; the names of the
     registries last, since reading those imports torch."""
-    order = sorted(SETTINGS.items(), key=lambda item: isinstance(item[1], OneOf))
+    order = sorted(SETTINGS.items(), key=lambda item: _imports_torch(item[1]))
     for key, rule in order:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT:
@@ -240,17 +62,9 @@ def validate(cfg: DictConfig) -> RunSpec:
     cache = Path(cfg.cache_dir).expanduser()
     if cache.exists() and not cache.is_dir():
         raise ConfigError("cache_dir", cfg.cache_dir, "must be a directory (or not exist yet)")
-    eps = cfg.eps
-    if not OmegaConf.is_list(eps) or len(eps) == 0:
-        raise ConfigError("eps", eps, "must be a non-empty list of numbers in (0, 1)")
-    for e in eps:
-        if isinstance(e, bool) or not isinstance(e, int | float) or not 0 < e < 1:
-            raise ConfigError("eps", list(eps), "every value must be in (0, 1)")
-    if len(set(eps)) < len(eps):
-        raise ConfigError("eps", list(eps), "every value must be different")
     if cfg.device == "cuda" and not importlib.import_module("torch").cuda.is_available():
         raise ConfigError("device", "cuda", "no CUDA device is available; use auto or cpu")
-    classes = _registry("data.registry:NUM_CLASSES").get(cfg.dataset.name)
+    classes = registry("data.registry:NUM_CLASSES").get(cfg.dataset.name)
     check_classes(cfg.task.k, classes, cfg.dataset.name)
     plugins = [g for g in ("model", "dataset") if cfg[g].name == CUSTOM]
     for group in plugins:
@@ -299,11 +113,10 @@ def validate(cfg: DictConfig) -> RunSpec:
                 f"must be below the subset's {size} eigenvalues (subset.n0 x classes, or "
                 "subset.n0 in trace mode): the tail beyond k0 is what it extrapolates",
             )
-    if not OmegaConf.is_list(cfg.probes):
-        raise ConfigError("probes", cfg.probes, "must be a list, e.g. probes=[spectrum]")
-    for name in cfg.probes:
-        _choice("probes", name, _registry("probes:PROBES"))
-    _probe_settings(cfg)
+    if "weight_function" in cfg.probes and cfg.weight_decay != 0:
+        raise ConfigError(
+            "weight_decay", cfg.weight_decay, "the weight_function probe models 0 only"
+        )
     watch_steps(cfg)
     _plan_settings(cfg)
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -349,8 +162,8 @@ def _plan_settings(cfg: DictConfig) -> None:
     if p.eps is not None and p.eps not in cfg.eps:
         raise ConfigError("plan.eps", p.eps, f"must be one of eps={list(cfg.eps)}")
     name = plan_predictor(cfg)
-    predictors = _registry("predictors:PREDICTORS")
-    _choice("plan.predictor", name, predictors)
+    predictors = registry("predictors:PREDICTORS")
+    choice("plan.predictor", name, predictors)
     pred = predictors[name]
     why = pred.applies(cfg.loss, cfg.optim.name, 0)
     if pred.prefix or pred.pooled or why:
@@ -383,12 +196,12 @@ def _pretrained(cfg: DictConfig) -> None:
     """model.pretrained of an ImageNet ResNet: its weights, none, or ttbench's own, pretrained
     on the source part of the run's dataset (which must have one)."""
     value = cfg.model.pretrained
-    own = _registry("models.zoo:TTBENCH")  # model.pretrained=ttbench
+    own = registry("models.zoo:TTBENCH")  # model.pretrained=ttbench
     if value not in (True, False, own):
         raise ConfigError("model.pretrained", value, f"must be true, false or {own}")
     if (
         value is True
-        and cfg.model.name in _registry("models.zoo:TIMM_MODELS")
+        and cfg.model.name in registry("models.zoo:TIMM_MODELS")
         and not (cfg.model.weights)
     ):
         raise ConfigError(
@@ -402,24 +215,6 @@ def _pretrained(cfg: DictConfig) -> None:
             "model.pretrained",
             value,
             "needs model.pretrain settings and dataset=digits (whose source part it pretrains on)",
-        )
-
-
-def _integers(cfg: DictConfig, key: str, low: int) -> None:
-    value = OmegaConf.select(cfg, key)
-    ok = OmegaConf.is_list(value) and len(value) > 0
-    if not ok or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in value):
-        shown = list(value) if OmegaConf.is_list(value) else value
-        raise ConfigError(key, shown, f"must be a non-empty list of integers >= {low}")
-
-
-def _probe_settings(cfg: DictConfig) -> None:
-    """The probes' settings (refused when bad, like every setting, even if no probe runs)."""
-    _integers(cfg, "probe.sizes", 1)
-    _integers(cfg, "probe.dims", 1)
-    if "weight_function" in cfg.probes and cfg.weight_decay != 0:
-        raise ConfigError(
-            "weight_decay", cfg.weight_decay, "the weight_function probe models 0 only"
         )
 
 
@@ -451,7 +246,7 @@ def watch_steps(cfg: DictConfig) -> tuple[int, ...]:
     """The watched steps: watch.steps, `auto` being ttbench.core.stability.schedule."""
     value = OmegaConf.select(cfg, "watch.steps")
     if value == "auto":
-        return _registry("core.stability:schedule")(cfg.steps)
+        return registry("core.stability:schedule")(cfg.steps)
     ok = OmegaConf.is_list(value) and all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v < cfg.steps for v in value
     )
@@ -475,11 +270,11 @@ def predictor_names(cfg: DictConfig) -> list[str]:
     """The predictors a run asks for (`all`: every registered one), each known and applicable
     to the loss and optimiser; with predictor.skip_inapplicable those that do not apply are
     dropped, otherwise they are refused."""
-    predictors = _registry("predictors:PREDICTORS")
+    predictors = registry("predictors:PREDICTORS")
     names = cfg.predictor.names
     names = list(predictors) if names == "all" else list(names)
     for name in names:
-        _choice("predictor.names", name, predictors)
+        choice("predictor.names", name, predictors)
     kept = []
     for name in names:
         reason = predictors[name].applies(
@@ -538,6 +333,17 @@ def _check_keys(overrides: list[tuple[str, str, str]], groups: dict[str, list[st
             raise ConfigError(key, value, f"is not a setting ttbench has{hint}")
 
 
+def _check_values(overrides: list[tuple[str, str, str]], groups: dict[str, list[str]]) -> None:
+    """The single values, against their settings' rules and composed as Hydra will (a list
+    where a number belongs is refused here in one line); a sweep's values are its jobs', which
+    the sweeper checks naming the job."""
+    values = [f"{k}={v}" for _, k, v in overrides if k not in groups and not k.startswith("hydra")]
+    parsed = OverridesParser.create().parse_overrides(values)
+    single = [o.input_line for o in parsed if not o.is_sweep_override()]
+    chosen = [f"{k}={v.split(',')[0]}" for _, k, v in overrides if k in groups]
+    compose(chosen + single)  # checks each value against its rule first
+
+
 def check_cli(argv: Sequence[str], default_out_root: str) -> None:
     """Checks Hydra cannot state in one line: config-group options, unknown keys and output
     directories (created here, so that an unwritable one is found before Hydra starts)."""
@@ -552,19 +358,16 @@ def check_cli(argv: Sequence[str], default_out_root: str) -> None:
         overrides.append((prefix, key, value))
         if key in groups:
             for option in value.split(","):
-                _choice(key, option, groups[key])
+                choice(key, option, groups[key])
         elif key in ("out_root", "hydra.run.dir", "hydra.sweep.dir"):
             dirs[key] = value
     _check_keys(overrides, groups)
+    _check_values(overrides, groups)
     if not dirs:
         dirs["out_root"] = default_out_root
     for key, d in dirs.items():
         if "${" not in d and not _writable(Path(d)):
             raise ConfigError(key, d, "must be a writable directory")
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 CUSTOM = "custom"  # the plug-in option of the model and dataset groups
@@ -585,20 +388,20 @@ def _importable(key: str, target: object) -> None:
 
 def _model(m: DictConfig) -> ModelSpec:
     if m.name == CUSTOM:
-        kwargs = tuple(sorted((_plain(m.kwargs) or {}).items()))
+        kwargs = tuple(sorted((plain(m.kwargs) or {}).items()))
         return ModelSpec(m.name, m.head_init_std, target=m._target_, kwargs=kwargs)
     if m.name == "small_resnet":
         return ModelSpec(
-            m.name, m.head_init_std, width=m.width, pretrain=PretrainSettings(**_plain(m.pretrain))
+            m.name, m.head_init_std, width=m.width, pretrain=PretrainSettings(**plain(m.pretrain))
         )
-    own = m.pretrained == _registry("models.zoo:TTBENCH")
+    own = m.pretrained == registry("models.zoo:TTBENCH")
     return ModelSpec(
         m.name,
         m.head_init_std,
         source=m.source,
         pretrained=m.pretrained,
         weights=m.weights,
-        pretrain=PretrainSettings(**_plain(m.pretrain)) if own else None,
+        pretrain=PretrainSettings(**plain(m.pretrain)) if own else None,
         patch_size=m.get("patch_size"),
     )
 
@@ -608,9 +411,9 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
     recorded config holds the k that refine.steps resolved to."""
     o = cfg.optim
     sgd = o.name == "sgd"
-    config = _plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    config = plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     config["refine"]["steps"] = refine_steps(cfg)
-    dataset = _plain(cfg.dataset)
+    dataset = plain(cfg.dataset)
     return RunSpec(
         seed=cfg.seed,
         dataset=DataSpec(dataset.pop("name"), dataset),
@@ -631,16 +434,16 @@ def spec_of(cfg: DictConfig, predictors: tuple[str, ...]) -> RunSpec:
         ),
         eps=tuple(float(e) for e in cfg.eps),
         predictors=predictors,
-        theta=ThetaSpec(**_plain(cfg.theta)),
-        subset=SubsetSpec(**_plain(cfg.subset)),
-        stochastic=StochasticSpec(**_plain(cfg.stochastic)),
+        theta=ThetaSpec(**plain(cfg.theta)),
+        subset=SubsetSpec(**plain(cfg.subset)),
+        stochastic=StochasticSpec(**plain(cfg.stochastic)),
         refine=RefineSpec(refine_steps(cfg), cfg.refine.theta),
         watch=WatchSpec(watch_steps(cfg), cfg.watch.samples, float(cfg.watch.threshold)),
         finetune=FinetuneSpec(cfg.trainable, cfg.lora.rank, float(cfg.lora.alpha)),
         plan=PlanSpec(
             eps=plan_eps(cfg),
             predictor=plan_predictor(cfg),
-            theta=ThetaSpec(**_plain(plan_theta(cfg))),
+            theta=ThetaSpec(**plain(plan_theta(cfg))),
             probe_steps=cfg.plan.probe_steps,
             margin=float(cfg.plan.margin),
             overhead_s=None if cfg.plan.overhead_s is None else float(cfg.plan.overhead_s),

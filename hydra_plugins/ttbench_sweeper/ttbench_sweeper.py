@@ -41,7 +41,17 @@ class TtbenchSweeper(BasicSweeper):
         cache = self.__dict__.setdefault("_composed", {})
         key = tuple(job)
         if key not in cache:
-            cache[key] = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+            from hydra.errors import ConfigCompositionException
+
+            from ttbench.settings import check_overrides, refused
+
+            check_overrides(job)  # before Hydra converts a value (`tensorboard=yes`: true)
+            try:
+                cache[key] = self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(job)
+                )
+            except ConfigCompositionException as e:
+                raise refused(e) from None
         return cache[key]
 
     def split_arguments(self, overrides: Any, max_batch_size: int | None) -> list[list[list[str]]]:
