@@ -178,7 +178,7 @@ def group(cls: type) -> Any:
 
 @dataclass
 class Task:
-    k: int = setting(5, Number(ge=2, integer=True), "classes per task (paper: 5)")
+    k: int = setting(5, Number(ge=2, integer=True), "classes per task (paper: 5; with one, every curve is flat)")
     n: int = setting(50, COUNT, "images per class (paper: 150, or all available when fewer)")
 
 

@@ -1,5 +1,6 @@
 """Every config value checked once, at the edge, before any computation, and the typed run
-specification built from them (`validate(cfg) -> RunSpec`).
+specification built from them (`validate(cfg) -> RunSpec`): each setting against its own rule
+(declared with it, in ttbench.settings), then the rules that read several settings.
 
 A bad value raises ConfigError, whose message is one line naming the key, the value given and
 what is allowed; the entry points print it and exit with status 2, without a traceback.
