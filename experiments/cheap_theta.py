@@ -3,18 +3,20 @@ bands, without fine-tuning anything.
 
     python experiments/cheap_theta.py gd 500 501      # discrete's T_eps per Θ mode against exact
     python experiments/cheap_theta.py sgd 500 501     # exact_sgd's, B 10 and 50
+    python experiments/cheap_theta.py resnet 500 501  # discrete's on the fidelity_resnet preset
     python experiments/cheap_theta.py bands TABLES... # before-training band coverage
     python experiments/cheap_theta.py kernel 500 501  # kernel_change, exact and mixed modes
 
-`gd` and `sgd` predict the default task of each seed at every lr and momentum of the fidelity
-presets in each Θ mode, and print per mode the mean difference of the loss T_eps from the
-exact mode's (bias) and its mean absolute value, in steps and relative, and the median
-wall-clock of the prediction. `bands` reads results tables (python -m ttbench.collect) and
-prints, for the plain predictions, the share of real loss T_eps inside the shipped
-calibration's band read before training (the BEFORE cells) and read as though every signal
-but the stability were 0 (the former way). `kernel` fine-tunes 15 GD steps at four settings
-per seed and prints kernel_change = |Theta_k - Theta_0| / |Theta_0| with both exact, with a
-sketched Theta_k (D0 = 16384) against an exact Theta_0, and the sketch's own error at w_k.
+`gd`, `sgd` and `resnet` predict the task of each seed (the default one; fidelity_resnet's)
+at every lr and momentum of the fidelity presets in each Θ mode, and print per mode the mean
+difference of the loss T_eps from the exact mode's (bias) and its mean absolute value, in
+steps and relative, and the median wall-clock of the prediction. `bands` reads results
+tables (python -m ttbench.collect) and prints, for the plain predictions, the share of real
+loss T_eps inside the shipped calibration's band read before training (the BEFORE cells) and
+read as though every signal but the stability were 0 (the former way). `kernel` fine-tunes
+15 GD steps at four settings per seed and prints kernel_change = |Theta_k - Theta_0| /
+|Theta_0| with both exact, with a sketched Theta_k (D0 = 16384) against an exact Theta_0,
+and the sketch's own error at w_k.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ from ttbench.validate import validate
 from ttbench.validity import before, before_features
 
 PROJECTED = ["theta.mode=projected"]
+HYBRID = ["theta.mode=hybrid"]
 GD_MODES = {
     "exact": [],
+    "hybrid D0=4096": HYBRID,
+    "hybrid D0=1024": [*HYBRID, "theta.dim=1024"],
     "projected D0=4096": PROJECTED,
     "projected D0=8192": [*PROJECTED, "theta.dim=8192"],
     "projected D0=16384": [*PROJECTED, "theta.dim=16384"],
@@ -53,10 +58,17 @@ GD_MODES = {
 }
 SGD_MODES = {
     "exact": [],
+    "hybrid D0=4096": HYBRID,
     "projected D0=16384": [*PROJECTED, "theta.dim=16384"],
     "projected D0=4096": PROJECTED,
     "projected D0=4096 P=2": [*PROJECTED, "theta.outputs=2"],
     "projected D0=1024 P=1": [*PROJECTED, "theta.dim=1024", "theta.outputs=1"],
+}
+RESNET_MODES = {
+    "exact": [],
+    "hybrid D0=4096": HYBRID,
+    "projected D0=16384": [*PROJECTED, "theta.dim=16384"],
+    "projected D0=4096": PROJECTED,
 }
 PLAIN = ["ode", "discrete", "heavy_ball", "exact_sgd", "sde"]
 
@@ -65,12 +77,15 @@ def sweep(part: str, seeds: list[int]) -> None:
     sgd = part == "sgd"
     name = "exact_sgd" if sgd else "discrete"
     grid = {"optim.batch_size": (10, 50)} if sgd else {}
-    grid |= {"lr": (0.001, 0.003) if sgd else (0.001, 0.003, 0.01, 0.03), "momentum": (0.0, 0.9)}
+    lrs = {"sgd": (0.001, 0.003), "gd": (0.001, 0.003, 0.01, 0.03), "resnet": (0.003, 0.01)}
+    grid |= {"lr": lrs[part], "momentum": (0.0, 0.9)}
+    modes = {"sgd": SGD_MODES, "gd": GD_MODES, "resnet": RESNET_MODES}[part]
     rows = []
     for seed in seeds:
         base = [f"seed={seed}", f"predictor.names=[{name}]", *(["optim=sgd"] if sgd else [])]
+        base += ["experiment=fidelity_resnet"] if part == "resnet" else []
         s = build.setup(validate(compose(base)))
-        for mode, overrides in (SGD_MODES if sgd else GD_MODES).items():
+        for mode, overrides in modes.items():
             for values in itertools.product(*grid.values()):
                 setting = [f"{k}={v}" for k, v in zip(grid, values, strict=True)]
                 spec = validate(compose([*base, *overrides, *setting]))
@@ -158,7 +173,7 @@ def _theta(model, x, th, seed: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["gd", "sgd", "bands", "kernel"])
+    p.add_argument("part", choices=["gd", "sgd", "resnet", "bands", "kernel"])
     p.add_argument("args", nargs="+", help="seeds (gd, sgd) or table folders (bands)")
     a = p.parse_args()
     if a.part == "bands":

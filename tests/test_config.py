@@ -191,6 +191,10 @@ def test_one_theta_spec_at_w0_at_w_k_and_for_the_plan():
     plan = spec_of(["plan.theta.dim=512"]).plan.theta  # the plan's own, over theta.*
     assert (plan.mode, plan.dim, plan.outputs, plan.block) == ("projected", 512, 1, 128)
     assert plan.unsketched().mode == "trace"
+    hybrid = spec_of(["theta.mode=hybrid"]).theta  # every class, part of it sketched
+    assert hybrid.directions is None and hybrid.unsketched().mode == "exact"
+    with pytest.raises(ConfigError, match=r"theta\.outputs=1 is invalid"):
+        spec_of(["theta.mode=hybrid", "theta.outputs=1"])
 
 
 def _leaves(node: dict, prefix: str = "") -> dict:

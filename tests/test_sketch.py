@@ -120,3 +120,38 @@ def test_the_sketch_is_chosen_only_where_it_costs_fewer_multiply_adds():
     model, x = models(None)["mlp"]
     assert not sketch_is_cheaper(model, x, Sketch("countsketch", 4096, 0))
     assert sketch_is_cheaper(model, x, Sketch("countsketch", 1024, 0))
+
+
+def test_hybrid_theta_is_exact_where_no_weight_matrix_is_wider_than_the_sketch(problem):
+    """Nothing of conv_net is wider than 4096: every layer is contracted exactly."""
+    model, x, exact = problem
+    hybrid = linearize(model, x, "hybrid", sketch=Sketch("countsketch", 4096, 0))
+    assert (hybrid.built, hybrid.mode) == ("hybrid", "exact")
+    torch.testing.assert_close(hybrid.theta, exact, rtol=1e-12, atol=1e-12)
+
+
+def test_hybrid_theta_is_unbiased_and_closer_than_the_projected_one(problem):
+    """At D0 = 64 the two convolutions (widths 72 and 216, materialised route) are sketched and
+    the rest is exact: averaging seeds converges to Theta, and each draw is closer to it than
+    the projected Theta's, which sketches every weight."""
+    model, x, exact = problem
+    norm = exact.norm()
+
+    def errors(mode):
+        thetas = [linearize(model, x, mode, sketch=Sketch("countsketch", 64, s)).theta
+                  for s in range(16)]  # fmt: skip
+        return thetas, torch.stack([(t - exact).norm() / norm for t in thetas])
+
+    hybrid, err = errors("hybrid")
+    _, err_projected = errors("projected")
+    assert err.min() > 0  # something was sketched
+    assert err.mean() < 0.7 * err_projected.mean()
+    assert (sum(hybrid) / len(hybrid) - exact).norm() / norm < 0.4 * err.mean()
+
+
+def test_hybrid_theta_streams_a_sketch_where_every_samples_factors_do_not_fit(problem):
+    model, x, _ = problem
+    sketch = Sketch("countsketch", 64, 0)
+    lin = linearize(model, x, "hybrid", sketch=sketch, memory_gb=1e-6)
+    assert lin.built == "projected"
+    torch.testing.assert_close(lin.theta, linearize(model, x, "projected", sketch=sketch).theta)

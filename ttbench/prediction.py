@@ -79,12 +79,13 @@ def _theta(spec: RunSpec, model: nn.Module, x, stages: Stages, at: str = ""):
             f"{e} (theta.memory_gb): use theta.mode=projected (theta.dim={th.dim})",
         ) from None
     if lin.built != th.mode:
-        log.info(
-            "theta.mode=projected: the %s Theta costs fewer multiply-adds here than the "
-            "sketch (theta.dim=%d) and fits theta.memory_gb; building it instead",
-            lin.built,
-            th.dim,
+        why = (
+            f"the {lin.built} Theta costs fewer multiply-adds here than the sketch "
+            f"(theta.dim={th.dim}) and fits theta.memory_gb"
+            if th.mode == "projected"
+            else "every sample's Jacobian factors do not fit theta.memory_gb"
         )
+        log.info("theta.mode=%s: %s; building the %s Theta instead", th.mode, why, lin.built)
     if lin.block_samples < len(x):
         log.info("Theta%s in blocks of %d samples (theta.memory_gb)", at, lin.block_samples)
     built = (

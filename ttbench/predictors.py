@@ -28,6 +28,7 @@ from ttbench.core.curves import Curves, blew_up
 from ttbench.core.linearize import linearize
 from ttbench.core.losses import LOSSES
 from ttbench.core.subset import predict_from_subset
+from ttbench.settings import SKETCHED
 from ttbench.spec import RunSpec
 
 DETERMINISTIC, STOCHASTIC = "deterministic", "stochastic"
@@ -161,12 +162,12 @@ def _sde(i: Inputs) -> Solved:
 
 
 def subset_prediction(spec: RunSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """Appendix D: Theta on a random subset of subset.n0 samples (the run's theta.mode, exact
-    for projected), extrapolated to all N (MSE). Returns the curve and the spectra used."""
+    """Appendix D: Theta on a random subset of subset.n0 samples (the run's theta.mode; exact
+    for a sketched one), extrapolated to all N (MSE). Returns the curve and the spectra used."""
     n0 = min(spec.subset.n0, len(y))
     gen = torch.Generator().manual_seed(spec.seed)
     idx = torch.randperm(len(y), generator=gen)[:n0].to(x.device)
-    th = spec.theta if spec.theta.mode != "projected" else replace(spec.theta, mode="exact")
+    th = replace(spec.theta, mode="exact") if spec.theta.mode in SKETCHED else spec.theta
     lin = linearize(
         model, x[idx], mode=th.mode, outputs=th.directions, seed=spec.seed, memory_gb=th.memory_gb
     )

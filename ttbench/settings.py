@@ -155,6 +155,7 @@ CROSS = None  # a setting checked by a rule of validate() that reads other setti
 POSITIVE, COUNT, NONNEGATIVE = Number(gt=0), Number(ge=1, integer=True), Number(ge=0)
 SEED = Number(ge=0, lt=2**32, integer=True, says="must be an integer in [0, 2**32)")
 MODES = OneOf(_names("core.linearize:MODES"))
+EVERY_CLASS, SKETCHED = ("exact", "hybrid"), ("projected", "hybrid")  # Θ's modes that are so
 TRAINABLE = ("all", "head", "norm", "adapters")
 
 
@@ -186,25 +187,26 @@ class Task:
 class ThetaSpec:
     """theta.*: how Θ is built (and the spec's Θ: `RunSpec.theta_at`)."""
 
-    mode: str = setting("exact", MODES, "exact | trace (Θ_s ⊗ I_C, ~1/C the cost) | projected (random sketch)")
+    mode: str = setting("exact", MODES, "exact | trace (Θ_s ⊗ I_C, ~1/C the cost) | projected (random sketch) | hybrid (exact, but the layers whose exact Gram is costly sketched to D0)")
     block: int = setting(128, COUNT, "samples per side of a structured contraction block (bounds memory)")
-    dim: int = setting(4096, COUNT, "projected: sketch dimension D0")
-    sketch: str = setting("countsketch", OneOf(_names("core.sketch:SKETCHES")), "projected: countsketch (O(D) per gradient) | achlioptas | gaussian")
+    dim: int = setting(4096, COUNT, "projected, hybrid: sketch dimension D0")
+    sketch: str = setting("countsketch", OneOf(_names("core.sketch:SKETCHES")), "projected, hybrid: countsketch (O(D) per gradient) | achlioptas | gaussian")
     chunk: int = setting(256, COUNT, "projected: samples per streamed chunk")
     memory_gb: float = setting(16.0, POSITIVE, "exact/trace (run, subset, probes): above this estimate Θ is built block pair by block pair over samples; refused (suggesting projected) when Θ alone does not fit")
     outputs: int | None = setting(None, Number(ge=1, integer=True, optional=True), "trace/projected (at w0, or at w_k by refine.theta): P random output directions estimate Θ_s from P backward passes instead of C (P = C exact); null: the C classes")
 
     @property
     def directions(self) -> int | None:
-        """The random output directions this mode takes: none in exact mode (every class)."""
-        return None if self.mode == "exact" else self.outputs
+        """The random output directions this mode takes: none in the exact and hybrid modes
+        (every class)."""
+        return None if self.mode in EVERY_CLASS else self.outputs
 
     def unsketched(self) -> ThetaSpec:
         """The same Θ without the sketch: exact, or trace with output directions (what a
         projected Θ falls back to when building it outright costs less)."""
-        if self.mode != "projected":
+        if self.mode not in SKETCHED:
             return self
-        return replace(self, mode="exact" if self.outputs is None else "trace")
+        return replace(self, mode="exact" if self.directions is None else "trace")
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ class StochasticSpec:
 @dataclass
 class Refine:
     steps: int | None = setting(None, Number(ge=0, integer=True, optional=True), "k real steps the refined predictors observe; null: 10% of steps (a multiple of optim.eval_every); 0: none")
-    theta: str | None = setting(None, OneOf(MODES.values, optional=True), "mode of Θ at w_k: null (theta.mode) | exact | trace (cheaper) | projected")
+    theta: str | None = setting(None, OneOf(MODES.values, optional=True), "mode of Θ at w_k: null (theta.mode) | exact | trace (cheaper) | projected | hybrid")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ttbench.config import compose, config_groups
 from ttbench.errors import ConfigError
-from ttbench.settings import SETTINGS, Each, OneOf, choice, plain, registry
+from ttbench.settings import EVERY_CLASS, SETTINGS, Each, OneOf, choice, plain, registry
 from ttbench.spec import (
     DataSpec,
     FinetuneSpec,
@@ -95,7 +95,7 @@ def validate(cfg: DictConfig) -> RunSpec:
         )
     _patches(cfg)
     _optim(cfg)
-    exact_only = cfg.theta.mode == "exact" and cfg.refine.theta in (None, "exact")
+    exact_only = cfg.theta.mode in EVERY_CLASS and cfg.refine.theta in (None, *EVERY_CLASS)
     if cfg.theta.get("outputs") is not None and exact_only:
         raise ConfigError(
             "theta.outputs",

@@ -10,6 +10,12 @@ Theta's share is contracted in the cheaper of two orders, measured by their flop
 Only one layer's block of J exists at a time, and with a memory budget Theta is built block pair
 by block pair over samples. The "projected" mode is in ttbench.core.projected.
 
+The "hybrid" mode is exact where the exact contraction is cheap and sketched where it is not:
+a weight matrix on the materialised route (many positions P) whose width O*K exceeds the
+sketch's D0, whose Gram would cost (N C)^2 O K, enters as its projection J_l P_l; every other
+weight (the structured route's matrices, narrow ones, biases and norms) exactly. Theta =
+exact part + phi phi^T is unbiased, with the sketch's noise on the sketched layers' share only.
+
 The "trace" mode returns Theta_s = mean_c Theta[(i, c), (j, c)] (N x N), the approximation
 Theta ~ Theta_s (x) I_C. With `outputs=P` it is estimated from P random unit output directions
 r_p (shared by all samples, E[r r^T] = I / C, orthonormal in groups of C): one backward pass of
@@ -36,11 +42,18 @@ from ttbench.core.jacobian import (
     blocks,
     exact_costs,
     jacobian_factors,
+    layer_factors,
+    materialise,
 )
-from ttbench.core.projected import projected_features, sketch_is_cheaper, sketched_theta
+from ttbench.core.projected import (
+    project_piece,
+    projected_features,
+    sketch_is_cheaper,
+    sketched_theta,
+)
 from ttbench.core.sketch import Sketch
 
-MODES = ("exact", "trace", "projected")
+MODES = ("exact", "trace", "projected", "hybrid")
 _FLUSH_ELEMENTS = 2**25  # materialised gradient columns are batched into GEMMs of this size
 
 
@@ -190,6 +203,35 @@ def gram(
     return theta
 
 
+def _materialised(A: torch.Tensor, D: torch.Tensor) -> bool:
+    return False
+
+
+def hybrid_gram(factors: JacobianFactors, sketch: Sketch, block: int = 128) -> torch.Tensor:
+    """The "hybrid" Theta (module docstring): the wide materialised-route weight matrices
+    sketched, everything else contracted exactly; (N*C, N*C)."""
+    if factors.directions is not None:
+        raise ValueError("the hybrid mode needs every class: output projections estimate Theta_s")
+    f0, R = factors.f0, factors.n_directions
+    exact = _Gram(len(f0), len(f0), R, "exact", f0, True)
+    phi = torch.zeros(len(f0) * R, sketch.dim, dtype=f0.dtype, device=f0.device)
+    theta = torch.zeros(len(f0) * R, len(f0) * R, dtype=f0.dtype, device=f0.device)
+    for b, layer in enumerate(factors.layers):
+        pieces, weight = layer_factors(layer)
+        if weight is not None and _structured_is_cheaper(*weight):
+            theta += _structured(*weight, *weight, "exact", block)
+        elif weight is not None and weight[0].shape[2] * weight[1].shape[3] > sketch.dim:
+            # count-sketched per-sample gradients: the factored sketch erred 1.6x as much
+            project_piece(phi, b, weight, sketch, _materialised)
+        elif weight is not None:
+            pieces.append(materialise(*weight))
+        for piece in pieces:
+            exact.add(piece, piece)
+    exact.flush()
+    add_gram(theta, phi)
+    return theta + exact.theta
+
+
 def blocked_gram(
     model: nn.Module,
     x: torch.Tensor,
@@ -261,7 +303,9 @@ def linearize(
     """f0 and Theta of `model` (BatchNorm in eval mode) at its current weights on inputs x: the
     one dispatcher over Theta's modes (neural-tangents' `empirical_ntk_fn(implementation=)`).
 
-    mode "projected" needs a `sketch` and streams over `chunk` samples at a time. `outputs=P`
+    modes "projected" and "hybrid" need a `sketch`; "projected" streams over `chunk` samples at
+    a time, "hybrid" holds every sample's factors (without room for them in `memory_gb` it
+    builds the projected Theta instead). `outputs=P`
     (trace and projected modes) estimates Theta_s from P random output projections drawn from
     `seed`: the result is then in trace form (N x N). With `memory_gb` the exact and trace
     modes build Theta block pair by block pair when building it at once would not fit
@@ -272,14 +316,17 @@ def linearize(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode in ("projected", "hybrid") and sketch is None:
+        raise ValueError(f"mode={mode!r} needs a sketch")
     stage = stage or (lambda name: contextlib.nullcontext())
     n = len(x)
+    held = mode == "hybrid" and memory_gb is not None  # every sample's factors at once
+    if held and exact_memory_bytes(model, x, n) > memory_gb * 2**30:
+        mode = "projected"  # streams a sketch instead
     with stage("jacobian"):
-        if mode == "projected":
-            if sketch is None:
-                raise ValueError("mode='projected' needs a sketch")
-            if memory_gb is not None and _outright_is_cheaper(model, x, sketch, outputs, memory_gb):
-                mode = "exact" if outputs is None else "trace"
+        outright = memory_gb is not None and mode == "projected"
+        if outright and _outright_is_cheaper(model, x, sketch, outputs, memory_gb):
+            mode = "exact" if outputs is None else "trace"
         if mode == "projected":
             f0, phi = projected_features(model, x, sketch, chunk, outputs, seed, route)
         else:
@@ -290,6 +337,8 @@ def linearize(
             trace = outputs is not None
             theta = sketched_theta(phi, len(f0), trace)
             return Linearization(f0, theta, "trace" if trace else "exact", "projected", n)
+        if mode == "hybrid":  # factors of every sample: the budget was checked above
+            return Linearization(factors.f0, hybrid_gram(factors, sketch, block), "exact", mode, n)
         if factors is None:
             f0, theta = blocked_gram(model, x, size, mode, route, block, outputs, seed)
         else:

@@ -6,6 +6,8 @@ whether a sketch costs fewer multiply-adds than the exact contraction at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -141,6 +143,25 @@ def diagonal_noise_features(
     return phi.view(len(x), -1) / outputs**0.5  # (N, P*D0): mean_p phi_p phi_p^T
 
 
+def project_piece(
+    phi: torch.Tensor,
+    block: int,
+    piece: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    sketch: Sketch,
+    factored: Callable[[torch.Tensor, torch.Tensor], bool],
+) -> None:
+    """phi += a piece of J (per-sample gradients (n, R, d), or a weight matrix's factors) times
+    the sketch's rows for `block`; factors are projected without forming the gradients where
+    `factored(A, D)` says so."""
+    if isinstance(piece, tuple) and factored(*piece):
+        sketch.project_factors_into(phi, block, *piece)
+    elif sketch.kind == "countsketch":  # cheap to regenerate: slice to stay in cache
+        _by_slices(phi, piece, lambda out, g: sketch.project_into(out, block, g))
+    else:
+        g = materialise(*piece) if isinstance(piece, tuple) else piece
+        sketch.project_into(phi, block, g.reshape(len(phi), -1))
+
+
 def projected_features(
     model: nn.Module,
     x: torch.Tensor,
@@ -169,13 +190,7 @@ def projected_features(
         n, R = len(factors.f0), factors.n_directions
         phi = torch.zeros(n * R, sketch.dim, dtype=factors.f0.dtype, device=factors.f0.device)
         for block, piece in enumerate(blocks(factors, _factored)):
-            if isinstance(piece, tuple) and factored(*piece):
-                sketch.project_factors_into(phi, block, *piece)
-            elif sketch.kind == "countsketch":  # cheap to regenerate: slice to stay in cache
-                _by_slices(phi, piece, lambda out, g, b=block: sketch.project_into(out, b, g))
-            else:
-                g = materialise(*piece) if isinstance(piece, tuple) else piece
-                sketch.project_into(phi, block, g.reshape(n * R, -1))
+            project_piece(phi, block, piece, sketch, factored)
         f0s.append(factors.f0)
         rows.append(phi)
     return torch.cat(f0s), torch.cat(rows)
