@@ -4,13 +4,14 @@ bands, without fine-tuning anything.
     python experiments/cheap_theta.py gd 500 501      # discrete's T_eps per Θ mode against exact
     python experiments/cheap_theta.py sgd 500 501     # exact_sgd's, B 10 and 50
     python experiments/cheap_theta.py resnet 500 501  # discrete's on the fidelity_resnet preset
+    python experiments/cheap_theta.py vit 500 501     # and on the fidelity_vit preset's
     python experiments/cheap_theta.py bands TABLES... # before-training band coverage
     python experiments/cheap_theta.py kernel 500 501  # kernel_change, exact and mixed modes
 
-`gd`, `sgd` and `resnet` predict the task of each seed (the default one; fidelity_resnet's)
-at every lr and momentum of the fidelity presets in each Θ mode, and print per mode the mean
-difference of the loss T_eps from the exact mode's (bias) and its mean absolute value, in
-steps and relative, and the median wall-clock of the prediction. `bands` reads results
+`gd`, `sgd`, `resnet` and `vit` predict the task of each seed (the default one, or the
+preset's) at every lr and momentum of the fidelity presets in each Θ mode, and print per mode
+the mean difference of the loss T_eps from the exact mode's (bias) and its mean absolute
+value, in steps and relative, and the median wall-clock of the prediction. `bands` reads results
 tables (python -m ttbench.collect) and prints, for the plain predictions, the share of real
 loss T_eps inside the shipped calibration's band read before training (the BEFORE cells) and
 read as though every signal but the stability were 0 (the former way). `kernel` fine-tunes
@@ -77,13 +78,13 @@ def sweep(part: str, seeds: list[int]) -> None:
     sgd = part == "sgd"
     name = "exact_sgd" if sgd else "discrete"
     grid = {"optim.batch_size": (10, 50)} if sgd else {}
-    lrs = {"sgd": (0.001, 0.003), "gd": (0.001, 0.003, 0.01, 0.03), "resnet": (0.003, 0.01)}
+    lrs = {"sgd": (0.001, 0.003), "resnet": (0.003, 0.01)}.get(part, (0.001, 0.003, 0.01, 0.03))
     grid |= {"lr": lrs[part], "momentum": (0.0, 0.9)}
-    modes = {"sgd": SGD_MODES, "gd": GD_MODES, "resnet": RESNET_MODES}[part]
+    modes = {"sgd": SGD_MODES, "gd": GD_MODES}.get(part, RESNET_MODES)
     rows = []
     for seed in seeds:
         base = [f"seed={seed}", f"predictor.names=[{name}]", *(["optim=sgd"] if sgd else [])]
-        base += ["experiment=fidelity_resnet"] if part == "resnet" else []
+        base += [f"experiment=fidelity_{part}"] if part in ("resnet", "vit") else []
         s = build.setup(validate(compose(base)))
         for mode, overrides in modes.items():
             for values in itertools.product(*grid.values()):
@@ -173,7 +174,7 @@ def _theta(model, x, th, seed: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["gd", "sgd", "resnet", "bands", "kernel"])
+    p.add_argument("part", choices=["gd", "sgd", "resnet", "vit", "bands", "kernel"])
     p.add_argument("args", nargs="+", help="seeds (gd, sgd) or table folders (bands)")
     a = p.parse_args()
     if a.part == "bands":
