@@ -79,7 +79,7 @@ def sweep(part: str, seeds: list[int]) -> None:
     name = "exact_sgd" if sgd else "discrete"
     grid = {"optim.batch_size": (10, 50)} if sgd else {}
     lrs = {"sgd": (0.001, 0.003), "resnet": (0.003, 0.01)}.get(part, (0.001, 0.003, 0.01, 0.03))
-    grid |= {"lr": lrs[part], "momentum": (0.0, 0.9)}
+    grid |= {"lr": lrs, "momentum": (0.0, 0.9)}
     modes = {"sgd": SGD_MODES, "gd": GD_MODES}.get(part, RESNET_MODES)
     rows = []
     for seed in seeds:
