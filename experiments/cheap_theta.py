@@ -42,10 +42,11 @@ from ttbench.train import finetune_run
 from ttbench.validate import validate
 from ttbench.validity import before, before_features
 
+EXACT = ["theta.mode=exact"]
 PROJECTED = ["theta.mode=projected"]
 HYBRID = ["theta.mode=hybrid"]
 GD_MODES = {
-    "exact": [],
+    "exact": EXACT,
     "hybrid D0=4096": HYBRID,
     "hybrid D0=1024": [*HYBRID, "theta.dim=1024"],
     "projected D0=4096": PROJECTED,
@@ -58,7 +59,7 @@ GD_MODES = {
     "projected D0=4096 P=5": [*PROJECTED, "theta.outputs=5"],
 }
 SGD_MODES = {
-    "exact": [],
+    "exact": EXACT,
     "hybrid D0=4096": HYBRID,
     "projected D0=16384": [*PROJECTED, "theta.dim=16384"],
     "projected D0=4096": PROJECTED,
@@ -66,7 +67,7 @@ SGD_MODES = {
     "projected D0=1024 P=1": [*PROJECTED, "theta.dim=1024", "theta.outputs=1"],
 }
 RESNET_MODES = {
-    "exact": [],
+    "exact": EXACT,
     "hybrid D0=4096": HYBRID,
     "projected D0=16384": [*PROJECTED, "theta.dim=16384"],
     "projected D0=4096": PROJECTED,
@@ -139,7 +140,7 @@ def kernel(seeds: list[int]) -> None:
     sketch_k = ["theta.mode=projected", "theta.dim=16384"]
     for seed in seeds:
         for lr, m in ((0.001, 0.0), (0.003, 0.9), (0.01, 0.0), (0.03, 0.9)):
-            setting = [f"seed={seed}", f"lr={lr}", f"momentum={m}", "steps=15"]
+            setting = [f"seed={seed}", f"lr={lr}", f"momentum={m}", "steps=15", *EXACT]
             spec = validate(compose(setting))
             s = build.setup(spec)
             model = s.model()

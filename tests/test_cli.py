@@ -142,7 +142,10 @@ def test_pretrain_entry_point_fills_the_cache(fresh_cache):
             "optim.batch_size=1000 is invalid: must be <= N = 451, the images of this task",
         ),
         (["optim=adam"], "optim='adam' is invalid: must be one of gd, sgd"),
-        (["theta.memory_gb=0.0001"], "theta.mode='exact' is invalid: needs at least"),
+        (
+            ["theta.mode=exact", "theta.memory_gb=0.0001"],
+            "theta.mode='exact' is invalid: needs at least",
+        ),
         (["theta.sketch=fft"], "theta.sketch='fft' is invalid: must be one of"),
         (
             ["predictor=subset", "loss=mse", "subset.n0=4", "subset.k0=20"],

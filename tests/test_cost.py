@@ -52,11 +52,11 @@ def test_a_run_over_its_memory_budget_builds_theta_in_blocks(tmp_path, cache_dir
     spec = spec_of([*TINY, f"cache_dir={cache_dir}"])
     s = build.setup(spec)
     need = exact_memory_bytes(s.model(), s.x, len(s.x)) / 2**30
-    names = "predictor.names=[discrete]"
-    whole = run_in_process([*TINY, names], tmp_path / "a", cache_dir)
+    names = ["predictor.names=[discrete]", "theta.mode=exact"]  # the hybrid would stream a sketch
+    whole = run_in_process([*TINY, *names], tmp_path / "a", cache_dir)
     with caplog.at_level(logging.INFO):
         blocks = run_in_process(
-            [*TINY, names, f"theta.memory_gb={0.8 * need}"], tmp_path / "b", cache_dir
+            [*TINY, *names, f"theta.memory_gb={0.8 * need}"], tmp_path / "b", cache_dir
         )
     assert "Theta in blocks of" in caplog.text
     assert blocks.predictors["discrete"].t_eps == whole.predictors["discrete"].t_eps

@@ -203,14 +203,14 @@ def predict_job(
     loss="ce",
     eps: Iterable[float] = DEFAULT_EPS,
     predictors: Iterable[str] | None = None,
-    theta: str = "exact",
+    theta: str = "hybrid",
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
 ) -> JobPrediction:
     """Predict the training of `model` on `data` by `optimizer` for `steps` steps, without
-    training: linearised at its current weights, Theta in mode `theta` (exact | trace |
-    projected), the default predictors of its optimiser (GD: ode, discrete; SGD: exact_sgd,
+    training: linearised at its current weights, Theta in mode `theta` (hybrid | exact | trace
+    | projected), the default predictors of its optimiser (GD: ode, discrete; SGD: exact_sgd,
     sde) or those named. `batch_size` overrides the loader's (a Dataset or tensors: full batch
     unless given). Bad input raises ttbench.errors.ConfigError, with a one-line message."""
     start = time.perf_counter()

@@ -24,7 +24,7 @@ class ConvergenceETA(Callback):
         eps: float = 0.05,
         steps: int | None = None,
         loss="ce",
-        theta: str = "exact",
+        theta: str = "hybrid",
         refine_at: tuple[float, ...] = REFINE_AT,
         data=None,
     ) -> None:

@@ -88,7 +88,7 @@ class Tracker:
         steps: int,
         eps: float = 0.05,
         loss="ce",
-        theta: str = "exact",
+        theta: str = "hybrid",
         refine_at: tuple[float, ...] = REFINE_AT,
         writer=None,
         device: str | torch.device | None = None,
