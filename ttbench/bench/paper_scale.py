@@ -47,6 +47,7 @@ from ttbench.validate import validate
 
 GD_MODES = {
     "exact": ["theta.mode=exact"],
+    "hybrid": ["theta.mode=hybrid"],
     "trace": ["theta.mode=trace"],
     "trace, 1 output": ["theta.mode=trace", "theta.outputs=1"],
     "projected": ["theta.mode=projected"],
@@ -56,6 +57,7 @@ GD_MODES = {
 TRACE_1 = ["theta.mode=trace", "theta.outputs=1"]
 SGD_MODES = {
     "exact, diagonal noise": ["theta.mode=exact", "stochastic.noise=diagonal"],
+    "hybrid, diagonal noise": ["theta.mode=hybrid", "stochastic.noise=diagonal"],
     "trace 1 output, full noise": [*TRACE_1, "stochastic.noise=full"],
     "trace 1 output, diagonal": [*TRACE_1, "stochastic.noise=diagonal"],
     "projected 1024 1 output, diagonal": [
