@@ -335,9 +335,9 @@ def _check_keys(overrides: list[tuple[str, str, str]], groups: dict[str, list[st
 
 
 def _check_values(overrides: list[tuple[str, str, str]], groups: dict[str, list[str]]) -> None:
-    """The single values, against their settings' rules and composed as Hydra will (a list
-    where a number belongs is refused here in one line); a sweep's values are its jobs', which
-    the sweeper checks naming the job."""
+    """A sweep's single values, against their settings' rules and composed as Hydra will (a
+    list where a number belongs is refused here in one line, before Hydra's own compose); its
+    swept values are its jobs', which the sweeper checks naming the job."""
     values = [f"{k}={v}" for _, k, v in overrides if k not in groups and not k.startswith("hydra")]
     parsed = OverridesParser.create().parse_overrides(values)
     single = [o.input_line for o in parsed if not o.is_sweep_override()]
@@ -363,7 +363,8 @@ def check_cli(argv: Sequence[str], default_out_root: str) -> None:
         elif key in ("out_root", "hydra.run.dir", "hydra.sweep.dir"):
             dirs[key] = value
     _check_keys(overrides, groups)
-    _check_values(overrides, groups)
+    if "-m" in argv or "--multirun" in argv:  # a single run's config is composed next
+        _check_values(overrides, groups)
     if not dirs:
         dirs["out_root"] = default_out_root
     for key, d in dirs.items():

@@ -330,7 +330,8 @@ def linearize(
         if mode == "projected":
             f0, phi = projected_features(model, x, sketch, chunk, outputs, seed, route)
         else:
-            size = n if memory_gb is None else block_size(model, x, memory_gb)
+            fits = memory_gb is None or mode == "hybrid"  # the hybrid's was checked above
+            size = n if fits else block_size(model, x, memory_gb)
             factors = jacobian_factors(model, x, outputs, seed) if size == n else None
     with stage("theta"):
         if mode == "projected":
