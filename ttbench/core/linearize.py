@@ -98,15 +98,17 @@ def _structured(
     Aa: torch.Tensor, Da: torch.Tensor, Ab: torch.Tensor, Db: torch.Tensor, mode: str, block: int
 ) -> torch.Tensor:
     """Theta share of g = sum_p D A^T between samples a and b, without per-sample gradients:
-    Theta[(i,c),(j,d)] = sum_{p,q} <Da[c,i,p], Db[d,j,q]> <Aa[i,p], Ab[j,q]>, in sample blocks."""
+    Theta[(i,c),(j,d)] = sum_{p,q} <Da[c,i,p], Db[d,j,q]> <Aa[i,p], Ab[j,q]>, in sample blocks;
+    when a and b are the same samples only the upper block triangle is contracted."""
     C, na, P, n_out = Da.shape
     nb = Db.shape[1]
     exact = mode == "exact"
+    symmetric = Aa is Ab and Da is Db
     out = torch.zeros((na, C, nb, C) if exact else (na, nb), dtype=Da.dtype, device=Da.device)
     # rows ordered (sample, position, class) so the GEMM output is already in (i,p,c,j,q,d) layout
     rows_a, rows_b = Da.permute(1, 2, 0, 3), Db.permute(1, 2, 0, 3)  # (n, P, C, O)
     for i in range(0, na, block):
-        for j in range(0, nb, block):
+        for j in range(i if symmetric else 0, nb, block):
             Ai, Aj = Aa[i : i + block], Ab[j : j + block]
             bi, bj = len(Ai), len(Aj)
             ka = (Ai.reshape(bi * P, -1) @ Aj.reshape(bj * P, -1).T).view(bi, P, 1, bj, P, 1)
@@ -121,6 +123,12 @@ def _structured(
                     Rj = rows_b[j : j + block, :, c].reshape(-1, n_out)
                     kd = (Ri @ Rj.T).view(bi, P, 1, bj, P, 1)
                     out[i : i + bi, j : j + bj] += kd.mul_(ka).sum((1, 2, 4, 5)) / C
+            if symmetric and j > i:  # the mirrored block (i, c, j, d) -> (j, d, i, c)
+                rows, cols = slice(i, i + bi), slice(j, j + bj)
+                if exact:
+                    out[cols, :, rows] = out[rows, :, cols].permute(2, 3, 0, 1)
+                else:
+                    out[cols, rows] = out[rows, cols].T
     return out.reshape(na * C, nb * C) if exact else out
 
 
