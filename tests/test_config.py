@@ -189,8 +189,10 @@ def test_one_theta_spec_at_w0_at_w_k_and_for_the_plan():
     assert at_k.mode == "projected" and at_k.unsketched().mode == "trace"
     assert spec_of([]).theta.directions is None  # exact: every class
     plan = spec_of(["plan.theta.dim=512"]).plan.theta  # the plan's own, over theta.*
-    assert (plan.mode, plan.dim, plan.outputs, plan.block) == ("projected", 512, 1, 128)
-    assert plan.unsketched().mode == "trace"
+    assert (plan.mode, plan.dim, plan.outputs, plan.block) == ("hybrid", 512, None, 128)
+    assert plan.unsketched().mode == "exact"
+    plan = spec_of(["theta.dim=8192", "plan.theta.mode=projected", "plan.theta.outputs=1"])
+    assert (plan.plan.theta.dim, plan.plan.theta.unsketched().mode) == (8192, "trace")
     hybrid = spec_of(["theta.mode=hybrid"]).theta  # every class, part of it sketched
     assert hybrid.directions is None and hybrid.unsketched().mode == "exact"
     with pytest.raises(ConfigError, match=r"theta\.outputs=1 is invalid"):

@@ -2,12 +2,12 @@
 without training it.
 
 Each job, validated as `python -m ttbench.run` would validate it, runs only a prediction:
-`plan.predictor` (discrete under GD, exact_sgd under SGD) on a cheap Theta (`plan.theta`, over
-`theta.*`), with its model-error band (ttbench.bands), and a timing probe of `plan.probe_steps`
-real fine-tuning steps on the job's device, after one warm-up step, to turn steps into seconds.
-The jobs' rows make one plan table, `out_root/plans/<date_time>/plan.parquet`, one row per
-(job, eps), and the summary ranks the configurations by predicted time to the target eps
-(`plan.eps`). Per job and eps:
+`plan.predictor` (discrete under GD, exact_sgd under SGD) on the run's Theta (`plan.theta.*`
+over `theta.*`: none by default), with its model-error band (ttbench.bands), and a timing
+probe of `plan.probe_steps` real fine-tuning steps on the job's device, after one warm-up
+step, to turn steps into seconds. The jobs' rows make one plan table,
+`out_root/plans/<date_time>/plan.parquet`, one row per (job, eps), and the summary ranks the
+configurations by predicted time to the target eps (`plan.eps`). Per job and eps:
 
 * t_eps, q05, q95: the predicted T_eps of the loss and its 5-95% band, in steps;
 * planned_steps: q95 x (1 + plan.margin), rounded up to optim.eval_every: the steps a job

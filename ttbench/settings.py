@@ -257,7 +257,7 @@ class Probe:
 class Plan:
     eps: float | None = setting(None, Number(gt=0, lt=1, optional=True), "the target: T_eps of the loss at this eps (one of eps; null: the one nearest 0.05)")
     predictor: str | None = setting(None, CROSS, "null: discrete under GD, exact_sgd under SGD (a plain predictor)")
-    theta: dict[str, Any] = setting({"mode": "projected", "dim": 1024, "outputs": 1}, CROSS, "the plan's Θ: these theta.* over theta.* (cheap: projected, one output direction)")
+    theta: dict[str, Any] = setting({}, CROSS, "the plan's Θ: these theta.* over the run's theta.* (default: none, the run's own Θ)")
     probe_steps: int = setting(5, COUNT, "real fine-tuning steps timed per job, after one warm-up step: steps -> seconds")
     margin: float = setting(0.25, NONNEGATIVE, "recommended steps = the band's 95% point x (1 + margin); limits likewise")
     overhead_s: float | None = setting(None, Number(ge=0, optional=True), "added to every time limit besides data and model: null measures it per job (start-up, the run's own Θ builds and watch); a number fixes it")
@@ -375,7 +375,9 @@ def register() -> None:
     """Store the schema in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name=SCHEMA, node=_writable(OmegaConf.structured(Settings)))
+    node = _writable(OmegaConf.structured(Settings))
+    OmegaConf.set_struct(node.plan.theta, False)  # any theta.* key may be set over the run's
+    ConfigStore.instance().store(name=SCHEMA, node=node)
 
 
 def check_overrides(overrides: Iterable[str]) -> None:
@@ -403,9 +405,11 @@ def refused(error: Exception) -> ConfigError:
     cause = error.__cause__ or error
     key = getattr(cause, "full_key", None) or "config"
     value = getattr(cause, "value", None)
-    node = OmegaConf.select(OmegaConf.structured(Settings), key, default=None)
+    schema = OmegaConf.structured(Settings)
+    node = OmegaConf.select(schema, key, default=None)
     if isinstance(node, DictConfig):
-        known = ", ".join(f"{key}.{k}" for k in node)
+        names = list(node) or list(schema.theta)  # empty: plan.theta, which takes theta.*'s
+        known = ", ".join(f"{key}.{k}" for k in names)
         return ConfigError(key, value, f"is a group of settings: set one of {known}")
     msg = str(getattr(cause, "msg", cause)).splitlines()[0]
     return ConfigError(key, value, msg)

@@ -317,7 +317,9 @@ def _check_keys(overrides: list[tuple[str, str, str]], groups: dict[str, list[st
     a mistyped key gets a one-line error with the nearest known keys, and '+key' (a key added
     to the config) is refused, since nothing would read it."""
     chosen = [f"{k}={v.split(',')[0]}" for prefix, k, v in overrides if k in groups]
-    known = _flat_keys(OmegaConf.to_container(compose(chosen), resolve=False))
+    config = OmegaConf.to_container(compose(chosen), resolve=False)
+    # plan.theta (empty by default) takes any theta.* key
+    known = list(dict.fromkeys(_flat_keys(config) + _flat_keys(config["theta"], "plan.theta.")))
     for prefix, key, value in overrides:
         if key in groups or key.startswith("hydra"):
             continue
