@@ -187,7 +187,7 @@ class Task:
 class ThetaSpec:
     """theta.*: how Θ is built (and the spec's Θ: `RunSpec.theta_at`)."""
 
-    mode: str = setting("hybrid", MODES, "hybrid (exact, but the layers whose exact Gram is costly sketched to D0: within 0.1 step of exact, docs/theta.md) | exact (the paper's) | trace (Θ_s ⊗ I_C, ~1/C the cost) | projected (random sketch)")
+    mode: str = setting("hybrid", MODES, "hybrid (exact, but the layers whose exact Gram is costly sketched to D0: within 0.1-0.3 step of exact on average, docs/theta.md) | exact (the paper's) | trace (Θ_s ⊗ I_C, ~1/C the cost) | projected (random sketch)")
     block: int = setting(128, COUNT, "samples per side of a structured contraction block (bounds memory)")
     dim: int = setting(4096, COUNT, "projected, hybrid: sketch dimension D0")
     sketch: str = setting("countsketch", OneOf(_names("core.sketch:SKETCHES")), "projected, hybrid: countsketch (O(D) per gradient) | achlioptas | gaussian")
