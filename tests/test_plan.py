@@ -20,20 +20,20 @@ from ttbench.validate import ConfigError
 from ttbench.validity import before, before_features
 
 JOB = [*TINY[:-1], "steps=20"]
-EXACT = ["plan.theta.mode=exact", "plan.theta.outputs=null"]
 
 
 def test_a_plan_is_the_runs_prediction_with_times_and_limits(tmp_path, cache_dir, capsys):
-    """With the run's own Theta the plan predicts exactly what the run's discrete predictor
-    does, band included; its times and limits follow from the probe's seconds per step."""
-    jobs = [[*JOB, "seed=0", *EXACT], [*JOB, "seed=1", "lr=0.01", *EXACT]]
-    unstable = [*JOB, "seed=0", "lr=3", "momentum=0.9", *EXACT]
+    """On the run's own Theta (the default) the plan predicts exactly what the run's discrete
+    predictor does, band included; its times and limits follow from the probe's seconds per
+    step."""
+    jobs = [[*JOB, "seed=0"], [*JOB, "seed=1", "lr=0.01"]]
+    unstable = [*JOB, "seed=0", "lr=3", "momentum=0.9"]
     for job in [unstable, *jobs]:
         spec = spec_of([*job, f"cache_dir={cache_dir}"])
         plan_job(spec, run_dir(tmp_path / "plan", job), job)
     table = finish(tmp_path / "plan")
     out = capsys.readouterr().out
-    assert "plan of 3 jobs (discrete on Theta exact)" in out
+    assert "plan of 3 jobs (discrete on Theta hybrid)" in out
     # the probe's watch: the unstable job is forecast to explode, and ranked last
     said = table[table["target"]].set_index("job")["forecast"]
     name = run_id(unstable).name
