@@ -199,6 +199,7 @@ def test_an_rgb_model_on_the_grey_digits_names_the_setting(tmp_path, cache_dir, 
         ("ttbench.bench.theta", ["lr=-1"]),
         ("ttbench.bench.modes", ["seed=-1"]),
         ("ttbench.collect", ["/nonexistent"]),
+        ("ttbench.bands", ["/nonexistent", "--out", "/nonexistent/calibration.json"]),
     ],
 )
 def test_every_argparse_entry_point_reports_a_users_error_in_one_line(module, argv, capsys):
