@@ -7,6 +7,7 @@ bands, without fine-tuning anything.
     python experiments/cheap_theta.py vit 500 501     # and on the fidelity_vit preset's
     python experiments/cheap_theta.py bands TABLES... # before-training band coverage
     python experiments/cheap_theta.py kernel 500 501  # kernel_change, exact and mixed modes
+    python experiments/cheap_theta.py calibrations OLD.json,shipped TABLES...  # two calibrations
 
 `gd`, `sgd`, `resnet` and `vit` predict the task of each seed (the default one, or the
 preset's) at every lr and momentum of the fidelity presets in each Θ mode, and print per mode
@@ -17,19 +18,23 @@ loss T_eps inside the shipped calibration's band read before training (the BEFOR
 read as though every signal but the stability were 0 (the former way). `kernel` fine-tunes
 15 GD steps at four settings per seed and prints kernel_change = |Theta_k - Theta_0| /
 |Theta_0| with both exact, with a sketched Theta_k (D0 = 16384) against an exact Theta_0,
-and the sketch's own error at w_k.
+and the sketch's own error at w_k. `calibrations` reads results tables with each calibration
+named (a calibration.json, or `shipped`) and prints, per predictor, the share of real loss
+T_eps inside its run band and inside its before-training band, and the predictions flagged
+"not trustworthy": all of them, and those more than 50% off.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ttbench import build
+from ttbench import bands, build
 from ttbench.bands import default_calibration
 from ttbench.config import compose
 from ttbench.core.curves import DEFAULT_EPS
@@ -40,7 +45,7 @@ from ttbench.prediction import at_w0
 from ttbench.stages import Stages
 from ttbench.train import finetune_run
 from ttbench.validate import validate
-from ttbench.validity import before, before_features
+from ttbench.validity import BEFORE, before, before_features, table_features
 
 EXACT = ["theta.mode=exact"]
 PROJECTED = ["theta.mode=projected"]
@@ -65,6 +70,7 @@ SGD_MODES = {k: GD_MODES[k] for k in ("exact", "hybrid D0=4096", "projected D0=1
 RESNET_MODES = {k: GD_MODES[k] for k in ("exact", "hybrid D0=4096", "projected D0=16384",
                                           "projected D0=4096")}  # fmt: skip
 PLAIN = ["ode", "discrete", "heavy_ball", "exact_sgd", "sde"]
+REFINED = ["relin", "relin_2k", "relin_sgd", "relin_settled"]
 
 
 def sweep(part: str, seeds: list[int]) -> None:
@@ -128,6 +134,54 @@ def coverage(tables: list[Path]) -> None:
             )
 
 
+def _calibration(name: str):
+    return default_calibration() if name == "shipped" else bands.from_json(json.load(open(name)))
+
+
+def _band_hits(cal, rows: pd.DataFrame) -> list[bool | None]:
+    """Whether each row's real loss T_eps lies in its band (None: no band, "unknown")."""
+    hits = []
+    for r in rows.to_dict("records"):
+        v = None if pd.isna(r["validity"]) else float(r["validity"])
+        model, steps = str(r["cfg.model.name"]), int(r["cfg.steps"])
+        q = cal.band(r["predictor"], "loss", float(r["t_pred"]), v, model, steps)
+        hits.append(None if q is None else q[0] <= r["t_real"] <= q[2])
+    return hits
+
+
+def calibrations(files: list[str], tables: list[Path]) -> None:
+    for table in tables:
+        results = pd.read_parquet(table / "results.parquet")
+        features = table_features(results)
+        for name in files:
+            cal = _calibration(name)
+            expected = bands.expected_validity(features, cal.validity)
+            ways = {
+                "run": bands.with_validity(results, expected),
+                "before": bands.before_validity(results, expected),
+            }
+            for way, rows in ways.items():
+                rows = valid(rows[rows["kind"] == "loss"])
+                rows = rows[rows["t_pred"].notna() & rows["t_real"].notna()]
+                for predictor, part in rows.groupby("predictor"):
+                    if predictor.split("@")[0] in PLAIN + REFINED:
+                        hits = _band_hits(cal, part)
+                        known = [h for h in hits if h is not None]
+                        print(
+                            f"{table} {name} {way} {predictor}: {np.mean(known):.0%} of "
+                            f"{len(known)} inside the band ({len(hits) - len(known)} unknown)"
+                        )
+            own = expected[expected["family"] != BEFORE].merge(features)
+            own = own[own["predictor"].isin(PLAIN + REFINED)]
+            pairs = zip(own["predictor"], own["_v"], strict=True)
+            flagged = np.array([not cal.validity.trusted(p, v) for p, v in pairs])
+            far = (own["error"] > np.log(1.5)).to_numpy()
+            print(
+                f"{table} {name}: {flagged.mean():.0%} of {len(own)} flagged, "
+                f"{flagged[far].mean():.0%} of the {far.sum()} more than 50% off"
+            )
+
+
 def kernel(seeds: list[int]) -> None:
     sketch_k = ["theta.mode=projected", "theta.dim=16384"]
     for seed in seeds:
@@ -167,11 +221,15 @@ def _theta(model, x, th, seed: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["gd", "sgd", "resnet", "vit", "bands", "kernel"])
-    p.add_argument("args", nargs="+", help="seeds (gd, sgd) or table folders (bands)")
+    p.add_argument(
+        "part", choices=["gd", "sgd", "resnet", "vit", "bands", "kernel", "calibrations"]
+    )
+    p.add_argument("args", nargs="+", help="seeds, or table folders (bands, calibrations)")
     a = p.parse_args()
     if a.part == "bands":
         coverage([Path(t) for t in a.args])
+    elif a.part == "calibrations":
+        calibrations(a.args[0].split(","), [Path(t) for t in a.args[1:]])
     elif a.part == "kernel":
         kernel([int(s) for s in a.args])
     else:

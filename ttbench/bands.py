@@ -153,7 +153,7 @@ def calibrate(results: pd.DataFrame, source: str, model: Model | None = None) ->
     if model is None:
         points = _points(results)
     else:  # validities as a run computes them; the plain predictions again as before training
-        table = _expected(table_features(results), model)
+        table = expected_validity(table_features(results), model)
         runs, early = with_validity(results, table), before_validity(results, table)
         points = pd.concat([_points(runs), _points(early)])
     family = points["cfg.model.name"].astype(str) if "cfg.model.name" in points else ANY
@@ -176,7 +176,7 @@ def calibrate(results: pd.DataFrame, source: str, model: Model | None = None) ->
     return Calibration(entries, source, model)
 
 
-def _expected(table: pd.DataFrame, model: Model) -> pd.DataFrame:
+def expected_validity(table: pd.DataFrame, model: Model) -> pd.DataFrame:
     """table_features' (run, predictor) rows with the validity `model` gives each (`_v`)."""
     f = table[list(FEATURES)].to_numpy(float) if len(table) else []
     expected = [model.expected(n, row) for n, row in zip(table["predictor"], f, strict=True)]
@@ -184,8 +184,8 @@ def _expected(table: pd.DataFrame, model: Model) -> pd.DataFrame:
 
 
 def with_validity(results: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """The results with each prediction's validity as _expected's `table` gives it from the
-    run's rows."""
+    """The results with each prediction's validity as expected_validity's `table` gives it
+    from the run's rows."""
     if not len(table):
         return results
     new = table.loc[table["family"] != BEFORE, ["run", "predictor", "_v"]]
@@ -195,7 +195,7 @@ def with_validity(results: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
 
 def before_validity(results: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """The plain predictions' rows renamed to their BEFORE cells (ttbench.validity.before),
-    with the validity _expected's `table` gives them from the stability at w0 alone."""
+    with the validity expected_validity's `table` gives them from the stability at w0 alone."""
     table = table[table["family"] == BEFORE] if len(table) else table
     if not len(table):
         return results.iloc[:0]
