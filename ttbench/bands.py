@@ -289,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default="", help="what the table holds, recorded in the file")
     a = p.parse_args(argv)
     if not (a.tables / "results.parquet").is_file():
-        table = a.tables / "results.parquet"
-        raise CalibrationError(f"no such table: {table} (python -m ttbench.collect writes one)")
+        from ttbench import cli
+
+        return cli.error(
+            f"no such table: {a.tables / 'results.parquet'} (python -m ttbench.collect)"
+        )
     results = pd.read_parquet(a.tables / "results.parquet")
     cal = calibrate(results, a.source or str(a.tables), fit(results))
     a.out.write_text(json.dumps(to_json(cal), indent=1) + "\n")

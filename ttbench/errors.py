@@ -26,7 +26,7 @@ class WriteError(OSError):
 
 
 class CalibrationError(RuntimeError):
-    """A calibration that cannot be read (a damaged install) or made (no results table)."""
+    """The shipped calibration does not read back (a damaged install)."""
 
 
 USER_ERRORS = (ConfigError, DataNotFound, WeightsNotFound, WriteError, CalibrationError)
