@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default="", help="what the table holds, recorded in the file")
     a = p.parse_args(argv)
     if not (a.tables / "results.parquet").is_file():
-        from ttbench import cli
+        from ttbench import cli  # Hydra with it: not on the Python API's import path
 
         return cli.error(
             f"no such table: {a.tables / 'results.parquet'} (python -m ttbench.collect)"
