@@ -302,6 +302,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ttbench import cli  # cli imports this module's CalibrationError
+    from ttbench import cli
 
     cli.command(main)
