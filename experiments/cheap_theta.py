@@ -135,7 +135,9 @@ def coverage(tables: list[Path]) -> None:
 
 
 def _calibration(name: str):
-    return default_calibration() if name == "shipped" else bands.from_json(json.load(open(name)))
+    if name == "shipped":
+        return default_calibration()
+    return bands.from_json(json.loads(Path(name).read_text()))
 
 
 def _band_hits(cal, rows: pd.DataFrame) -> list[bool | None]:

@@ -167,6 +167,10 @@ class _Gram:
         self.pending, self.size = [], 0
 
 
+def _materialised(A: torch.Tensor, D: torch.Tensor) -> bool:
+    return False
+
+
 def gram(
     factors: JacobianFactors,
     mode: str = "exact",
@@ -189,7 +193,7 @@ def gram(
     chosen = {
         "auto": _structured_is_cheaper,
         "structured": lambda A, D: True,
-        "materialised": lambda A, D: False,
+        "materialised": _materialised,
     }[route]
     symmetric = other is None
     other = factors if other is None else other
@@ -209,10 +213,6 @@ def gram(
     for s in structured:
         theta += s
     return theta
-
-
-def _materialised(A: torch.Tensor, D: torch.Tensor) -> bool:
-    return False
 
 
 def hybrid_gram(factors: JacobianFactors, sketch: Sketch, block: int = 128) -> torch.Tensor:
